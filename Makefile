@@ -1,0 +1,47 @@
+# fairseq_kd: knowledge distillation for fairseq translation models.
+#
+#   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
+#   make test      install if needed, then run the whole test suite
+#   make demo      install if needed, then run the main job (teacher -> KD student)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.fairseq_kd-installed
+
+TORCH_VERSION   ?= 2.13.0
+FAIRSEQ_VERSION ?= 0.12.3.1
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+# The venv sees the system site-packages so that a machine which already has a
+# (CUDA) torch keeps it; torch is installed only when none can be imported.
+# fairseq-fixed ships as an sdist with C++/Cython extensions built against the
+# installed torch: it must be built without build isolation, after torch.
+$(STAMP): setup.py requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install "numpy" "cython" "setuptools<81" "wheel"
+	$(PY) -c "import fairseq" 2>/dev/null || \
+		$(PIP) install --no-build-isolation "fairseq-fixed==$(FAIRSEQ_VERSION)"
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PY) -c "import fairseq_kd, fairseq; print('fairseq', fairseq.__version__, '+ fairseq_kd ready')"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) scripts/demo.py --workdir runs/demo
+
+lint: install
+	$(PY) -m black --check fairseq_kd scripts tests
+	$(PY) -m isort --check --profile black fairseq_kd scripts tests
+	$(PY) -m flake8 --select=E9,F63,F7,F82 --max-line-length 127 fairseq_kd scripts tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

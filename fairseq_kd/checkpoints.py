@@ -1,0 +1,171 @@
+"""Loading fairseq checkpoints on torch >= 2.6, and exporting a student that stock fairseq can run.
+
+Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, which refuses any pickled
+class it does not know. Checkpoints written by fairseq's legacy (argparse) models hold one such
+class, ``argparse.Namespace`` (the model's ``cfg.model``), so stock fairseq can no longer load its
+own checkpoints. Two remedies, each kept narrow:
+
+* Importing :mod:`fairseq_kd` adds ``argparse.Namespace`` to torch's weights-only allow-list.
+  Loading stays weights-only (no arbitrary code from the file runs); only that one plain container
+  class becomes acceptable. fairseq's own loaders (resume, ``fairseq-generate --user-dir``) then work.
+* :func:`export_student` writes a checkpoint made only of tensors and plain containers, with the
+  stock ``translation`` task, so that stock ``fairseq-generate``/``fairseq-interactive`` load it
+  with no plugin and no environment variable.
+"""
+
+import argparse
+import contextlib
+import logging
+import os
+import pickle
+import zipfile
+
+import torch
+from fairseq import checkpoint_utils, tasks
+from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
+from fairseq.tasks.translation import TranslationConfig
+from omegaconf import OmegaConf
+
+logger = logging.getLogger(__name__)
+
+# Non-tensor classes that fairseq itself pickles into translation checkpoints.
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def allow_fairseq_checkpoints():
+    """Lets ``torch.load(weights_only=True)`` accept the plain classes fairseq pickles."""
+    if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4
+        torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """Loads a fairseq checkpoint to CPU with fairseq's own upgrade logic, turning the failures a
+    user can fix (missing, truncated or foreign files) into one clear error."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} does not exist (or is not a file)")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{what} {path!r} could not be read as a fairseq checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Is the file complete, and was it written by "
+            "fairseq-train?"
+        ) from e
+    if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
+        raise CheckpointError(
+            f"{what} {path!r} is not a fairseq checkpoint with a config: it has no 'model'/'cfg' entries "
+            "(checkpoints from fairseq < 0.10 must be upgraded by loading and saving them with fairseq first)"
+        )
+    return state
+
+
+def _plain(value):
+    """Tensors and plain Python containers only: what ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return str(value)  # enums and the like: fairseq's configs accept their string forms
+
+
+def _stock_config(config, stock_dataclass, name):
+    """Keeps only the fields of a stock fairseq dataclass, renamed to the stock registry key."""
+    config = _plain(config) or {}
+    fields = stock_dataclass.__dataclass_fields__
+    out = {k: v for k, v in config.items() if k in fields}
+    out["_name"] = name
+    return out
+
+
+def export_student(student_path, output_path, overwrite=False):
+    """Writes *student_path*'s model as an ordinary fairseq ``translation`` checkpoint.
+
+    The result holds the student's weights and configuration only (no optimizer state, no
+    criterion, no teacher), uses the stock ``translation`` task and ``label_smoothed_cross_entropy``
+    criterion, and is made only of tensors and plain containers, so stock fairseq tools load it on
+    torch >= 2.6 without ``--user-dir`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+
+    Returns the written checkpoint's state dict.
+    """
+    if os.path.abspath(student_path) == os.path.abspath(output_path):
+        raise CheckpointError("the output path must differ from the student checkpoint: export never overwrites its input")
+    if os.path.exists(output_path) and not overwrite:
+        raise CheckpointError(f"{output_path!r} already exists; remove it or pass --overwrite")
+    state = load_checkpoint(student_path, what="student checkpoint")
+    cfg = state["cfg"]
+
+    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
+    model_cfg = _plain(cfg["model"])
+    teacher_keys = [k for k in state["model"] if k.startswith("teacher") or ".teacher." in k]
+    if teacher_keys:
+        raise CheckpointError(f"{student_path!r} holds teacher weights ({teacher_keys[0]}, ...): refusing to export")
+
+    exported_cfg = _plain(cfg)
+    exported_cfg["model"] = model_cfg
+    exported_cfg["task"] = _stock_config(cfg["task"], TranslationConfig, "translation")
+    criterion = _plain(cfg.get("criterion")) or {}
+    exported_cfg["criterion"] = _stock_config(
+        criterion, LabelSmoothedCrossEntropyCriterionConfig, "label_smoothed_cross_entropy"
+    )
+    exported_cfg["common"]["user_dir"] = None
+    history = state["optimizer_history"][-1]
+    exported = {
+        "cfg": exported_cfg,
+        "args": None,
+        "model": state["model"],
+        "optimizer_history": [
+            {
+                "criterion_name": "LabelSmoothedCrossEntropyCriterion",
+                "optimizer_name": history.get("optimizer_name"),
+                "lr_scheduler_state": {},
+                "num_updates": history.get("num_updates", 0),
+            }
+        ],
+        "extra_state": {"train_iterator": None, "exported_from": os.path.abspath(student_path)},
+    }
+    tmp_path = output_path + ".tmp"
+    torch.save(exported, tmp_path)
+    try:
+        check_loadable_by_stock_fairseq(tmp_path)
+    except Exception:
+        os.remove(tmp_path)
+        raise
+    os.replace(tmp_path, output_path)
+    return exported
+
+
+@contextlib.contextmanager
+def _only_torch_default_safe_globals():
+    """Temporarily drops every allow-listed global (ours included), as in a process that never
+    imported fairseq_kd."""
+    extra = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        yield
+    finally:
+        torch.serialization.add_safe_globals(extra)
+
+
+def check_loadable_by_stock_fairseq(path):
+    """Fails unless *path* loads with ``weights_only=True`` and no allow-listed globals, and its
+    task and model are stock fairseq ones."""
+    with _only_torch_default_safe_globals():
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if unsafe:
+            raise CheckpointError(f"{path!r} still needs non-tensor globals to load: {unsafe}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    task_name = state["cfg"]["task"]["_name"]
+    arch = state["cfg"]["model"].get("arch")
+    if task_name not in tasks.TASK_REGISTRY or task_name.endswith("_kd"):
+        raise CheckpointError(f"{path!r} uses task {task_name!r}, which stock fairseq does not have")
+    if arch not in ARCH_MODEL_REGISTRY or not ARCH_MODEL_REGISTRY[arch].__module__.startswith("fairseq."):
+        raise CheckpointError(f"{path!r} uses architecture {arch!r}, which stock fairseq does not have")

@@ -1,0 +1,44 @@
+"""fairseq-kd-export STUDENT_CHECKPOINT OUTPUT_CHECKPOINT
+
+Writes a distilled student as an ordinary fairseq translation checkpoint that stock
+``fairseq-generate``/``fairseq-interactive`` run with no ``--user-dir``, no teacher and, on
+torch >= 2.6, no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(prog="fairseq-kd-export", description=__doc__.split("\n\n")[1])
+    parser.add_argument("student", metavar="STUDENT_CHECKPOINT", help="a checkpoint written by fairseq-train")
+    parser.add_argument("output", metavar="OUTPUT_CHECKPOINT", help="where to write the exported student")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_CHECKPOINT if it exists")
+    return parser
+
+
+def cli_main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
+
+    from fairseq_kd.checkpoints import CheckpointError, export_student
+
+    try:
+        state = export_student(args.student, args.output, overwrite=args.overwrite)
+    except CheckpointError as e:
+        print(f"fairseq-kd-export: error: {e}", file=sys.stderr)
+        return 2
+    cfg = state["cfg"]
+    num_params = sum(t.numel() for t in state["model"].values())
+    print(
+        f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MB, {num_params:,} parameters, "
+        f"arch {cfg['model'].get('arch')}, task {cfg['task']['_name']})\n"
+        f"run it with: fairseq-generate {cfg['task'].get('data') or 'DATA_BIN'} --path {args.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

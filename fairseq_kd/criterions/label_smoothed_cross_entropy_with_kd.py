@@ -1,0 +1,282 @@
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.logging import metrics
+
+from ..utils import capture_encoder_out
+
+
+@dataclass
+class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    nll_weight: float = field(
+        default=0.5,
+        metadata={"help": "weight of the (label-smoothed) NLL on the references"},
+    )
+    kd_weight: float = field(
+        default=0.5,
+        metadata={"help": "weight of word-level KD, T^2 * KL(teacher^T || student^T); needs --teacher-path"},
+    )
+    kd_temperature: float = field(
+        default=1.0,
+        metadata={"help": "softmax temperature T of word-level KD (training only; validation uses T=1)"},
+    )
+    cosine_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the cosine loss 1 - cos(h_student, h_teacher) between hidden states"},
+    )
+    cosine_encoder: bool = field(
+        default=False,
+        metadata={"help": "apply the cosine loss to encoder hidden states too, not only the decoder's"},
+    )
+
+
+def tempered_log_probs(logits, temperature=1.0):
+    """log softmax(logits / T) in float32; a list of logits (an ensemble) gives the log of the
+    mean of the members' tempered distributions.
+
+    Args:
+        logits (Tensor or list of Tensor): (..., V) unnormalised scores
+        temperature (float): T > 0
+
+    Returns:
+        Tensor: (..., V) float32 log-probabilities
+    """
+    if torch.is_tensor(logits):
+        return F.log_softmax(logits.float() / temperature, dim=-1)
+    lprobs = torch.stack([tempered_log_probs(x, temperature) for x in logits])  # K x ... x V
+    return torch.logsumexp(lprobs, dim=0) - math.log(len(logits))
+
+
+def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
+    """Word-level KD loss KL(q || p) = sum_v q_v (log q_v - log p_v) per position
+    (Hinton et al., 2015, https://arxiv.org/abs/1503.02531; Kim & Rush, 2016,
+    https://arxiv.org/abs/1606.07947). The temperature is already in both distributions; the
+    T^2 gradient-scale correction is the caller's (it is applied once, in the criterion's loss).
+
+    Args:
+        student_lprobs (Tensor): (..., V) log p, with gradient
+        teacher_lprobs (Tensor): (..., V) log q, no gradient needed
+        ignore_mask (BoolTensor, optional): (...) True where the position is padding
+        reduce (bool): sum over positions
+
+    Returns:
+        Tensor: the summed KL (a scalar) if *reduce*, else per-position KL of shape (...)
+    """
+    teacher_lprobs = teacher_lprobs.detach().float()
+    q = teacher_lprobs.exp()
+    # sum_v q log q does not depend on the student: computed without a graph, it keeps the loss a
+    # true KL (0 when p == q) at no extra memory; xlogy makes 0 * log 0 = 0.
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(q, q).sum(-1)
+    kl = neg_entropy - (q * student_lprobs.float()).sum(-1)
+    if ignore_mask is not None:
+        kl = kl.masked_fill(ignore_mask, 0.0)
+    return kl.sum() if reduce else kl
+
+
+def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
+    """1 - cos(h_student, h_teacher) per position, computed in float32.
+
+    Args:
+        student_states (Tensor): (..., C)
+        teacher_states (Tensor): (..., C), no gradient needed
+        ignore_mask (BoolTensor, optional): (...) True where the position is padding
+        reduce (bool): sum over positions
+    """
+    if student_states.shape != teacher_states.shape:
+        raise ValueError(
+            f"cosine loss needs hidden states of equal shape, got student {tuple(student_states.shape)} "
+            f"and teacher {tuple(teacher_states.shape)}"
+        )
+    loss = 1.0 - F.cosine_similarity(student_states.float(), teacher_states.detach().float(), dim=-1)
+    if ignore_mask is not None:
+        loss = loss.masked_fill(ignore_mask, 0.0)
+    return loss.sum() if reduce else loss
+
+
+def pair_layers(num_student_layers, num_teacher_layers):
+    """Teacher layer (0-based) matched to each student layer: student layer i takes the last
+    teacher layer of the i-th of *num_student_layers* equal blocks, ceil((i+1) * L_t / L_s) - 1, so
+    the two stacks' final layers are always paired (e.g. 3 of 6 teacher layers: 1, 3, 5)."""
+    return [-(-(i + 1) * num_teacher_layers // num_student_layers) - 1 for i in range(num_student_layers)]
+
+
+@register_criterion("label_smoothed_cross_entropy_with_kd", dataclass=LabelSmoothedCrossEntropyWithKDCriterionConfig)
+class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterion):
+    """Label-smoothed cross-entropy plus word-level knowledge distillation and a hidden-state
+    cosine loss, with free non-negative weights::
+
+        loss = nll_weight * LS-NLL(references)
+             + kd_weight * T^2 * KL(q^T || p^T)
+             + cosine_weight * cosine
+
+    where q^T and p^T are the teacher's and student's softmax at temperature T over the whole
+    vocabulary (the mean of the members' distributions for a teacher ensemble). T^2 keeps the KD
+    gradients' scale independent of T (Hinton et al., 2015). Every term is a sum over non-padding
+    target tokens, like fairseq's own losses; ``cosine`` is the mean over paired layers (see
+    :func:`pair_layers`) of the summed per-token ``1 - cos(h_student, h_teacher)`` of the
+    decoder's layer outputs, plus the same for the encoder (over non-padding source tokens) with
+    ``--cosine-encoder``.
+
+    In validation the loss is the plain label-smoothed NLL at temperature 1, exactly what
+    ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; the KL at
+    T=1 and the cosine loss are logged beside it when a teacher ran.
+
+    The teacher's output comes in ``sample["teacher_output"]`` (put there by the
+    ``translation_kd`` task): a list with one ``(logits, extra)`` decoder output per teacher,
+    ``extra["encoder_out"]`` holding its encoder output when encoder states are needed.
+    """
+
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        nll_weight=0.5,
+        kd_weight=0.5,
+        kd_temperature=1.0,
+        cosine_weight=0.0,
+        cosine_encoder=False,
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if nll_weight == kd_weight == cosine_weight == 0:
+            raise ValueError("--nll-weight, --kd-weight and --cosine-weight are all 0: nothing would be trained")
+        if not kd_temperature > 0:
+            raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
+        if cosine_encoder and cosine_weight == 0:
+            raise ValueError("--cosine-encoder has no effect with --cosine-weight 0: set a cosine weight or drop it")
+        if (kd_weight > 0 or cosine_weight > 0) and not getattr(getattr(task, "cfg", None), "teacher_path", None):
+            raise ValueError(
+                f"--kd-weight {kd_weight} / --cosine-weight {cosine_weight} need a teacher: train with "
+                "--task translation_kd --teacher-path TEACHER.pt (or set both weights to 0)"
+            )
+        self.nll_weight = nll_weight
+        self.kd_weight = kd_weight
+        self.kd_temperature = kd_temperature
+        self.cosine_weight = cosine_weight
+        self.cosine_encoder = cosine_encoder
+
+    @property
+    def needs_teacher(self):
+        return self.kd_weight > 0 or self.cosine_weight > 0
+
+    @property
+    def needs_encoder_states(self):
+        return self.cosine_weight > 0 and self.cosine_encoder
+
+    def forward(self, model, sample, reduce=True):
+        """Compute the loss for the given sample.
+
+        Returns a tuple with three elements:
+        1) the loss
+        2) the sample size, which is used as the denominator for the gradient
+        3) logging outputs to display while training
+        """
+        # popped so that the teacher's vocabulary-sized logits are freed as soon as they are used
+        teacher_output = sample.pop("teacher_output", None)
+        if model.training and self.needs_teacher and teacher_output is None:
+            raise RuntimeError(
+                "the KD criterion got no teacher output: train with --task translation_kd --teacher-path ..."
+            )
+        with capture_encoder_out(model, enabled=teacher_output is not None and self.needs_encoder_states) as enc:
+            net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)  # (B * T) x V, (B * T)
+        ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
+
+        T = self.kd_temperature if model.training else 1.0
+        kd_loss = cos_loss = None
+        if teacher_output is not None and (self.kd_weight > 0 or not model.training):
+            teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
+            student_lprobs = lprobs if T == 1.0 else tempered_log_probs(self._flat_logits(net_output[0]), T)
+            kd_loss = kd_kl_loss(student_lprobs, teacher_lprobs, target.eq(self.padding_idx), reduce)
+            del teacher_lprobs, student_lprobs
+        if teacher_output is not None and self.cosine_weight > 0:
+            cos_loss = self.compute_cosine_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
+        del teacher_output
+        if not reduce:
+            kd_loss, cos_loss = (x.view_as(ls_loss) if x is not None else None for x in (kd_loss, cos_loss))
+
+        if model.training:
+            loss = self.nll_weight * ls_loss
+            if kd_loss is not None:
+                loss = loss + self.kd_weight * T**2 * kd_loss
+            if cos_loss is not None:
+                loss = loss + self.cosine_weight * cos_loss
+        else:
+            loss = ls_loss
+
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if kd_loss is not None:
+            logging_output["kd_loss"] = kd_loss.data
+        if cos_loss is not None:
+            logging_output["cos_loss"] = cos_loss.data
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    def _flat_logits(self, logits):
+        # B x T x V -> (B * T') x V, aligned with get_lprobs_and_target's output
+        if self.ignore_prefix_size > 0:
+            logits = logits[:, self.ignore_prefix_size :, :]
+        return logits.reshape(-1, logits.size(-1))
+
+    def compute_cosine_loss(self, net_output, encoder_out, teacher_output, sample, reduce=True):
+        # decoder layer outputs: T x B x C each, entry 0 being the embeddings -> B x T' x C
+        student_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in net_output[1]["inner_states"][1:]]
+        teacher_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in teacher_output[1]["inner_states"][1:]]
+        target_pad = sample["target"][:, self.ignore_prefix_size :].eq(self.padding_idx)  # B x T'
+        loss = self._paired_cosine(student_states, teacher_states, target_pad, reduce)
+        if self.cosine_encoder:
+            if not reduce:
+                raise ValueError("--cosine-encoder has no per-target-token value: use reduce=True")
+            student_enc = encoder_out["encoder_states"]  # per layer: S x B x C
+            teacher_enc = teacher_output[1]["encoder_out"]["encoder_states"]
+            source_pad = sample["net_input"]["src_tokens"].eq(self.padding_idx).transpose(0, 1)  # S x B
+            loss = loss + self._paired_cosine(student_enc, teacher_enc, source_pad, reduce)
+        return loss
+
+    @staticmethod
+    def _paired_cosine(student_states, teacher_states, pad_mask, reduce):
+        if len(student_states) == 0 or len(teacher_states) == 0:
+            raise ValueError(
+                "cosine loss found no per-layer hidden states (the encoder returns them only with "
+                "return_all_hiddens=True)"
+            )
+        pairs = pair_layers(len(student_states), len(teacher_states))
+        losses = [hidden_cosine_loss(student_states[i], teacher_states[j], pad_mask, reduce) for i, j in enumerate(pairs)]
+        return sum(losses) / len(losses)
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs from data parallel training."""
+        super().reduce_metrics(logging_outputs)
+        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
+        if any("kd_loss" in log for log in logging_outputs):
+            kd_sum = sum(log.get("kd_loss", 0) for log in logging_outputs)
+            metrics.log_scalar("kd_loss", kd_sum / ntokens / math.log(2), ntokens, round=3)
+        if any("cos_loss" in log for log in logging_outputs):
+            cos_sum = sum(log.get("cos_loss", 0) for log in logging_outputs)
+            metrics.log_scalar("cos_loss", cos_sum / ntokens, ntokens, round=3)

@@ -1,0 +1,1 @@
+"""Student architectures (fairseq auto-imports this folder for ``--user-dir``)."""

@@ -1,0 +1,211 @@
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq import models, utils
+from fairseq.data import Dictionary
+from fairseq.models import FairseqEncoderDecoderModel
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from ..checkpoints import load_checkpoint
+from ..utils import capture_encoder_out
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslationKDConfig(TranslationConfig):
+    # options for the teacher
+    teacher_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "trained fairseq translation checkpoint used as a frozen teacher; several paths "
+            "separated by ':' form an ensemble whose distributions are averaged"
+        },
+    )
+    teacher_data: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "directory holding the teacher's dict.SRC.txt and dict.TGT.txt, to check that teacher "
+            "and student share their dictionaries (default: the data directory recorded in the teacher checkpoint)"
+        },
+    )
+
+
+class TeacherError(ValueError):
+    pass
+
+
+def dictionary_difference(ours: Dictionary, theirs: Dictionary):
+    """A description of the first difference between two dictionaries, or None if they are equal."""
+    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
+        if a != b:
+            return f"index {i} is {a!r} for the student but {b!r} for the teacher"
+    if len(ours) != len(theirs):
+        shorter, longer, who = (ours, theirs, "teacher") if len(ours) < len(theirs) else (theirs, ours, "student")
+        return (
+            f"the student has {len(ours)} symbols and the teacher {len(theirs)}; the {who}'s extra symbols "
+            f"start with {longer.symbols[len(shorter)]!r} at index {len(shorter)}"
+        )
+    return None
+
+
+def hidden_sizes(model):
+    """(encoder, decoder) width of the per-layer hidden states of a transformer-like model."""
+    return model.encoder.embed_tokens.embedding_dim, model.decoder.embed_dim
+
+
+@register_task("translation_kd", dataclass=TranslationKDConfig)
+class TranslationKDTask(TranslationTask):
+    """
+    Translation with knowledge distillation from a frozen teacher (or ensemble of teachers).
+
+    The teacher is loaded when the student is built for training, kept on the task (never inside
+    the student, so it is not saved in checkpoints, not wrapped for data parallelism and not seen by
+    the optimizer), run in eval mode without gradients on each batch, and its output handed to the
+    criterion as ``sample["teacher_output"]``. It follows the student's device and dtype.
+
+    Args:
+        src_dict (~fairseq.data.Dictionary): dictionary for the source language
+        tgt_dict (~fairseq.data.Dictionary): dictionary for the target language
+
+    .. note::
+
+        The task is compatible with :mod:`fairseq-train`, :mod:`fairseq-generate`,
+        :mod:`fairseq-validate` and :mod:`fairseq-interactive`; reloading a student checkpoint
+        never loads (or needs) the teacher.
+    """
+
+    cfg: TranslationKDConfig
+
+    def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.teachers = []
+        self._student_hidden_sizes = None
+
+    def build_model(self, cfg, from_checkpoint=False):
+        """Builds the student and, when training starts (not when a checkpoint is reloaded for
+        generation or validation), loads the teacher(s) given by ``--teacher-path``."""
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.teacher_path and not from_checkpoint:
+            self._student_hidden_sizes = hidden_sizes(model)
+            check_output_layer(model, "student")
+            self.teachers = [self.load_teacher(path) for path in self.cfg.teacher_path.split(":")]
+        return model
+
+    def load_teacher(self, path):
+        """Loads a frozen teacher, after checking that it shares our language pair and
+        dictionaries."""
+        state = load_checkpoint(path, what="teacher checkpoint")
+        teacher_cfg = state["cfg"]
+        self._check_teacher_dictionaries(path, teacher_cfg)
+        utils.import_user_module(teacher_cfg.common)
+        try:
+            # models.build_model, not self.build_model: the latter would also rebuild the
+            # --eval-bleu sequence generator around the teacher.
+            teacher = models.build_model(teacher_cfg.model, self, from_checkpoint=True)
+            teacher.load_state_dict(state["model"], strict=True, model_cfg=teacher_cfg.model)
+        except RuntimeError as e:
+            raise TeacherError(f"could not load the teacher weights of {path!r} into its own architecture: {e}") from e
+        if not isinstance(teacher, FairseqEncoderDecoderModel):
+            raise TeacherError(f"teacher {path!r} is a {type(teacher).__name__}, not an encoder-decoder translation model")
+        check_output_layer(teacher, f"teacher {path!r}")
+        # eval() turns off dropout (and layer drop); requires_grad_(False) keeps the teacher out of
+        # autograd even where a caller forgets torch.no_grad().
+        teacher.eval()
+        teacher.requires_grad_(False)
+        num_params = sum(p.numel() for p in teacher.parameters())
+        logger.info(f"teacher {path}: {type(teacher).__name__}, {num_params:,} parameters (frozen)")
+        return teacher
+
+    def _check_teacher_dictionaries(self, path, teacher_cfg):
+        recorded = utils.split_paths(teacher_cfg.task.data)[0] if teacher_cfg.task.get("data") else None
+        data_dir = self.cfg.teacher_data or recorded
+        for side, ours, theirs_lang in [
+            ("source", self.src_dict, teacher_cfg.task.get("source_lang")),
+            ("target", self.tgt_dict, teacher_cfg.task.get("target_lang")),
+        ]:
+            our_lang = self.cfg.source_lang if side == "source" else self.cfg.target_lang
+            if theirs_lang is not None and theirs_lang != our_lang:
+                raise TeacherError(
+                    f"teacher {path!r} translates {teacher_cfg.task.source_lang}->{teacher_cfg.task.target_lang}, "
+                    f"the student {self.cfg.source_lang}->{self.cfg.target_lang}"
+                )
+            dict_path = os.path.join(data_dir or "", f"dict.{our_lang}.txt")
+            if data_dir is None or not os.path.isfile(dict_path):
+                raise TeacherError(
+                    f"cannot check the teacher's {side} dictionary: {dict_path!r} does not exist. Pass "
+                    f"--teacher-data DIR, where DIR holds the dict.{self.cfg.source_lang}.txt and "
+                    f"dict.{self.cfg.target_lang}.txt that teacher {path!r} was trained with"
+                )
+            difference = dictionary_difference(ours, self.load_dictionary(dict_path))
+            if difference is not None:
+                raise TeacherError(
+                    f"teacher {path!r} and the student must share one {side} dictionary, but they differ "
+                    f"({dict_path} vs the student's): {difference}. Binarize the student's data with the "
+                    f"teacher's dictionaries (fairseq-preprocess --srcdict/--tgtdict)"
+                )
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        """Builds the criterion and checks that it and the teacher fit each other."""
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if not self.teachers:
+            return criterion
+        if not getattr(criterion, "needs_teacher", False):
+            raise ValueError(
+                f"--teacher-path is set but criterion {type(criterion).__name__} does not use a teacher: use "
+                "--criterion label_smoothed_cross_entropy_with_kd with --kd-weight > 0 (or drop --teacher-path)"
+            )
+        if getattr(criterion, "cosine_weight", 0) > 0:
+            stacks = ("encoder", "decoder") if criterion.cosine_encoder else ("decoder",)
+            for i, teacher in enumerate(self.teachers):
+                for stack, s, t in zip(("encoder", "decoder"), self._student_hidden_sizes, hidden_sizes(teacher)):
+                    if stack in stacks and s != t:
+                        raise ValueError(
+                            f"--cosine-weight needs equal {stack} hidden sizes, but the student's is {s} and "
+                            f"teacher {i}'s is {t}: give the student --{stack}-embed-dim {t}"
+                        )
+        return criterion
+
+    @torch.no_grad()
+    def teacher_forward(self, sample, student, criterion, optimizer=None):
+        """One ``(logits, extra)`` decoder output per teacher on the sample's inputs, with
+        ``extra["encoder_out"]`` when the criterion needs encoder states."""
+        p = next(student.parameters())
+        with_encoder = getattr(criterion, "needs_encoder_states", False)
+        outputs = []
+        for teacher in self.teachers:
+            t = next(teacher.parameters())
+            if (t.device, t.dtype) != (p.device, p.dtype):
+                teacher.to(device=p.device, dtype=p.dtype)
+            with torch.autocast(p.device.type, enabled=isinstance(optimizer, AMPOptimizer)):
+                with capture_encoder_out(teacher, enabled=with_encoder) as captured:
+                    logits, extra = teacher(**sample["net_input"])
+            if with_encoder:
+                extra["encoder_out"] = captured["encoder_out"]
+            outputs.append((logits, extra))
+        return outputs
+
+    def _add_teacher_output(self, sample, model, criterion, optimizer=None):
+        if self.teachers and getattr(criterion, "needs_teacher", False):
+            sample["teacher_output"] = self.teacher_forward(sample, model, criterion, optimizer)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._add_teacher_output(sample, model, criterion, optimizer)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        self._add_teacher_output(sample, model, criterion)
+        return super().valid_step(sample, model, criterion)
+
+
+def check_output_layer(model, who):
+    if getattr(model.decoder, "adaptive_softmax", None) is not None:
+        raise TeacherError(
+            f"the {who} uses an adaptive softmax, whose output is not a distribution over the whole "
+            "vocabulary: word-level KD needs a full softmax output layer"
+        )

@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq_kd",
+    version="0.1.0",
+    description="Knowledge distillation for fairseq neural machine translation models",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fairseq_kd", "fairseq_kd.*"]),
+    # fairseq-fixed must be built without build isolation after torch is installed;
+    # `make install` does that before installing this package (see Makefile).
+    install_requires=["torch>=2.0", "fairseq-fixed==0.12.3.1", "sacrebleu", "sentencepiece"],
+    entry_points={
+        "console_scripts": [
+            "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
+        ],
+    },
+)

@@ -1,0 +1,145 @@
+"""Test helpers with the names and signatures of fairseq's own ``tests/utils.py``
+(which is not shipped in the fairseq wheel), adapted to knowledge distillation."""
+
+import contextlib
+import logging
+import os
+import random
+import subprocess
+import sys
+from io import StringIO
+
+import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.distributed import utils as distributed_utils
+from fairseq_cli import generate, preprocess, train
+
+PLUGIN_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "fairseq_kd"))
+
+# A tiny architecture for every test model: small enough to train in seconds on two cores.
+TINY_ARCH = [
+    "--arch", "transformer",
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+    "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]  # fmt: skip
+
+# A mapping the tiny models can learn quickly: each source letter becomes another letter.
+_CIPHER = {c: chr((ord(c) - ord("a") + 3) % 26 + ord("a")) for c in "abcdefghijklmnopqrstuvwxyz"}
+
+
+def create_dummy_data(data_dir, num_examples=200, maxlen=8, alphabet="abcdefgh", seed=0):
+    """Writes {train,valid,test}.{in,out}: random letter "words" and their letter-shifted translations."""
+    rng = random.Random(seed)
+
+    def _create(split, n):
+        with open(os.path.join(data_dir, f"{split}.in"), "w") as src, open(
+            os.path.join(data_dir, f"{split}.out"), "w"
+        ) as tgt:
+            for _ in range(n):
+                words = [rng.choice(alphabet) for _ in range(rng.randint(2, maxlen))]
+                src.write(" ".join(words) + "\n")
+                tgt.write(" ".join(_CIPHER[w] for w in words) + "\n")
+
+    _create("train", num_examples)
+    _create("valid", max(num_examples // 10, 10))
+    _create("test", max(num_examples // 10, 10))
+
+
+def preprocess_translation_data(data_dir, extra_flags=None, destdir=None):
+    parser = options.get_preprocessing_parser()
+    args = parser.parse_args(
+        [
+            "--source-lang", "in", "--target-lang", "out",
+            "--trainpref", os.path.join(data_dir, "train"),
+            "--validpref", os.path.join(data_dir, "valid"),
+            "--testpref", os.path.join(data_dir, "test"),
+            "--thresholdtgt", "0", "--thresholdsrc", "0",
+            "--destdir", destdir or data_dir,
+            "--workers", "1",
+        ]
+        + (extra_flags or [])
+    )  # fmt: skip
+    preprocess.main(args)
+
+
+def train_translation_model(data_dir, arch_flags=None, extra_flags=None, task="translation", save_dir=None):
+    """Trains in-process with fairseq_cli.train and returns the save directory."""
+    save_dir = save_dir or data_dir
+    parser = options.get_training_parser()
+    train_args = options.parse_args_and_arch(
+        parser,
+        [
+            "--task", task, data_dir,
+            "--save-dir", save_dir,
+            "--optimizer", "adam", "--lr", "0.005",
+            "--max-tokens", "500",
+            "--max-epoch", "1",
+            "--no-progress-bar",
+            "--num-workers", "0",
+            "--seed", "1",
+            "--cpu",
+        ]
+        + (arch_flags if arch_flags is not None else TINY_ARCH)
+        + (extra_flags or []),
+    )  # fmt: skip
+    cfg = convert_namespace_to_omegaconf(train_args)
+    distributed_utils.call_main(cfg, train.main)
+    return save_dir
+
+
+def generate_main(data_dir, extra_flags=None, path=None):
+    """Runs fairseq_cli.generate in-process and returns what it printed."""
+    generate_parser = options.get_generation_parser()
+    generate_args = options.parse_args_and_arch(
+        generate_parser,
+        [
+            data_dir,
+            "--path", path or os.path.join(data_dir, "checkpoint_last.pt"),
+            "--beam", "3",
+            "--batch-size", "64",
+            "--max-len-b", "12",
+            "--gen-subset", "valid",
+            "--cpu",
+        ]
+        + (extra_flags or []),
+    )  # fmt: skip
+    out = StringIO()
+    with contextlib.redirect_stdout(out):
+        generate.main(generate_args)
+    return out.getvalue()
+
+
+def run_stock_fairseq(cli, args, env=None):
+    """Runs a stock fairseq console entry point in a fresh interpreter that has never imported
+    fairseq_kd and has none of torch's weights-only overrides in its environment."""
+    env = dict(os.environ if env is None else env)
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+    env["PYTHONPATH"] = ""
+    code = f"import sys; from fairseq_cli.{cli} import cli_main; sys.argv = sys.argv[:1] + sys.argv[1:]; cli_main()"
+    return subprocess.run(
+        [sys.executable, "-c", code] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+    )
+
+
+@contextlib.contextmanager
+def quiet():
+    """fairseq's test idiom: no logging, no stdout."""
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def set_seed(seed=0):
+    random.seed(seed)
+    torch.manual_seed(seed)
