@@ -1,13 +1,13 @@
 """Loading fairseq checkpoints on torch >= 2.6, and exporting a student that stock fairseq can run.
 
 Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, which refuses any pickled
-class it does not know. Checkpoints written by fairseq's legacy (argparse) models hold one such
-class, ``argparse.Namespace`` (the model's ``cfg.model``), so stock fairseq can no longer load its
-own checkpoints. Two remedies, each kept narrow:
+class it does not know. Checkpoints written by fairseq's legacy (argparse) models hold
+``argparse.Namespace`` (the model's ``cfg.model``), and runs with ``--eval-bleu`` hold numpy arrays
+(logged BLEU counts), so stock fairseq can no longer load its own checkpoints. Two remedies, each kept narrow:
 
-* Importing :mod:`fairseq_kd` adds ``argparse.Namespace`` to torch's weights-only allow-list.
-  Loading stays weights-only (no arbitrary code from the file runs); only that one plain container
-  class becomes acceptable. fairseq's own loaders (resume, ``fairseq-generate --user-dir``) then work.
+* Importing :mod:`fairseq_kd` adds ``argparse.Namespace`` and numpy arrays, dtypes and scalars to
+  torch's weights-only allow-list. Loading stays weights-only (no arbitrary code from the file
+  runs); only these plain data classes become acceptable. fairseq's own loaders (resume, ``fairseq-generate --user-dir``) then work.
 * :func:`export_student` writes a checkpoint made only of tensors and plain containers, with the
   stock ``translation`` task, so that stock ``fairseq-generate``/``fairseq-interactive`` load it
   with no plugin and no environment variable.
@@ -20,6 +20,7 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
 import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.models import ARCH_MODEL_REGISTRY
@@ -29,8 +30,17 @@ from omegaconf import OmegaConf
 
 logger = logging.getLogger(__name__)
 
-# Non-tensor classes that fairseq itself pickles into translation checkpoints.
-FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+def _numpy_globals():
+    # --eval-bleu logs its n-gram counts as numpy arrays, which end up in the metrics state.
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype] + dtypes
+
+
+# Plain data classes that fairseq itself pickles into translation checkpoints: the legacy models'
+# argparse config, and numpy arrays and scalars in the logged metrics.
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace] + _numpy_globals()
 
 
 def allow_fairseq_checkpoints():
