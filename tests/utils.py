@@ -143,3 +143,50 @@ def quiet():
 def set_seed(seed=0):
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def write_dictionaries(data_dir, symbols="abcdefghij", langs=("in", "out")):
+    """Writes dict.{lang}.txt files (one shared vocabulary) and returns the Dictionary."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i, s in enumerate(symbols):
+        d.add_symbol(s, n=100 - i)
+    for lang in langs:
+        d.save(os.path.join(data_dir, f"dict.{lang}.txt"))
+    return d
+
+
+def build_task_and_model(data_dir, arch_flags=None, extra_flags=None, task="translation_kd"):
+    """Sets up a task on *data_dir* (which needs only dictionaries) and builds a model with
+    fairseq.models.build_model, i.e. without the task's teacher loading. Returns (cfg, task, model)."""
+    from fairseq import models, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        ["--task", task, data_dir, "--source-lang", "in", "--target-lang", "out", "--dropout", "0"]
+        + (arch_flags if arch_flags is not None else TINY_ARCH)
+        + (extra_flags or []),
+    )
+    cfg = convert_namespace_to_omegaconf(args)
+    task_obj = tasks.setup_task(cfg.task)
+    return cfg, task_obj, models.build_model(cfg.model, task_obj)
+
+
+def make_sample(dictionary, lengths, seed=0, left_pad_source=True):
+    """A collated translation batch with one sentence per entry of *lengths* (source, target)."""
+    from fairseq.data import LanguagePairDataset
+
+    g = torch.Generator().manual_seed(seed)
+    nspecial = dictionary.nspecial
+
+    def sentence(n):
+        return torch.cat([torch.randint(nspecial, len(dictionary), (n,), generator=g), torch.tensor([dictionary.eos()])])
+
+    src = [sentence(s) for s, _ in lengths]
+    tgt = [sentence(t) for _, t in lengths]
+    dataset = LanguagePairDataset(
+        src, [len(x) for x in src], dictionary, tgt, [len(x) for x in tgt], dictionary, left_pad_source=left_pad_source
+    )
+    return dataset.collater([dataset[i] for i in range(len(lengths))])

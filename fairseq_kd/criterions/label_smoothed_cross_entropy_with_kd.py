@@ -39,6 +39,10 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     )
 
 
+def _at_least_float32(x):
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def tempered_log_probs(logits, temperature=1.0):
     """log softmax(logits / T) in float32; a list of logits (an ensemble) gives the log of the
     mean of the members' tempered distributions.
@@ -51,7 +55,7 @@ def tempered_log_probs(logits, temperature=1.0):
         Tensor: (..., V) float32 log-probabilities
     """
     if torch.is_tensor(logits):
-        return F.log_softmax(logits.float() / temperature, dim=-1)
+        return F.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
     lprobs = torch.stack([tempered_log_probs(x, temperature) for x in logits])  # K x ... x V
     return torch.logsumexp(lprobs, dim=0) - math.log(len(logits))
 
@@ -71,13 +75,13 @@ def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
     Returns:
         Tensor: the summed KL (a scalar) if *reduce*, else per-position KL of shape (...)
     """
-    teacher_lprobs = teacher_lprobs.detach().float()
+    teacher_lprobs = _at_least_float32(teacher_lprobs.detach())
     q = teacher_lprobs.exp()
     # sum_v q log q does not depend on the student: computed without a graph, it keeps the loss a
     # true KL (0 when p == q) at no extra memory; xlogy makes 0 * log 0 = 0.
     with torch.no_grad():
         neg_entropy = torch.xlogy(q, q).sum(-1)
-    kl = neg_entropy - (q * student_lprobs.float()).sum(-1)
+    kl = neg_entropy - (q * _at_least_float32(student_lprobs)).sum(-1)
     if ignore_mask is not None:
         kl = kl.masked_fill(ignore_mask, 0.0)
     return kl.sum() if reduce else kl
@@ -97,7 +101,8 @@ def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=
             f"cosine loss needs hidden states of equal shape, got student {tuple(student_states.shape)} "
             f"and teacher {tuple(teacher_states.shape)}"
         )
-    loss = 1.0 - F.cosine_similarity(student_states.float(), teacher_states.detach().float(), dim=-1)
+    student_states, teacher_states = _at_least_float32(student_states), _at_least_float32(teacher_states.detach())
+    loss = 1.0 - F.cosine_similarity(student_states, teacher_states, dim=-1)
     if ignore_mask is not None:
         loss = loss.masked_fill(ignore_mask, 0.0)
     return loss.sum() if reduce else loss

@@ -1,0 +1,145 @@
+import math
+import unittest
+
+import torch
+import torch.nn.functional as F
+
+import fairseq_kd  # noqa: F401
+from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
+    hidden_cosine_loss,
+    kd_kl_loss,
+    pair_layers,
+    tempered_log_probs,
+)
+
+
+def reference_kl(student_logits, teacher_logits, temperature, mask=None):
+    """KL(q^T || p^T) per position from torch.nn.functional.kl_div, independently of the code under test."""
+    p = F.log_softmax(student_logits.double() / temperature, dim=-1)
+    q = F.log_softmax(teacher_logits.double() / temperature, dim=-1)
+    kl = F.kl_div(p, q, log_target=True, reduction="none").sum(-1)
+    if mask is not None:
+        kl = kl.masked_fill(mask, 0.0)
+    return kl
+
+
+class TestKDKLLoss(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+        self.student = torch.randn(5, 7, 11) * 3
+        self.teacher = torch.randn(5, 7, 11) * 3
+        self.mask = torch.rand(5, 7) < 0.3
+
+    def kd(self, student, teacher, temperature, mask=None, reduce=True):
+        return kd_kl_loss(
+            tempered_log_probs(student, temperature), tempered_log_probs(teacher, temperature), mask, reduce
+        )
+
+    def test_matches_kl_div(self):
+        for temperature in (0.5, 1.0, 2.0, 5.0):
+            expected = reference_kl(self.student, self.teacher, temperature, self.mask)
+            got = self.kd(self.student, self.teacher, temperature, self.mask, reduce=False)
+            torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                self.kd(self.student, self.teacher, temperature, self.mask).double(), expected.sum(), rtol=1e-5, atol=1e-5
+            )
+
+    def test_zero_when_student_equals_teacher(self):
+        for temperature in (0.5, 1.0, 2.0, 5.0):
+            kl = self.kd(self.teacher, self.teacher.clone(), temperature, reduce=False)
+            self.assertLess(kl.abs().max().item(), 1e-5)
+
+    def test_non_negative(self):
+        for seed in range(5):
+            torch.manual_seed(seed)
+            kl = self.kd(torch.randn(4, 9) * 4, torch.randn(4, 9) * 4, 1.5, reduce=False)
+            self.assertTrue((kl > -1e-6).all())
+
+    def test_padding_contributes_nothing(self):
+        # changing the logits at padded positions changes nothing
+        noisy = self.student.clone()
+        noisy[self.mask] = torch.randn_like(noisy[self.mask]) * 100
+        a = self.kd(self.student, self.teacher, 2.0, self.mask)
+        b = self.kd(noisy, self.teacher, 2.0, self.mask)
+        torch.testing.assert_close(a, b)
+        unreduced = self.kd(noisy, self.teacher, 2.0, self.mask, reduce=False)
+        self.assertTrue((unreduced[self.mask] == 0).all())
+
+    def test_all_padding_gives_zero_not_nan(self):
+        loss = self.kd(self.student, self.teacher, 1.0, torch.ones(5, 7, dtype=torch.bool))
+        self.assertEqual(loss.item(), 0.0)
+
+    def test_teacher_zero_probabilities_are_finite(self):
+        teacher = self.teacher.clone()
+        teacher[..., 0] = -math.inf  # q_0 = 0: 0 * log 0 must count as 0
+        loss = self.kd(self.student, teacher, 1.0)
+        self.assertTrue(torch.isfinite(loss))
+        p, q = F.log_softmax(self.student.double(), -1), F.softmax(teacher.double(), -1)
+        expected = torch.where(q > 0, q * (q.log() - p), 0.0).sum()
+        torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+
+    def test_half_precision_inputs_computed_in_float32(self):
+        for dtype in (torch.float16, torch.bfloat16):
+            s, t = self.student.to(dtype), self.teacher.to(dtype)
+            got = self.kd(s, t, 2.0, self.mask)
+            self.assertEqual(got.dtype, torch.float32)
+            expected = reference_kl(s.float(), t.float(), 2.0, self.mask).sum()
+            torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+    def test_gradient_is_softmax_difference_over_temperature(self):
+        # d KL(q^T || softmax(z / T)) / dz = (p^T - q^T) / T
+        for temperature in (1.0, 3.0):
+            z = self.student.clone().requires_grad_(True)
+            self.kd(z, self.teacher, temperature).backward()
+            expected = (F.softmax(self.student / temperature, -1) - F.softmax(self.teacher / temperature, -1)) / temperature
+            torch.testing.assert_close(z.grad, expected, rtol=1e-4, atol=1e-6)
+
+    def test_gradient_against_finite_differences(self):
+        z = torch.randn(2, 5, dtype=torch.double, requires_grad=True)
+        t = torch.randn(2, 5, dtype=torch.double)
+        self.assertTrue(
+            torch.autograd.gradcheck(lambda x: kd_kl_loss(F.log_softmax(x / 2, -1), F.log_softmax(t / 2, -1)), (z,))
+        )
+
+    def test_ensemble_is_log_of_mean_distribution(self):
+        a, b = torch.randn(3, 6), torch.randn(3, 6)
+        expected = torch.log((F.softmax(a / 2, -1) + F.softmax(b / 2, -1)) / 2)
+        torch.testing.assert_close(tempered_log_probs([a, b], 2.0), expected)
+        torch.testing.assert_close(tempered_log_probs([a], 2.0), F.log_softmax(a / 2, -1))
+
+
+class TestHiddenCosineLoss(unittest.TestCase):
+    def test_matches_explicit_formula(self):
+        torch.manual_seed(0)
+        s, t = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
+        mask = torch.tensor([[False, False, True]] * 4)
+        expected = 1 - (s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1))
+        expected = expected.masked_fill(mask, 0)
+        torch.testing.assert_close(hidden_cosine_loss(s, t, mask, reduce=False), expected)
+        torch.testing.assert_close(hidden_cosine_loss(s, t, mask), expected.sum())
+
+    def test_zero_for_equal_or_parallel_states(self):
+        s = torch.randn(5, 2, 8)
+        self.assertLess(hidden_cosine_loss(s, s.clone()).abs().item(), 1e-5)
+        self.assertLess(hidden_cosine_loss(s, 3.0 * s).abs().item(), 1e-5)
+        self.assertAlmostEqual(hidden_cosine_loss(s, -s).item(), 2.0 * 10, places=4)
+
+    def test_unequal_sizes_are_an_error(self):
+        with self.assertRaisesRegex(ValueError, "equal shape"):
+            hidden_cosine_loss(torch.randn(2, 3, 8), torch.randn(2, 3, 16))
+
+
+class TestPairLayers(unittest.TestCase):
+    def test_last_layer_of_each_block(self):
+        self.assertEqual(pair_layers(3, 6), [1, 3, 5])
+        self.assertEqual(pair_layers(3, 24), [7, 15, 23])
+        self.assertEqual(pair_layers(2, 2), [0, 1])
+        self.assertEqual(pair_layers(1, 4), [3])
+        self.assertEqual(pair_layers(2, 3), [1, 2])
+
+    def test_deeper_student_repeats_teacher_layers(self):
+        self.assertEqual(pair_layers(4, 2), [0, 0, 1, 1])
+
+
+if __name__ == "__main__":
+    unittest.main()
