@@ -112,21 +112,14 @@ def generate_main(data_dir, extra_flags=None, path=None):
     return out.getvalue()
 
 
-def run_stock_fairseq(cli, args, env=None):
-    """Runs a stock fairseq console entry point in a fresh interpreter that has never imported
-    fairseq_kd and has none of torch's weights-only overrides in its environment."""
-    env = dict(os.environ if env is None else env)
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-    env["PYTHONPATH"] = ""
-    code = f"import sys; from fairseq_cli.{cli} import cli_main; sys.argv = sys.argv[:1] + sys.argv[1:]; cli_main()"
-    return subprocess.run(
-        [sys.executable, "-c", code] + list(args),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd="/",
-    )
+def run_console_script(name, args, input=None):
+    """Runs an installed console script (``fairseq-generate``, ``fairseq-kd-export``, ...) in a fresh
+    process, without torch's weights-only overrides in its environment and away from this
+    checkout, so stock fairseq runs as a user would run it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE_")}
+    env.pop("PYTHONPATH", None)
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    return subprocess.run([script] + list(args), capture_output=True, text=True, env=env, cwd="/", input=input)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,216 @@
+"""End to end, in-process like fairseq's own tests/test_binaries.py: a tiny teacher, KD students
+trained with --user-dir, and the students run by stock fairseq without the teacher."""
+
+import os
+import re
+import shutil
+import tempfile
+import unittest
+
+import torch
+from fairseq import tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+import fairseq_kd  # noqa: F401
+from tests.utils import (
+    PLUGIN_DIR,
+    TINY_ARCH,
+    create_dummy_data,
+    generate_main,
+    preprocess_translation_data,
+    quiet,
+    run_console_script,
+    train_translation_model,
+)
+
+KD_FLAGS = [
+    "--user-dir", PLUGIN_DIR,
+    "--criterion", "label_smoothed_cross_entropy_with_kd",
+    "--kd-weight", "1.0", "--nll-weight", "0.5", "--kd-temperature", "2",
+    "--label-smoothing", "0.1",
+]  # fmt: skip
+
+
+def hypotheses(generate_output):
+    """{sentence id: hypothesis} from fairseq-generate's H- lines."""
+    return {int(m[1]): m[2] for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", generate_output, re.M)}
+
+
+class TestKDBinaries(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_")
+        cls.data = os.path.join(cls.tmp.name, "data")
+        os.makedirs(cls.data)
+        with quiet():
+            create_dummy_data(cls.data, num_examples=500)
+            preprocess_translation_data(cls.data, ["--joined-dictionary"])
+            train_translation_model(
+                cls.data,
+                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
+                save_dir=os.path.join(cls.tmp.name, "teacher"),
+            )
+        cls.teacher_ckpt = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
+
+    def copy_teacher(self, name="teacher.pt"):
+        path = os.path.join(self.dir, name)
+        shutil.copy(self.teacher_ckpt, path)
+        return path
+
+    def train_student(self, save_dir, teacher_path, extra_flags=(), data=None, arch_flags=None):
+        with quiet():
+            train_translation_model(
+                data or self.data,
+                arch_flags=arch_flags,
+                task="translation_kd",
+                save_dir=save_dir,
+                extra_flags=["--teacher-path", teacher_path, "--no-epoch-checkpoints"] + KD_FLAGS + list(extra_flags),
+            )
+        return os.path.join(save_dir, "checkpoint_last.pt")
+
+    def test_student_runs_with_stock_fairseq_without_teacher(self):
+        teacher = self.copy_teacher()
+        student_dir = os.path.join(self.dir, "student")
+        student = self.train_student(
+            student_dir, teacher, ["--max-epoch", "2", "--cosine-weight", "0.1", "--cosine-encoder", "--eval-bleu"]
+        )
+
+        state = torch.load(student, map_location="cpu", weights_only=True)
+        self.assertFalse([k for k in state["model"] if "teacher" in k])
+        self.assertFalse(state["criterion"])  # the criterion holds no module, hence no teacher
+        num_student_tensors = len([k for k in state["model"] if not k.endswith(".version")])
+        optimizer_state = state["last_optimizer_state"]["state"]
+        self.assertLessEqual(len(optimizer_state), num_student_tensors)
+        self.assertEqual(state["cfg"]["task"]["_name"], "translation_kd")
+
+        os.remove(teacher)
+        # reloading for generation never needs the teacher
+        with quiet():
+            with_plugin = generate_main(self.data, ["--user-dir", PLUGIN_DIR], path=student)
+        self.assertIn("BLEU4", with_plugin)
+
+        # stock fairseq, no plugin, no environment variable: the raw checkpoint fails, the export runs
+        raw = run_console_script("fairseq-generate", [self.data, "--path", student, "--cpu"])
+        self.assertNotEqual(raw.returncode, 0)
+        exported = os.path.join(self.dir, "student_exported.pt")
+        result = run_console_script("fairseq-kd-export", [student, exported])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("fairseq-generate", result.stdout)
+        stock = run_console_script(
+            "fairseq-generate",
+            [self.data, "--path", exported, "--beam", "3", "--batch-size", "64", "--max-len-b", "12", "--gen-subset", "valid", "--cpu"],
+        )
+        self.assertEqual(stock.returncode, 0, stock.stderr[-2000:])
+        # the exported model translates exactly like the student it came from
+        self.assertTrue(hypotheses(with_plugin))
+        self.assertEqual(hypotheses(stock.stdout), hypotheses(with_plugin))
+
+        interactive = run_console_script(
+            "fairseq-interactive", [self.data, "--path", exported, "--beam", "2", "--cpu"], input="a b c d\n"
+        )
+        self.assertEqual(interactive.returncode, 0, interactive.stderr[-2000:])
+        self.assertRegex(interactive.stdout, r"(?m)^H-0\t")
+
+        # export never overwrites silently
+        again = run_console_script("fairseq-kd-export", [student, exported])
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("already exists", again.stderr)
+
+    def test_resume_reloads_teacher_and_continues(self):
+        teacher = self.copy_teacher()
+        student_dir = os.path.join(self.dir, "student")
+        first = torch.load(self.train_student(student_dir, teacher, ["--max-epoch", "1"]), weights_only=True)
+        second = torch.load(self.train_student(student_dir, teacher, ["--max-epoch", "2"]), weights_only=True)
+        updates = [s["optimizer_history"][-1]["num_updates"] for s in (first, second)]
+        self.assertEqual(updates[1], 2 * updates[0])
+        self.assertEqual([s["extra_state"]["train_iterator"]["epoch"] for s in (first, second)], [2, 3])
+        # the resumed epoch trained with the teacher: the epoch's metrics hold its KD term
+        train_metrics = [name for _, name, _, _ in second["extra_state"]["metrics"]["train"]]
+        self.assertIn("kd_loss", train_metrics)
+
+    def test_eval_bleu_generator_wraps_the_student(self):
+        from fairseq import options
+
+        args = options.parse_args_and_arch(
+            options.get_training_parser(),
+            ["--task", "translation_kd", self.data, "--teacher-path", self.teacher_ckpt, "--eval-bleu"]
+            + TINY_ARCH
+            + KD_FLAGS,
+        )
+        cfg = convert_namespace_to_omegaconf(args)
+        with quiet():
+            task = tasks.setup_task(cfg.task)
+            student = task.build_model(cfg.model)
+        self.assertEqual(len(task.teachers), 1)
+        self.assertEqual(task.sequence_generator.model.models_size, 1)
+        self.assertIs(task.sequence_generator.model.single_model, student)
+        self.assertIsNot(task.sequence_generator.model.single_model, task.teachers[0])
+        self.assertFalse(any(p.requires_grad for p in task.teachers[0].parameters()))
+        self.assertFalse(task.teachers[0].training)
+
+    def test_teacher_ensemble(self):
+        a, b = self.copy_teacher("a.pt"), self.copy_teacher("b.pt")
+        state = torch.load(self.train_student(os.path.join(self.dir, "s"), f"{a}:{b}", ["--max-epoch", "1"]), weights_only=True)
+        self.assertEqual(state["cfg"]["task"]["teacher_path"], f"{a}:{b}")
+
+    def assert_fails_before_training(self, save_dir, error, message, **kwargs):
+        with self.assertRaisesRegex(error, message):
+            self.train_student(save_dir, **kwargs)
+        self.assertFalse(os.path.exists(os.path.join(save_dir, "checkpoint_last.pt")))
+
+    def test_dictionary_mismatch_is_a_clear_error(self):
+        other = os.path.join(self.dir, "other")
+        os.makedirs(other)
+        with quiet():
+            create_dummy_data(other, num_examples=50, alphabet="abcdefghxyz", seed=3)
+            preprocess_translation_data(other, ["--joined-dictionary"])
+        self.assert_fails_before_training(
+            os.path.join(self.dir, "s"),
+            ValueError,
+            r"share one source dictionary.*index \d+ is '\w' for the student but '\w' for the teacher",
+            teacher_path=self.teacher_ckpt,
+            data=other,
+            extra_flags=["--max-epoch", "1"],
+        )
+
+    def test_bad_teacher_files_are_clear_errors(self):
+        save_dir = os.path.join(self.dir, "s")
+        missing = os.path.join(self.dir, "missing.pt")
+        self.assert_fails_before_training(save_dir, ValueError, "does not exist", teacher_path=missing)
+        truncated = os.path.join(self.dir, "truncated.pt")
+        with open(self.teacher_ckpt, "rb") as f, open(truncated, "wb") as g:
+            g.write(f.read()[:1000])
+        self.assert_fails_before_training(save_dir, ValueError, "could not be read as a fairseq checkpoint", teacher_path=truncated)
+
+    def test_teacher_with_a_plain_criterion_is_an_error(self):
+        with self.assertRaisesRegex(ValueError, "does not use a teacher"):
+            with quiet():
+                train_translation_model(
+                    self.data,
+                    task="translation_kd",
+                    save_dir=os.path.join(self.dir, "s"),
+                    extra_flags=["--user-dir", PLUGIN_DIR, "--teacher-path", self.teacher_ckpt],
+                )
+
+    def test_cosine_with_unequal_widths_is_an_error(self):
+        arch = list(TINY_ARCH)
+        arch[arch.index("--decoder-embed-dim") + 1] = "24"
+        self.assert_fails_before_training(
+            os.path.join(self.dir, "s"),
+            ValueError,
+            "--cosine-weight needs equal decoder hidden sizes, but the student's is 24 and teacher 0's is 16",
+            teacher_path=self.teacher_ckpt,
+            arch_flags=arch,
+            extra_flags=["--cosine-weight", "1"],
+        )
+
+
+if __name__ == "__main__":
+    unittest.main()
