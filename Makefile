@@ -39,9 +39,9 @@ demo: install
 	$(PY) scripts/demo.py --workdir runs/demo
 
 lint: install
-	$(PY) -m black --check fairseq_kd scripts tests
+	$(PY) -m black --check fairseq_kd scripts tests setup.py
 	$(PY) -m isort --check --profile black fairseq_kd scripts tests
-	$(PY) -m flake8 --select=E9,F63,F7,F82 --max-line-length 127 fairseq_kd scripts tests
+	$(PY) -m flake8 --select=E9,F63,F7,F82 fairseq_kd scripts tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,11 +3,13 @@
 Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, which refuses any pickled
 class it does not know. Checkpoints written by fairseq's legacy (argparse) models hold
 ``argparse.Namespace`` (the model's ``cfg.model``), and runs with ``--eval-bleu`` hold numpy arrays
-(logged BLEU counts), so stock fairseq can no longer load its own checkpoints. Two remedies, each kept narrow:
+(logged BLEU counts), so stock fairseq can no longer load its own checkpoints. Two remedies, each
+kept narrow:
 
 * Importing :mod:`fairseq_kd` adds ``argparse.Namespace`` and numpy arrays, dtypes and scalars to
   torch's weights-only allow-list. Loading stays weights-only (no arbitrary code from the file
-  runs); only these plain data classes become acceptable. fairseq's own loaders (resume, ``fairseq-generate --user-dir``) then work.
+  runs); only these plain data classes become acceptable. fairseq's own loaders (resume,
+  ``fairseq-generate --user-dir``) then work.
 * :func:`export_student` writes a checkpoint made only of tensors and plain containers, with the
   stock ``translation`` task, so that stock ``fairseq-generate``/``fairseq-interactive`` load it
   with no plugin and no environment variable.
@@ -23,8 +25,8 @@ import zipfile
 import numpy as np
 import torch
 from fairseq import checkpoint_utils, tasks
-from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
+from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 

@@ -105,7 +105,20 @@ class TestKDBinaries(unittest.TestCase):
         self.assertIn("fairseq-generate", result.stdout)
         stock = run_console_script(
             "fairseq-generate",
-            [self.data, "--path", exported, "--beam", "3", "--batch-size", "64", "--max-len-b", "12", "--gen-subset", "valid", "--cpu"],
+            [
+                self.data,
+                "--path",
+                exported,
+                "--beam",
+                "3",
+                "--batch-size",
+                "64",
+                "--max-len-b",
+                "12",
+                "--gen-subset",
+                "valid",
+                "--cpu",
+            ],
         )
         self.assertEqual(stock.returncode, 0, stock.stderr[-2000:])
         # the exported model translates exactly like the student it came from
@@ -140,9 +153,7 @@ class TestKDBinaries(unittest.TestCase):
 
         args = options.parse_args_and_arch(
             options.get_training_parser(),
-            ["--task", "translation_kd", self.data, "--teacher-path", self.teacher_ckpt, "--eval-bleu"]
-            + TINY_ARCH
-            + KD_FLAGS,
+            ["--task", "translation_kd", self.data, "--teacher-path", self.teacher_ckpt, "--eval-bleu"] + TINY_ARCH + KD_FLAGS,
         )
         cfg = convert_namespace_to_omegaconf(args)
         with quiet():
@@ -157,7 +168,9 @@ class TestKDBinaries(unittest.TestCase):
 
     def test_teacher_ensemble(self):
         a, b = self.copy_teacher("a.pt"), self.copy_teacher("b.pt")
-        state = torch.load(self.train_student(os.path.join(self.dir, "s"), f"{a}:{b}", ["--max-epoch", "1"]), weights_only=True)
+        state = torch.load(
+            self.train_student(os.path.join(self.dir, "s"), f"{a}:{b}", ["--max-epoch", "1"]), weights_only=True
+        )
         self.assertEqual(state["cfg"]["task"]["teacher_path"], f"{a}:{b}")
 
     def assert_fails_before_training(self, save_dir, error, message, **kwargs):
@@ -187,7 +200,9 @@ class TestKDBinaries(unittest.TestCase):
         truncated = os.path.join(self.dir, "truncated.pt")
         with open(self.teacher_ckpt, "rb") as f, open(truncated, "wb") as g:
             g.write(f.read()[:1000])
-        self.assert_fails_before_training(save_dir, ValueError, "could not be read as a fairseq checkpoint", teacher_path=truncated)
+        self.assert_fails_before_training(
+            save_dir, ValueError, "could not be read as a fairseq checkpoint", teacher_path=truncated
+        )
 
     def test_teacher_with_a_plain_criterion_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "does not use a teacher"):

@@ -118,7 +118,9 @@ class TestKDTerms(KDCriterionTestCase):
 
         torch.testing.assert_close(log["kd_loss"].double(), kl, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(log["cos_loss"].double(), cos, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(loss.double(), nll_w * ls_loss.double() + kd_w * T**2 * kl + cos_w * cos, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            loss.double(), nll_w * ls_loss.double() + kd_w * T**2 * kl + cos_w * cos, rtol=1e-5, atol=1e-4
+        )
 
     def test_encoder_cosine_uses_source_padding(self):
         criterion = self.build(cosine_weight=1.0, cosine_encoder=True)

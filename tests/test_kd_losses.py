@@ -31,9 +31,7 @@ class TestKDKLLoss(unittest.TestCase):
         self.mask = torch.rand(5, 7) < 0.3
 
     def kd(self, student, teacher, temperature, mask=None, reduce=True):
-        return kd_kl_loss(
-            tempered_log_probs(student, temperature), tempered_log_probs(teacher, temperature), mask, reduce
-        )
+        return kd_kl_loss(tempered_log_probs(student, temperature), tempered_log_probs(teacher, temperature), mask, reduce)
 
     def test_matches_kl_div(self):
         for temperature in (0.5, 1.0, 2.0, 5.0):

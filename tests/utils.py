@@ -35,9 +35,7 @@ def create_dummy_data(data_dir, num_examples=200, maxlen=8, alphabet="abcdefgh",
     rng = random.Random(seed)
 
     def _create(split, n):
-        with open(os.path.join(data_dir, f"{split}.in"), "w") as src, open(
-            os.path.join(data_dir, f"{split}.out"), "w"
-        ) as tgt:
+        with open(os.path.join(data_dir, f"{split}.in"), "w") as src, open(os.path.join(data_dir, f"{split}.out"), "w") as tgt:
             for _ in range(n):
                 words = [rng.choice(alphabet) for _ in range(rng.randint(2, maxlen))]
                 src.write(" ".join(words) + "\n")

@@ -194,9 +194,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         # popped so that the teacher's vocabulary-sized logits are freed as soon as they are used
         teacher_output = sample.pop("teacher_output", None)
         if model.training and self.needs_teacher and teacher_output is None:
-            raise RuntimeError(
-                "the KD criterion got no teacher output: train with --task translation_kd --teacher-path ..."
-            )
+            raise RuntimeError("the KD criterion got no teacher output: train with --task translation_kd --teacher-path ...")
         with capture_encoder_out(model, enabled=teacher_output is not None and self.needs_encoder_states) as enc:
             net_output = model(**sample["net_input"])
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)  # (B * T) x V, (B * T)
@@ -267,8 +265,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     def _paired_cosine(student_states, teacher_states, pad_mask, reduce):
         if len(student_states) == 0 or len(teacher_states) == 0:
             raise ValueError(
-                "cosine loss found no per-layer hidden states (the encoder returns them only with "
-                "return_all_hiddens=True)"
+                "cosine loss found no per-layer hidden states (the encoder returns them only with " "return_all_hiddens=True)"
             )
         pairs = pair_layers(len(student_states), len(teacher_states))
         losses = [hidden_cosine_loss(student_states[i], teacher_states[j], pad_mask, reduce) for i, j in enumerate(pairs)]
