@@ -36,7 +36,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) scripts/demo.py --workdir runs/demo
+	PYTHON=$(PY) scripts/toy_demo.sh runs/toy
 
 lint: install
 	$(PY) -m black --check fairseq_kd scripts tests setup.py

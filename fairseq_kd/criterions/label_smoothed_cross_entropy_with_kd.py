@@ -56,6 +56,8 @@ def tempered_log_probs(logits, temperature=1.0):
     """
     if torch.is_tensor(logits):
         return F.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
+    if len(logits) == 1:
+        return tempered_log_probs(logits[0], temperature)
     lprobs = torch.stack([tempered_log_probs(x, temperature) for x in logits])  # K x ... x V
     return torch.logsumexp(lprobs, dim=0) - math.log(len(logits))
 

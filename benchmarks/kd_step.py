@@ -1,0 +1,215 @@
+"""Time and peak memory of one training step, on a fixed batch:
+
+  (a) a plain NLL student step (label_smoothed_cross_entropy, forward + backward)
+  (b) the teacher's forward alone (no gradients)
+  (c) a word-level KD step (translation_kd's train_step: teacher forward + KD criterion + backward)
+
+and the ratios time(c) / (time(a) + time(b)) and peak(c) / peak(a).
+
+Peak memory on CPU is the high-water mark of tensor memory allocated during the step (from the
+PyTorch profiler's allocation events); on CUDA it is torch.cuda.max_memory_allocated over the
+step. Both count only what the step allocates on top of the models and the batch.
+
+    python benchmarks/kd_step.py                     # CPU, writes benchmarks/results/kd_step_cpu.{json,md}
+    python benchmarks/kd_step.py --device cuda --dtype bf16
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+from fairseq import models, options, tasks
+from fairseq.data import Dictionary, LanguagePairDataset
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from torch.profiler import ProfilerActivity, profile
+
+import fairseq_kd  # noqa: F401
+
+
+def arch_flags(layers, dim, ffn, heads):
+    return [
+        "--arch", "transformer",
+        "--encoder-layers", str(layers), "--decoder-layers", str(layers),
+        "--encoder-embed-dim", str(dim), "--decoder-embed-dim", str(dim),
+        "--encoder-ffn-embed-dim", str(ffn), "--decoder-ffn-embed-dim", str(ffn),
+        "--encoder-attention-heads", str(heads), "--decoder-attention-heads", str(heads),
+        "--share-decoder-input-output-embed",
+    ]  # fmt: skip
+
+
+def build(data_dir, arch, criterion_flags):
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        ["--task", "translation_kd", data_dir, "--source-lang", "src", "--target-lang", "tgt", "--teacher-path", "unused"]
+        + arch
+        + criterion_flags,
+    )
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return task, models.build_model(cfg.model, task), task.build_criterion(cfg.criterion)
+
+
+def make_batch(dictionary, sentences, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def sent():
+        return torch.cat([torch.randint(dictionary.nspecial, len(dictionary), (length - 1,), generator=g), torch.tensor([2])])
+
+    src = [sent() for _ in range(sentences)]
+    tgt = [sent() for _ in range(sentences)]
+    ds = LanguagePairDataset(src, [length] * sentences, dictionary, tgt, [length] * sentences, dictionary)
+    return ds.collater([ds[i] for i in range(sentences)])
+
+
+class _Backward:
+    """The one optimizer method FairseqTask.train_step calls."""
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def measure_peak(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = []
+    for e in prof.events():
+        # allocations are attributed to the op that made them; frees come as "[memory]" events
+        size = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if size:
+            events.append((e.time_range.start, size))
+    current = peak = 0
+    for _, size in sorted(events):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+def measure_time(fn, device, repeats):
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--sentences", type=int, default=64)
+    parser.add_argument("--length", type=int, default=32, help="tokens per sentence, source and target")
+    parser.add_argument("--student", default="3,256,1024,4", help="layers,dim,ffn,heads")
+    parser.add_argument("--teacher", default="6,512,2048,8", help="layers,dim,ffn,heads")
+    parser.add_argument("--kd-temperature", default="2")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        d = Dictionary()
+        for i in range(args.vocab - d.nspecial):
+            d.add_symbol(f"w{i}")
+        for lang in ("src", "tgt"):
+            d.save(os.path.join(data_dir, f"dict.{lang}.txt"))
+        student_arch = arch_flags(*args.student.split(","))
+        teacher_arch = arch_flags(*args.teacher.split(","))
+        nll_task, student, nll_criterion = build(data_dir, student_arch, ["--criterion", "label_smoothed_cross_entropy"])
+        kd_flags = ["--criterion", "label_smoothed_cross_entropy_with_kd", "--kd-weight", "0.5", "--nll-weight", "0.5"]
+        kd_task, _, kd_criterion = build(data_dir, student_arch, kd_flags + ["--kd-temperature", args.kd_temperature])
+        _, teacher, _ = build(data_dir, teacher_arch, ["--criterion", "label_smoothed_cross_entropy"])
+    for crit in (nll_criterion, kd_criterion):
+        crit.eps = 0.1
+    student.to(device=device, dtype=dtype)
+    teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    kd_task.teachers = [teacher]
+    batch = make_batch(d, args.sentences, args.length)
+    batch = {
+        k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device) if torch.is_tensor(v) else v)
+        for k, v in batch.items()
+    }
+    optimizer = _Backward()
+
+    def nll_step():
+        student.zero_grad(set_to_none=True)
+        nll_task.train_step(dict(batch), student, nll_criterion, optimizer, 0)
+
+    def teacher_forward():
+        kd_task.teacher_forward(dict(batch), student, kd_criterion)
+
+    def kd_step():
+        student.zero_grad(set_to_none=True)
+        kd_task.train_step(dict(batch), student, kd_criterion, optimizer, 0)
+
+    steps = {"a_nll_step": nll_step, "b_teacher_forward": teacher_forward, "c_kd_step": kd_step}
+    results = {}
+    for name, fn in steps.items():
+        fn()  # warm-up, and gradients allocated as in training
+        results[name] = {
+            "seconds": measure_time(fn, device, args.repeats),
+            "peak_bytes": measure_peak(fn, device),
+        }
+    a, b, c = (results[k] for k in steps)
+    target_tokens = int(batch["ntokens"])
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+        "config": dict(vars(args), target_tokens=target_tokens, dtype=args.dtype),
+        "results": results,
+        "time_ratio_c_over_a_plus_b": c["seconds"] / (a["seconds"] + b["seconds"]),
+        "memory_ratio_c_over_a": c["peak_bytes"] / a["peak_bytes"],
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    stem = os.path.join(args.output_dir, f"kd_step_{device.type}_{args.dtype}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    lines = [
+        f"# One training step, {device.type} {args.dtype}: {args.sentences} sentences x {args.length} tokens, "
+        f"vocabulary {args.vocab}, student {args.student}, teacher {args.teacher} (layers,dim,ffn,heads)",
+        "",
+        "| step | time (ms) | peak memory (MB) |",
+        "|---|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['seconds'] * 1000:.1f} | {r['peak_bytes'] / 2**20:.1f} |")
+    lines += [
+        "",
+        f"time ratio (c) / ((a) + (b)): {report['time_ratio_c_over_a_plus_b']:.3f}",
+        f"peak memory ratio (c) / (a): {report['memory_ratio_c_over_a']:.3f}",
+        f"machine: {report['machine']}",
+    ]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
