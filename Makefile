@@ -39,9 +39,9 @@ demo: install
 	PYTHON=$(PY) scripts/toy_demo.sh runs/toy
 
 lint: install
-	$(PY) -m black --check fairseq_kd scripts tests setup.py
-	$(PY) -m isort --check --profile black fairseq_kd scripts tests
-	$(PY) -m flake8 --select=E9,F63,F7,F82 fairseq_kd scripts tests
+	$(PY) -m black --check fairseq_kd scripts benchmarks tests setup.py
+	$(PY) -m isort --check --profile black fairseq_kd scripts benchmarks tests
+	$(PY) -m flake8 --select=E9,F63,F7,F82 fairseq_kd scripts benchmarks tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

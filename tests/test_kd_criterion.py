@@ -204,6 +204,21 @@ class TestKDTerms(KDCriterionTestCase):
         self.assertAlmostEqual(agg.get_smoothed_values()["cos_loss"], round(cos / ntokens, 3), places=3)
 
 
+class TestTeacherPlacement(KDCriterionTestCase):
+    def test_teacher_follows_student_dtype_and_loss_is_float32(self):
+        self.student.to(torch.bfloat16)
+        criterion = self.build(kd_weight=1.0, kd_temperature=2.0, cosine_weight=1.0)
+        loss, _, log = self.run_criterion(criterion)
+        self.assertEqual(next(self.teacher.parameters()).dtype, torch.bfloat16)
+        self.assertEqual(log["kd_loss"].dtype, torch.float32)
+        self.assertTrue(torch.isfinite(loss))
+        # the KL at bf16 logits stays close to the fp32 computation on the same (bf16-rounded) weights
+        self.student.float()
+        self.teacher.float()
+        _, _, log32 = self.run_criterion(criterion)
+        torch.testing.assert_close(log["kd_loss"], log32["kd_loss"], rtol=0.05, atol=0.05)
+
+
 class TestBadSettings(KDCriterionTestCase):
     def test_errors(self):
         cases = [

@@ -31,7 +31,7 @@ def cli_main(argv=None):
         print(f"fairseq-kd-export: error: {e}", file=sys.stderr)
         return 2
     cfg = state["cfg"]
-    num_params = sum(t.numel() for t in state["model"].values())
+    num_params = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MB, {num_params:,} parameters, "
         f"arch {cfg['model'].get('arch')}, task {cfg['task']['_name']})\n"
