@@ -103,7 +103,10 @@ class TranslationKDTask(TranslationTask):
         state = load_checkpoint(path, what="teacher checkpoint")
         teacher_cfg = state["cfg"]
         self._check_teacher_dictionaries(path, teacher_cfg)
-        utils.import_user_module(teacher_cfg.common)
+        model_type = getattr(teacher_cfg.model, "_name", None) or getattr(teacher_cfg.model, "arch", None)
+        if model_type not in models.ARCH_MODEL_REGISTRY and model_type not in models.MODEL_REGISTRY:
+            # the teacher's architecture comes from a plugin of its own
+            utils.import_user_module(teacher_cfg.common)
         try:
             # models.build_model, not self.build_model: the latter would also rebuild the
             # --eval-bleu sequence generator around the teacher.
