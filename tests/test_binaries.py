@@ -193,6 +193,30 @@ class TestKDBinaries(unittest.TestCase):
             extra_flags=["--max-epoch", "1"],
         )
 
+    def test_teacher_for_the_other_direction_is_an_error(self):
+        reverse = os.path.join(self.dir, "reverse")
+        with quiet():
+            preprocess_translation_data(
+                self.data,
+                [
+                    "--joined-dictionary",
+                    "--source-lang",
+                    "out",
+                    "--target-lang",
+                    "in",
+                    "--srcdict",
+                    self.data + "/dict.out.txt",
+                ],
+                destdir=reverse,
+            )
+        self.assert_fails_before_training(
+            os.path.join(self.dir, "s"),
+            ValueError,
+            "translates in->out, the student out->in",
+            teacher_path=self.teacher_ckpt,
+            data=reverse,
+        )
+
     def test_bad_teacher_files_are_clear_errors(self):
         save_dir = os.path.join(self.dir, "s")
         missing = os.path.join(self.dir, "missing.pt")

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 from fairseq import models, utils
-from fairseq.data import Dictionary
+from fairseq.data import Dictionary, data_utils
 from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
@@ -128,16 +128,17 @@ class TranslationKDTask(TranslationTask):
     def _check_teacher_dictionaries(self, path, teacher_cfg):
         recorded = utils.split_paths(teacher_cfg.task.data)[0] if teacher_cfg.task.get("data") else None
         data_dir = self.cfg.teacher_data or recorded
-        for side, ours, theirs_lang in [
-            ("source", self.src_dict, teacher_cfg.task.get("source_lang")),
-            ("target", self.tgt_dict, teacher_cfg.task.get("target_lang")),
-        ]:
+        pair = teacher_cfg.task.get("source_lang"), teacher_cfg.task.get("target_lang")
+        if None in pair and data_dir and os.path.isdir(data_dir):
+            # not recorded when fairseq inferred it from the data-bin's file names: infer it the same way
+            pair = tuple(data_utils.infer_language_pair(data_dir))
+        if None not in pair and pair != (self.cfg.source_lang, self.cfg.target_lang):
+            raise TeacherError(
+                f"teacher {path!r} translates {pair[0]}->{pair[1]}, the student "
+                f"{self.cfg.source_lang}->{self.cfg.target_lang}: a teacher must translate in the student's direction"
+            )
+        for side, ours in [("source", self.src_dict), ("target", self.tgt_dict)]:
             our_lang = self.cfg.source_lang if side == "source" else self.cfg.target_lang
-            if theirs_lang is not None and theirs_lang != our_lang:
-                raise TeacherError(
-                    f"teacher {path!r} translates {teacher_cfg.task.source_lang}->{teacher_cfg.task.target_lang}, "
-                    f"the student {self.cfg.source_lang}->{self.cfg.target_lang}"
-                )
             dict_path = os.path.join(data_dir or "", f"dict.{our_lang}.txt")
             if data_dir is None or not os.path.isfile(dict_path):
                 raise TeacherError(
