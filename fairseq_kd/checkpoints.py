@@ -98,6 +98,21 @@ def _stock_config(config, stock_dataclass, name):
     return out
 
 
+def _stock_model_config(model_cfg):
+    """Renames a plugin model that is a stock architecture with extra training-time options (it
+    declares ``stock_arch`` and ``plugin_args``) to that stock architecture, without those options."""
+    arch = model_cfg.get("arch") or model_cfg.get("_name")
+    model_cls = ARCH_MODEL_REGISTRY.get(arch)
+    stock_arch = getattr(model_cls, "stock_arch", None)
+    if stock_arch is None:
+        return model_cfg
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in model_cls.plugin_args}
+    model_cfg["arch"] = stock_arch
+    if "_name" in model_cfg:
+        model_cfg["_name"] = stock_arch
+    return model_cfg
+
+
 def export_student(student_path, output_path, overwrite=False):
     """Writes *student_path*'s model as an ordinary fairseq ``translation`` checkpoint.
 
@@ -116,7 +131,7 @@ def export_student(student_path, output_path, overwrite=False):
     cfg = state["cfg"]
 
     cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
-    model_cfg = _plain(cfg["model"])
+    model_cfg = _stock_model_config(_plain(cfg["model"]))
     teacher_keys = [k for k in state["model"] if k.startswith("teacher") or ".teacher." in k]
     if teacher_keys:
         raise CheckpointError(f"{student_path!r} holds teacher weights ({teacher_keys[0]}, ...): refusing to export")

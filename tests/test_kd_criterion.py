@@ -12,7 +12,7 @@ from fairseq.logging import metrics
 import fairseq_kd  # noqa: F401
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import LabelSmoothedCrossEntropyWithKDCriterion
 from tests.test_kd_losses import reference_kl
-from tests.utils import build_task_and_model, make_sample, write_dictionaries
+from tests.utils import TINY_ARCH, build_task_and_model, make_sample, write_dictionaries
 
 LENGTHS = [(5, 4), (3, 6), (7, 2), (2, 5)]  # unequal lengths, so the batch has padding on both sides
 
@@ -28,6 +28,7 @@ def criterion_args(**kwargs):
         kd_temperature=1.0,
         cosine_weight=0.0,
         cosine_encoder=False,
+        hidden_loss="cosine",
     )
     defaults.update(kwargs)
     return argparse.Namespace(**defaults)
@@ -133,7 +134,8 @@ class TestKDTerms(KDCriterionTestCase):
         pad = self.sample["net_input"]["src_tokens"].eq(self.dictionary.pad()).t()  # S x B
         cos = [
             (1 - F.cosine_similarity(a.double(), b.double(), dim=-1)).masked_fill(pad, 0).sum()
-            for a, b in zip(enc_s["encoder_states"], enc_t["encoder_states"])
+            # entry 0 is the embeddings' output, not a layer's
+            for a, b in zip(enc_s["encoder_states"][1:], enc_t["encoder_states"][1:])
         ]
         expected = dec_log["cos_loss"].double() + sum(cos) / len(cos)
         torch.testing.assert_close(log["cos_loss"].double(), expected.detach(), rtol=1e-5, atol=1e-4)
@@ -202,6 +204,73 @@ class TestKDTerms(KDCriterionTestCase):
         cos = sum(log["cos_loss"] for log in logs).item()
         self.assertAlmostEqual(agg.get_smoothed_values()["kd_loss"], round(kd / ntokens / math.log(2), 3), places=3)
         self.assertAlmostEqual(agg.get_smoothed_values()["cos_loss"], round(cos / ntokens, 3), places=3)
+
+
+def with_flags(arch, **values):
+    arch = list(arch)
+    for flag, value in values.items():
+        arch[arch.index(f"--{flag.replace('_', '-')}") + 1] = str(value)
+    return arch
+
+
+class TestHiddenStateMatching(KDCriterionTestCase):
+    def reference(self, student_states, teacher_states, pairs, loss, projection=None):
+        """Mean over paired decoder layers of the summed per-token loss; states are T x B x C."""
+        pad = self.sample["target"].eq(self.dictionary.pad())  # B x T
+        total = []
+        for i, j in enumerate(pairs):
+            hs, ht = student_states[i + 1].transpose(0, 1).double(), teacher_states[j + 1].transpose(0, 1).double()
+            if projection is not None:
+                hs = hs @ projection.double().t()
+            per_token = 1 - F.cosine_similarity(hs, ht, dim=-1) if loss == "cosine" else (hs - ht).pow(2).mean(-1)
+            total.append(per_token.masked_fill(pad, 0).sum())
+        return sum(total) / len(total)
+
+    def test_mse_variant(self):
+        criterion = self.build(cosine_weight=0.5, hidden_loss="mse")
+        loss, _, log = self.run_criterion(criterion)
+        _, _, s_extra, t_extra = self.student_and_teacher_logits()
+        expected = self.reference(s_extra["inner_states"], t_extra["inner_states"], [0, 1], "mse")
+        self.assertNotIn("cos_loss", log)
+        torch.testing.assert_close(log["mse_loss"].double(), expected, rtol=1e-5, atol=1e-5)
+        ls_loss, _, _ = self.run_criterion(self.build())
+        torch.testing.assert_close(loss.double(), ls_loss.double() + 0.5 * expected, rtol=1e-5, atol=1e-4)
+
+    def test_layer_pairs_follow_the_given_map(self):
+        criterion = self.build(cosine_weight=1.0)
+        criterion.setup_hidden_matching({"encoder": 16, "decoder": 16}, {"encoder": 16, "decoder": 16}, {"decoder": [1, 0]})
+        self.assertIsNone(criterion.hidden_projections)  # equal widths: no projection
+        _, _, log = self.run_criterion(criterion)
+        _, _, s_extra, t_extra = self.student_and_teacher_logits()
+        expected = self.reference(s_extra["inner_states"], t_extra["inner_states"], [1, 0], "cosine")
+        torch.testing.assert_close(log["cos_loss"].double(), expected, rtol=1e-5, atol=1e-5)
+        even_spread = self.reference(s_extra["inner_states"], t_extra["inner_states"], [0, 1], "cosine")
+        self.assertGreater(abs(expected - even_spread).item(), 1e-3)
+
+    def test_unequal_widths_learn_a_projection_outside_the_student(self):
+        _, _, self.student = build_task_and_model(self.tmp.name, arch_flags=with_flags(TINY_ARCH, decoder_embed_dim=24))
+        for loss_name in ("cosine", "mse"):
+            criterion = self.build(cosine_weight=1.0, hidden_loss=loss_name)
+            criterion.setup_hidden_matching(
+                {"encoder": 16, "decoder": 24}, {"encoder": 16, "decoder": 16}, {"decoder": [0, 1]}
+            )
+            projection = criterion.hidden_projections["decoder"]
+            self.assertEqual(tuple(projection.weight.shape), (16, 24))  # student width -> teacher width
+            self.assertNotIn("encoder", criterion.hidden_projections)
+
+            loss, _, log = self.run_criterion(criterion)
+            _, _, s_extra, t_extra = self.student_and_teacher_logits()
+            expected = self.reference(s_extra["inner_states"], t_extra["inner_states"], [0, 1], loss_name, projection.weight)
+            key = "cos_loss" if loss_name == "cosine" else "mse_loss"
+            torch.testing.assert_close(log[key].double(), expected.detach(), rtol=1e-5, atol=1e-5)
+
+            loss.backward()
+            self.assertIsNotNone(projection.weight.grad)
+            self.assertGreater(projection.weight.grad.abs().sum().item(), 0)
+            # the projection is the criterion's (fairseq saves it under "criterion"), not the student's
+            self.assertIn("hidden_projections.decoder.weight", criterion.state_dict())
+            self.assertFalse([k for k in self.student.state_dict() if "projection" in k and "output" not in k])
+            self.student.zero_grad()
 
 
 class TestTeacherPlacement(KDCriterionTestCase):

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 from io import StringIO
@@ -108,6 +109,11 @@ def generate_main(data_dir, extra_flags=None, path=None):
     with contextlib.redirect_stdout(out):
         generate.main(generate_args)
     return out.getvalue()
+
+
+def hypotheses(generate_output):
+    """{sentence id: hypothesis} from fairseq-generate's H- lines."""
+    return {int(m[1]): m[2] for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", generate_output, re.M)}
 
 
 def run_console_script(name, args, input=None):

@@ -10,9 +10,13 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
     label_smoothed_nll_loss,
 )
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..utils import capture_encoder_out
+
+
+HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
 
 
 @dataclass
@@ -31,11 +35,19 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     )
     cosine_weight: float = field(
         default=0.0,
-        metadata={"help": "weight of the cosine loss 1 - cos(h_student, h_teacher) between hidden states"},
+        metadata={
+            "help": "weight of the hidden-state loss between paired student and teacher layers: 1 - cos(h_student, "
+            "h_teacher), or the MSE with --hidden-loss mse; a learned projection maps unequal student widths "
+            "to the teacher's"
+        },
     )
     cosine_encoder: bool = field(
         default=False,
-        metadata={"help": "apply the cosine loss to encoder hidden states too, not only the decoder's"},
+        metadata={"help": "apply the hidden-state loss to encoder layers too, not only the decoder's"},
+    )
+    hidden_loss: HIDDEN_LOSS_CHOICES = field(
+        default="cosine",
+        metadata={"help": "hidden-state loss weighted by --cosine-weight: cosine distance, or mean squared error"},
     )
 
 
@@ -89,6 +101,14 @@ def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
     return kl.sum() if reduce else kl
 
 
+def _check_same_shape(student_states, teacher_states):
+    if student_states.shape != teacher_states.shape:
+        raise ValueError(
+            f"hidden-state loss needs states of equal shape, got student {tuple(student_states.shape)} "
+            f"and teacher {tuple(teacher_states.shape)}"
+        )
+
+
 def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
     """1 - cos(h_student, h_teacher) per position, computed in float32.
 
@@ -98,16 +118,28 @@ def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=
         ignore_mask (BoolTensor, optional): (...) True where the position is padding
         reduce (bool): sum over positions
     """
-    if student_states.shape != teacher_states.shape:
-        raise ValueError(
-            f"cosine loss needs hidden states of equal shape, got student {tuple(student_states.shape)} "
-            f"and teacher {tuple(teacher_states.shape)}"
-        )
+    _check_same_shape(student_states, teacher_states)
     student_states, teacher_states = _at_least_float32(student_states), _at_least_float32(teacher_states.detach())
     loss = 1.0 - F.cosine_similarity(student_states, teacher_states, dim=-1)
     if ignore_mask is not None:
         loss = loss.masked_fill(ignore_mask, 0.0)
     return loss.sum() if reduce else loss
+
+
+def hidden_mse_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
+    """Mean over channels of (h_student - h_teacher)^2 per position, computed in float32.
+
+    Args: as :func:`hidden_cosine_loss`.
+    """
+    _check_same_shape(student_states, teacher_states)
+    student_states, teacher_states = _at_least_float32(student_states), _at_least_float32(teacher_states.detach())
+    loss = (student_states - teacher_states).pow(2).mean(-1)
+    if ignore_mask is not None:
+        loss = loss.masked_fill(ignore_mask, 0.0)
+    return loss.sum() if reduce else loss
+
+
+HIDDEN_LOSSES = {"cosine": hidden_cosine_loss, "mse": hidden_mse_loss}
 
 
 def pair_layers(num_student_layers, num_teacher_layers):
@@ -120,19 +152,24 @@ def pair_layers(num_student_layers, num_teacher_layers):
 @register_criterion("label_smoothed_cross_entropy_with_kd", dataclass=LabelSmoothedCrossEntropyWithKDCriterionConfig)
 class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterion):
     """Label-smoothed cross-entropy plus word-level knowledge distillation and a hidden-state
-    cosine loss, with free non-negative weights::
+    loss, with free non-negative weights::
 
         loss = nll_weight * LS-NLL(references)
              + kd_weight * T^2 * KL(q^T || p^T)
-             + cosine_weight * cosine
+             + cosine_weight * hidden
 
     where q^T and p^T are the teacher's and student's softmax at temperature T over the whole
     vocabulary (the mean of the members' distributions for a teacher ensemble). T^2 keeps the KD
     gradients' scale independent of T (Hinton et al., 2015). Every term is a sum over non-padding
-    target tokens, like fairseq's own losses; ``cosine`` is the mean over paired layers (see
-    :func:`pair_layers`) of the summed per-token ``1 - cos(h_student, h_teacher)`` of the
-    decoder's layer outputs, plus the same for the encoder (over non-padding source tokens) with
-    ``--cosine-encoder``.
+    target tokens, like fairseq's own losses. ``hidden`` is the mean over paired layers of the
+    summed per-token ``1 - cos(W h_student, h_teacher)`` (or the mean squared error with
+    ``--hidden-loss mse``) of the decoder's layer outputs, plus the same for the encoder (over
+    non-padding source tokens) with ``--cosine-encoder``. Layers are paired as the student was
+    initialised from the teacher, else by :func:`pair_layers`. W is the identity when the widths
+    are equal, else a learned linear map (no bias) from the student's width to the teacher's: a
+    parameter of this criterion, trained with the student and saved in its checkpoints (fairseq
+    saves a criterion's parameters), never part of the student model. Hidden states are matched
+    against the first teacher of an ensemble.
 
     In validation the loss is the plain label-smoothed NLL at temperature 1, exactly what
     ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; the KL at
@@ -155,6 +192,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         kd_temperature=1.0,
         cosine_weight=0.0,
         cosine_encoder=False,
+        hidden_loss="cosine",
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
@@ -176,6 +214,29 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         self.kd_temperature = kd_temperature
         self.cosine_weight = cosine_weight
         self.cosine_encoder = cosine_encoder
+        self.hidden_loss = str(hidden_loss)
+        # set by setup_hidden_matching once the student and teacher are known
+        self.layer_pairs = None
+        self.hidden_projections = None
+
+    def setup_hidden_matching(self, student_widths, teacher_widths, layer_pairs):
+        """Fixes which teacher layer each student layer is matched with, and adds a learned
+        projection for each stack whose widths differ.
+
+        Args:
+            student_widths (dict): {"encoder": C_s, "decoder": C_s'} hidden sizes
+            teacher_widths (dict): the same for the teacher
+            layer_pairs (dict): {"encoder": [...], "decoder": [...]}: the 0-based teacher layer of
+                each student layer
+        """
+        stacks = ("encoder", "decoder") if self.cosine_encoder else ("decoder",)
+        self.layer_pairs = {stack: list(layer_pairs[stack]) for stack in stacks}
+        projections = {
+            stack: torch.nn.Linear(student_widths[stack], teacher_widths[stack], bias=False)
+            for stack in stacks
+            if student_widths[stack] != teacher_widths[stack]
+        }
+        self.hidden_projections = torch.nn.ModuleDict(projections) if projections else None
 
     @property
     def needs_teacher(self):
@@ -203,24 +264,24 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
 
         T = self.kd_temperature if model.training else 1.0
-        kd_loss = cos_loss = None
+        kd_loss = hidden_loss = None
         if teacher_output is not None and (self.kd_weight > 0 or not model.training):
             teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
             student_lprobs = lprobs if T == 1.0 else tempered_log_probs(self._flat_logits(net_output[0]), T)
             kd_loss = kd_kl_loss(student_lprobs, teacher_lprobs, target.eq(self.padding_idx), reduce)
             del teacher_lprobs, student_lprobs
         if teacher_output is not None and self.cosine_weight > 0:
-            cos_loss = self.compute_cosine_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
+            hidden_loss = self.compute_hidden_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
         del teacher_output
         if not reduce:
-            kd_loss, cos_loss = (x.view_as(ls_loss) if x is not None else None for x in (kd_loss, cos_loss))
+            kd_loss, hidden_loss = (x.view_as(ls_loss) if x is not None else None for x in (kd_loss, hidden_loss))
 
         if model.training:
             loss = self.nll_weight * ls_loss
             if kd_loss is not None:
                 loss = loss + self.kd_weight * T**2 * kd_loss
-            if cos_loss is not None:
-                loss = loss + self.cosine_weight * cos_loss
+            if hidden_loss is not None:
+                loss = loss + self.cosine_weight * hidden_loss
         else:
             loss = ls_loss
 
@@ -234,8 +295,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         }
         if kd_loss is not None:
             logging_output["kd_loss"] = kd_loss.data
-        if cos_loss is not None:
-            logging_output["cos_loss"] = cos_loss.data
+        if hidden_loss is not None:
+            logging_output["cos_loss" if self.hidden_loss == "cosine" else "mse_loss"] = hidden_loss.data
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
@@ -248,29 +309,40 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             logits = logits[:, self.ignore_prefix_size :, :]
         return logits.reshape(-1, logits.size(-1))
 
-    def compute_cosine_loss(self, net_output, encoder_out, teacher_output, sample, reduce=True):
+    def compute_hidden_loss(self, net_output, encoder_out, teacher_output, sample, reduce=True):
         # decoder layer outputs: T x B x C each, entry 0 being the embeddings -> B x T' x C
         student_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in net_output[1]["inner_states"][1:]]
         teacher_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in teacher_output[1]["inner_states"][1:]]
         target_pad = sample["target"][:, self.ignore_prefix_size :].eq(self.padding_idx)  # B x T'
-        loss = self._paired_cosine(student_states, teacher_states, target_pad, reduce)
+        loss = self._paired_loss("decoder", student_states, teacher_states, target_pad, reduce)
         if self.cosine_encoder:
             if not reduce:
                 raise ValueError("--cosine-encoder has no per-target-token value: use reduce=True")
-            student_enc = encoder_out["encoder_states"]  # per layer: S x B x C
-            teacher_enc = teacher_output[1]["encoder_out"]["encoder_states"]
+            # S x B x C each, entry 0 being the embeddings, as for the decoder
+            student_enc = encoder_out["encoder_states"][1:]
+            teacher_enc = teacher_output[1]["encoder_out"]["encoder_states"][1:]
             source_pad = sample["net_input"]["src_tokens"].eq(self.padding_idx).transpose(0, 1)  # S x B
-            loss = loss + self._paired_cosine(student_enc, teacher_enc, source_pad, reduce)
+            loss = loss + self._paired_loss("encoder", student_enc, teacher_enc, source_pad, reduce)
         return loss
 
-    @staticmethod
-    def _paired_cosine(student_states, teacher_states, pad_mask, reduce):
+    def _paired_loss(self, stack, student_states, teacher_states, pad_mask, reduce):
         if len(student_states) == 0 or len(teacher_states) == 0:
             raise ValueError(
-                "cosine loss found no per-layer hidden states (the encoder returns them only with " "return_all_hiddens=True)"
+                f"the hidden-state loss found no per-layer {stack} states (a transformer encoder returns them only "
+                "with return_all_hiddens=True)"
             )
-        pairs = pair_layers(len(student_states), len(teacher_states))
-        losses = [hidden_cosine_loss(student_states[i], teacher_states[j], pad_mask, reduce) for i, j in enumerate(pairs)]
+        pairs = self.layer_pairs[stack] if self.layer_pairs else pair_layers(len(student_states), len(teacher_states))
+        if len(pairs) != len(student_states) or max(pairs) >= len(teacher_states):
+            raise ValueError(
+                f"{stack} layer pairs {pairs} do not fit a student with {len(student_states)} layers and a teacher "
+                f"with {len(teacher_states)}"
+            )
+        project = self.hidden_projections[stack] if self.hidden_projections and stack in self.hidden_projections else None
+        loss_fn = HIDDEN_LOSSES[self.hidden_loss]
+        losses = []
+        for i, j in enumerate(pairs):
+            states = student_states[i] if project is None else project(student_states[i])
+            losses.append(loss_fn(states, teacher_states[j], pad_mask, reduce))
         return sum(losses) / len(losses)
 
     @classmethod
@@ -281,6 +353,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         if any("kd_loss" in log for log in logging_outputs):
             kd_sum = sum(log.get("kd_loss", 0) for log in logging_outputs)
             metrics.log_scalar("kd_loss", kd_sum / ntokens / math.log(2), ntokens, round=3)
-        if any("cos_loss" in log for log in logging_outputs):
-            cos_sum = sum(log.get("cos_loss", 0) for log in logging_outputs)
-            metrics.log_scalar("cos_loss", cos_sum / ntokens, ntokens, round=3)
+        for key in ("cos_loss", "mse_loss"):
+            if any(key in log for log in logging_outputs):
+                hidden_sum = sum(log.get(key, 0) for log in logging_outputs)
+                metrics.log_scalar(key, hidden_sum / ntokens, ntokens, round=3)

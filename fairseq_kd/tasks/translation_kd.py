@@ -7,11 +7,13 @@ import torch
 from fairseq import models, utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.models import FairseqEncoderDecoderModel
+from fairseq.models.transformer import TransformerModelBase
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..checkpoints import load_checkpoint
+from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
 from ..utils import capture_encoder_out
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,15 @@ def dictionary_difference(ours: Dictionary, theirs: Dictionary):
 
 
 def hidden_sizes(model):
-    """(encoder, decoder) width of the per-layer hidden states of a transformer-like model."""
-    return model.encoder.embed_tokens.embedding_dim, model.decoder.embed_dim
+    """{"encoder": C, "decoder": C'}: the width of the per-layer hidden states of a transformer-like model."""
+    return {"encoder": model.encoder.embed_tokens.embedding_dim, "decoder": model.decoder.embed_dim}
+
+
+def layer_counts(model):
+    """{"encoder": L, "decoder": L'}, or None for a model without transformer-like layer stacks."""
+    if not all(hasattr(getattr(model, stack), "layers") for stack in ("encoder", "decoder")):
+        return None
+    return {stack: len(getattr(model, stack).layers) for stack in ("encoder", "decoder")}
 
 
 @register_task("translation_kd", dataclass=TranslationKDConfig)
@@ -85,16 +94,42 @@ class TranslationKDTask(TranslationTask):
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.teachers = []
+        # what the criterion needs to know of the student: widths, depths, and the teacher layer
+        # each student layer was initialised from (if it was)
         self._student_hidden_sizes = None
+        self._student_layer_counts = None
+        self._student_init_layers = None
 
     def build_model(self, cfg, from_checkpoint=False):
         """Builds the student and, when training starts (not when a checkpoint is reloaded for
-        generation or validation), loads the teacher(s) given by ``--teacher-path``."""
+        generation or validation), loads the teacher(s) given by ``--teacher-path`` and, with
+        ``--init-from-teacher``, initialises the student from the (first) teacher's layers.
+
+        A run that resumes from its ``checkpoint_last.pt`` also builds the model this way; fairseq
+        then loads the checkpoint's weights (a strict load of every tensor) over the initialised
+        ones, so the resumed student continues its own weights."""
         model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.teacher_path and not from_checkpoint:
+        if from_checkpoint:
+            return model
+        init_from_teacher = getattr(cfg, "init_from_teacher", False)
+        if init_from_teacher and not self.cfg.teacher_path:
+            raise ValueError("--init-from-teacher needs a teacher: add --teacher-path TEACHER.pt")
+        if self.cfg.teacher_path:
             self._student_hidden_sizes = hidden_sizes(model)
+            self._student_layer_counts = layer_counts(model)
             check_output_layer(model, "student")
             self.teachers = [self.load_teacher(path) for path in self.cfg.teacher_path.split(":")]
+        if init_from_teacher:
+            teacher = self.teachers[0]
+            if not isinstance(teacher, TransformerModelBase):
+                raise TeacherError(
+                    f"--init-from-teacher copies transformer layers, but the teacher is a {type(teacher).__name__}: "
+                    "train the student without --init-from-teacher"
+                )
+            if len(self.teachers) > 1:
+                logger.info("--init-from-teacher: initialising the student from the first teacher of the ensemble")
+            self._student_init_layers = model.teacher_layers(teacher)
+            model.init_from_teacher(teacher)
         return model
 
     def load_teacher(self, path):
@@ -165,14 +200,26 @@ class TranslationKDTask(TranslationTask):
                 "--criterion label_smoothed_cross_entropy_with_kd with --kd-weight > 0 (or drop --teacher-path)"
             )
         if getattr(criterion, "cosine_weight", 0) > 0:
-            stacks = ("encoder", "decoder") if criterion.cosine_encoder else ("decoder",)
-            for i, teacher in enumerate(self.teachers):
-                for stack, s, t in zip(("encoder", "decoder"), self._student_hidden_sizes, hidden_sizes(teacher)):
-                    if stack in stacks and s != t:
-                        raise ValueError(
-                            f"--cosine-weight needs equal {stack} hidden sizes, but the student's is {s} and "
-                            f"teacher {i}'s is {t}: give the student --{stack}-embed-dim {t}"
-                        )
+            teacher = self.teachers[0]
+            teacher_layers, student_layers = layer_counts(teacher), self._student_layer_counts
+            if teacher_layers is None or student_layers is None:
+                raise ValueError(
+                    "--cosine-weight matches the hidden states of transformer layers, but the "
+                    f"{'teacher' if teacher_layers is None else 'student'} has no encoder/decoder layer stacks"
+                )
+            layer_pairs = self._student_init_layers or {
+                stack: pair_layers(student_layers[stack], teacher_layers[stack]) for stack in ("encoder", "decoder")
+            }
+            criterion.setup_hidden_matching(self._student_hidden_sizes, hidden_sizes(teacher), layer_pairs)
+            for stack, pairs in criterion.layer_pairs.items():
+                logger.info(
+                    f"hidden-state loss: student {stack} layers 0..{len(pairs) - 1} <-> teacher {stack} layers {pairs}"
+                    + (
+                        " (learned width projection)"
+                        if criterion.hidden_projections and stack in criterion.hidden_projections
+                        else ""
+                    )
+                )
         return criterion
 
     @torch.no_grad()

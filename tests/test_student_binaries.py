@@ -1,0 +1,212 @@
+"""End to end: DistilBERT-style students initialised from a deeper tiny teacher, the hidden-state
+loss across equal and unequal widths, resuming, and the exported student in stock fairseq."""
+
+import os
+import tempfile
+import unittest
+
+import torch
+
+import fairseq_kd  # noqa: F401
+from tests.utils import (
+    PLUGIN_DIR,
+    create_dummy_data,
+    generate_main,
+    hypotheses,
+    preprocess_translation_data,
+    quiet,
+    run_console_script,
+    train_translation_model,
+)
+
+
+def tiny_arch(encoder_layers, decoder_layers, arch="transformer_student", decoder_embed_dim=16):
+    return [
+        "--arch", arch,
+        "--encoder-layers", str(encoder_layers), "--decoder-layers", str(decoder_layers),
+        "--encoder-embed-dim", "16", "--decoder-embed-dim", str(decoder_embed_dim),
+        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--dropout", "0",
+    ]  # fmt: skip
+
+
+HIDDEN_FLAGS = [
+    "--user-dir", PLUGIN_DIR,
+    "--criterion", "label_smoothed_cross_entropy_with_kd",
+    "--nll-weight", "0.5", "--kd-weight", "1", "--kd-temperature", "2",
+    "--cosine-weight", "1", "--cosine-encoder",
+    "--no-epoch-checkpoints",
+]  # fmt: skip
+
+
+def train_meters(checkpoint):
+    """{name: average} of the training meters saved in a checkpoint (the last epoch's)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {name: float(m["sum"]) / m["count"] for _, name, _, m in state["extra_state"]["metrics"]["train"] if m.get("count")}
+
+
+def layer_tensors(state, prefix):
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+class TestDistilBERTStudent(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_student_")
+        cls.data = os.path.join(cls.tmp.name, "data")
+        os.makedirs(cls.data)
+        with quiet():
+            create_dummy_data(cls.data, num_examples=500)
+            preprocess_translation_data(cls.data, ["--joined-dictionary"])
+            # a 4x2 teacher: deeper than the students, with their widths
+            train_translation_model(
+                cls.data,
+                arch_flags=tiny_arch(4, 2, arch="transformer"),
+                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
+                save_dir=os.path.join(cls.tmp.name, "teacher"),
+            )
+        cls.teacher = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
+        cls.teacher_state = torch.load(cls.teacher, map_location="cpu", weights_only=True)["model"]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
+
+    def train(self, name, arch_flags, extra_flags=(), teacher=True):
+        save_dir = os.path.join(self.dir, name)
+        with quiet():
+            train_translation_model(
+                self.data,
+                arch_flags=arch_flags,
+                task="translation_kd",
+                save_dir=save_dir,
+                extra_flags=(["--teacher-path", self.teacher] if teacher else []) + HIDDEN_FLAGS + list(extra_flags),
+            )
+        return os.path.join(save_dir, "checkpoint_last.pt")
+
+    def test_initialised_student_starts_close_to_the_teacher(self):
+        # the whole teacher copied: the first step's KD and cosine losses are 0
+        copy = self.train(
+            "copy",
+            tiny_arch(4, 2),
+            ["--init-from-teacher", "--init-encoder-layers", "0,1,2,3", "--init-decoder-layers", "0,1", "--max-update", "1"],
+        )
+        first_step = train_meters(copy)
+        self.assertLess(first_step["cos_loss"], 1e-4)
+        self.assertLess(first_step["kd_loss"], 1e-4)
+
+        # 1 of every 2 layers: not the teacher's function any more, but far closer than a random student
+        init = train_meters(self.train("init", tiny_arch(2, 1), ["--init-from-teacher", "--max-update", "1"]))
+        scratch = train_meters(self.train("scratch", tiny_arch(2, 1), ["--max-update", "1"]))
+        self.assertLess(init["cos_loss"], 0.5 * scratch["cos_loss"])
+        self.assertLess(init["kd_loss"], 0.5 * scratch["kd_loss"])
+
+    def test_resume_does_not_reinitialise_and_export_is_a_stock_transformer(self):
+        flags = ["--init-from-teacher", "--init-decoder-layers", "0"]
+        first = self.train("student", tiny_arch(2, 1), flags + ["--max-epoch", "1"])
+        first_state = torch.load(first, map_location="cpu", weights_only=True)
+        # initialised from teacher layers 1, 3 (encoder) and 0 (decoder), then trained away from them
+        trained_layer = layer_tensors(first_state["model"], "encoder.layers.0.")
+        teacher_layer = layer_tensors(self.teacher_state, "encoder.layers.1.")
+        self.assertFalse(all(torch.equal(trained_layer[k], teacher_layer[k]) for k in teacher_layer))
+
+        # resume with a zero learning rate: the student must still be exactly the checkpoint's,
+        # which a re-initialisation from the teacher would have overwritten
+        resumed = self.train("student", tiny_arch(2, 1), flags + ["--max-epoch", "2", "--lr", "0"])
+        resumed_state = torch.load(resumed, map_location="cpu", weights_only=True)
+        self.assertGreater(
+            resumed_state["optimizer_history"][-1]["num_updates"], first_state["optimizer_history"][-1]["num_updates"]
+        )
+        self.assertEqual(set(resumed_state["model"]), set(first_state["model"]))
+        for key, value in first_state["model"].items():
+            self.assertTrue(torch.equal(resumed_state["model"][key], value), key)
+
+        # the export is an ordinary transformer that stock fairseq runs, translating as the student does
+        exported = os.path.join(self.dir, "exported.pt")
+        result = run_console_script("fairseq-kd-export", [resumed, exported])
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        exported_cfg = torch.load(exported, map_location="cpu", weights_only=True)["cfg"]["model"]
+        self.assertEqual(exported_cfg["arch"], "transformer")
+        self.assertFalse([k for k in exported_cfg if k.startswith("init_")])
+        with quiet():
+            with_plugin = generate_main(self.data, ["--user-dir", PLUGIN_DIR], path=resumed)
+        gen_flags = ["--beam", "3", "--batch-size", "64", "--max-len-b", "12", "--gen-subset", "valid", "--cpu"]
+        stock = run_console_script("fairseq-generate", [self.data, "--path", exported] + gen_flags)
+        self.assertEqual(stock.returncode, 0, stock.stderr[-2000:])
+        self.assertTrue(hypotheses(with_plugin))
+        self.assertEqual(hypotheses(stock.stdout), hypotheses(with_plugin))
+
+    def test_unequal_widths_learn_a_projection(self):
+        arch = tiny_arch(2, 1, decoder_embed_dim=24)  # a randomly initialised student, its decoder wider than the teacher's
+        checkpoint = self.train("wide", arch, ["--max-epoch", "1"])
+        first_epoch = train_meters(checkpoint)
+        first_projection = torch.load(checkpoint, map_location="cpu", weights_only=True)["criterion"]
+        self.assertEqual(tuple(first_projection["hidden_projections.decoder.weight"].shape), (16, 24))
+        self.assertNotIn("hidden_projections.encoder.weight", first_projection)  # equal encoder widths
+
+        self.train("wide", arch, ["--max-epoch", "4"])  # resumed, with the projection restored
+        self.assertLess(train_meters(checkpoint)["cos_loss"], 0.8 * first_epoch["cos_loss"])
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.assertFalse(
+            torch.equal(
+                first_projection["hidden_projections.decoder.weight"], state["criterion"]["hidden_projections.decoder.weight"]
+            )
+        )
+
+        exported = os.path.join(self.dir, "exported.pt")
+        result = run_console_script("fairseq-kd-export", [checkpoint, exported])
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        exported_state = torch.load(exported, map_location="cpu", weights_only=True)
+        self.assertNotIn("criterion", exported_state)
+        self.assertFalse([k for k in exported_state["model"] if "hidden_projections" in k])
+
+    def assert_fails_before_training(self, name, error, message, arch_flags, extra_flags=(), teacher=True):
+        with self.assertRaisesRegex(error, message):
+            self.train(name, arch_flags, list(extra_flags) + ["--max-epoch", "1"], teacher=teacher)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, name, "checkpoint_last.pt")))
+
+    def test_bad_maps_and_shapes_fail_before_training(self):
+        init = ["--init-from-teacher"]
+        cases = [
+            ("indivisible", tiny_arch(3, 1), init, "teacher's 4 encoder layers are not divisible by the student's 3"),
+            ("deeper", tiny_arch(2, 3), init, "teacher's 2 decoder layers are not divisible by the student's 3"),
+            (
+                "length",
+                tiny_arch(2, 1),
+                init + ["--init-encoder-layers", "0,1,2"],
+                "names 3 teacher layers, but the student's encoder has 2",
+            ),
+            (
+                "range",
+                tiny_arch(2, 1),
+                init + ["--init-decoder-layers", "2"],
+                "layer 2 does not exist; the teacher's decoder has layers 0 to 1",
+            ),
+            (
+                "width",
+                tiny_arch(2, 1, decoder_embed_dim=24),
+                init,
+                r"decoder width \(--decoder-embed-dim\) is 24 for the student but 16",
+            ),
+            (
+                "no_flag",
+                tiny_arch(2, 1),
+                ["--init-decoder-layers", "1"],
+                "--init-decoder-layers is set without --init-from-teacher",
+            ),
+        ]
+        for name, arch, flags, message in cases:
+            with self.subTest(name):
+                self.assert_fails_before_training(name, ValueError, message, arch, flags)
+        with self.subTest("no_teacher"):
+            self.assert_fails_before_training(
+                "no_teacher", ValueError, "--init-from-teacher needs a teacher", tiny_arch(2, 1), init, teacher=False
+            )
+
+
+if __name__ == "__main__":
+    unittest.main()
