@@ -15,7 +15,6 @@ from fairseq.logging import metrics
 
 from ..utils import capture_encoder_out
 
-
 HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
 
 
