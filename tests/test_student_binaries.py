@@ -6,6 +6,8 @@ import tempfile
 import unittest
 
 import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import fairseq_kd  # noqa: F401
 from tests.utils import (
@@ -164,6 +166,37 @@ class TestDistilBERTStudent(unittest.TestCase):
         self.assertNotIn("criterion", exported_state)
         self.assertFalse([k for k in exported_state["model"] if "hidden_projections" in k])
 
+    def test_guide_example_24x6_to_3x3(self):
+        # the NeMo guide's shapes at a tiny width: 1 of every 8 encoder layers, 1 of every 2 decoder layers
+        with quiet():
+            train_translation_model(
+                self.data,
+                arch_flags=tiny_arch(24, 6, arch="transformer"),
+                extra_flags=["--max-update", "1", "--no-epoch-checkpoints"],
+                save_dir=os.path.join(self.dir, "teacher_24x6"),
+            )
+        teacher_path = os.path.join(self.dir, "teacher_24x6", "checkpoint_last.pt")
+        args = options.parse_args_and_arch(
+            options.get_training_parser(),
+            ["--task", "translation_kd", self.data, "--teacher-path", teacher_path, "--init-from-teacher"]
+            + tiny_arch(3, 3)
+            + HIDDEN_FLAGS,
+        )
+        cfg = convert_namespace_to_omegaconf(args)
+        with quiet():
+            task = tasks.setup_task(cfg.task)
+            student = task.build_model(cfg.model)
+            criterion = task.build_criterion(cfg.criterion)
+        layers = {"encoder": [7, 15, 23], "decoder": [1, 3, 5]}
+        self.assertEqual(criterion.layer_pairs, layers)  # the hidden-state loss pairs layers as initialised
+        teacher_state = torch.load(teacher_path, map_location="cpu", weights_only=True)["model"]
+        for stack, chosen in layers.items():
+            for i, j in enumerate(chosen):
+                ours = layer_tensors(student.state_dict(), f"{stack}.layers.{i}.")
+                theirs = layer_tensors(teacher_state, f"{stack}.layers.{j}.")
+                self.assertEqual(set(ours), set(theirs))
+                self.assertTrue(all(torch.equal(ours[k], theirs[k]) for k in ours), f"{stack} layer {i}")
+
     def assert_fails_before_training(self, name, error, message, arch_flags, extra_flags=(), teacher=True):
         with self.assertRaisesRegex(error, message):
             self.train(name, arch_flags, list(extra_flags) + ["--max-epoch", "1"], teacher=teacher)
@@ -202,6 +235,36 @@ class TestDistilBERTStudent(unittest.TestCase):
         for name, arch, flags, message in cases:
             with self.subTest(name):
                 self.assert_fails_before_training(name, ValueError, message, arch, flags)
+        with self.subTest("lstm_teacher"):
+            lstm = [
+                "--arch", "lstm", "--encoder-layers", "1", "--decoder-layers", "1",
+                "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--decoder-out-embed-dim", "16",
+                "--encoder-hidden-size", "16", "--decoder-hidden-size", "16",
+            ]  # fmt: skip
+            with quiet():
+                train_translation_model(
+                    self.data,
+                    arch_flags=lstm,
+                    extra_flags=["--max-update", "1", "--no-epoch-checkpoints"],
+                    save_dir=os.path.join(self.dir, "lstm"),
+                )
+            lstm_teacher = ["--teacher-path", os.path.join(self.dir, "lstm", "checkpoint_last.pt")]
+            self.assert_fails_before_training(
+                "lstm_init",
+                ValueError,
+                "copies transformer layers, but the teacher is a LSTMModel",
+                tiny_arch(2, 1),
+                init + lstm_teacher,
+                teacher=False,
+            )
+            self.assert_fails_before_training(
+                "lstm_cosine",
+                ValueError,
+                "the teacher has no encoder/decoder layer stacks",
+                tiny_arch(2, 1),
+                lstm_teacher,
+                teacher=False,
+            )
         with self.subTest("no_teacher"):
             self.assert_fails_before_training(
                 "no_teacher", ValueError, "--init-from-teacher needs a teacher", tiny_arch(2, 1), init, teacher=False
