@@ -14,6 +14,7 @@ setup(
     entry_points={
         "console_scripts": [
             "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
+            "fairseq-kd-pseudolabel = fairseq_kd.cli.pseudolabel:cli_main",
         ],
     },
 )

@@ -1,16 +1,19 @@
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from fairseq import models, utils
 from fairseq.data import Dictionary, data_utils
+from fairseq.data.multilingual.sampled_multi_dataset import SampledMultiDataset
 from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.models.transformer import TransformerModelBase
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
-from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
+from omegaconf import II
 
 from ..checkpoints import load_checkpoint
 from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
@@ -36,6 +39,23 @@ class TranslationKDConfig(TranslationConfig):
             "and student share their dictionaries (default: the data directory recorded in the teacher checkpoint)"
         },
     )
+    # options for training on a mixture of corpora
+    train_mixture: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma-separated data-bins whose training splits are mixed into one training set, e.g. the "
+            "references' and the teacher's (pseudo-labelled) data; each must be binarized with this task's "
+            "dictionaries. The data directory still gives the dictionaries and the validation split"
+        },
+    )
+    train_mixture_probs: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma-separated sampling probabilities of the --train-mixture data-bins, in the same order, "
+            "summing to 1: the share of each in every epoch's training examples (default: proportional to size)"
+        },
+    )
+    seed: int = II("common.seed")
 
 
 class TeacherError(ValueError):
@@ -93,12 +113,78 @@ class TranslationKDTask(TranslationTask):
 
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        self.mixture = parse_mixture(cfg.train_mixture, cfg.train_mixture_probs)
         self.teachers = []
         # what the criterion needs to know of the student: widths, depths, and the teacher layer
         # each student layer was initialised from (if it was)
         self._student_hidden_sizes = None
         self._student_layer_counts = None
         self._student_init_layers = None
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        """Loads a split; with ``--train-mixture``, the training split is a
+        :class:`~fairseq.data.multilingual.sampled_multi_dataset.SampledMultiDataset` that draws each
+        epoch's examples from the mixture's corpora with the given probabilities."""
+        if split != self.cfg.train_subset or self.mixture is None:
+            return super().load_dataset(split, epoch, combine, **kwargs)
+        paths, probs = self.mixture
+        datasets = OrderedDict()
+        for path in paths:
+            self._check_mixture_member(path, split)
+            datasets[path] = load_langpair_dataset(
+                path,
+                split,
+                self.cfg.source_lang,
+                self.src_dict,
+                self.cfg.target_lang,
+                self.tgt_dict,
+                combine=combine,
+                dataset_impl=self.cfg.dataset_impl,
+                upsample_primary=self.cfg.upsample_primary,
+                left_pad_source=self.cfg.left_pad_source,
+                left_pad_target=self.cfg.left_pad_target,
+                max_source_positions=self.cfg.max_source_positions,
+                max_target_positions=self.cfg.max_target_positions,
+                load_alignments=self.cfg.load_alignments,
+                truncate_source=self.cfg.truncate_source,
+                num_buckets=self.cfg.num_batch_buckets,
+                shuffle=True,
+                pad_to_multiple=self.cfg.required_seq_len_multiple,
+            )
+        self.datasets[split] = SampledMultiDataset(
+            datasets,
+            sampling_ratios=probs,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            split=split,
+            # every member is a LanguagePairDataset with our dictionaries: one collater fits all
+            shared_collater=True,
+        )
+        sizes = ", ".join(
+            f"{path} {len(d):,} x {p if probs else 'size'}" for (path, d), p in zip(datasets.items(), probs or paths)
+        )
+        logger.info(f"{split}: a mixture of {sizes}; {len(self.datasets[split]):,} examples per epoch")
+
+    def _check_mixture_member(self, path, split):
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        for lang, ours in [(src, self.src_dict), (tgt, self.tgt_dict)]:
+            dict_path = os.path.join(path, f"dict.{lang}.txt")
+            if not os.path.isfile(dict_path):
+                raise FileNotFoundError(
+                    f"--train-mixture member {path!r} has no {dict_path!r}: is it a data-bin made by fairseq-preprocess?"
+                )
+            difference = dictionary_difference(ours, self.load_dictionary(dict_path))
+            if difference is not None:
+                raise ValueError(
+                    f"--train-mixture member {path!r} was binarized with another {lang} dictionary than {self.cfg.data!r}: "
+                    f"{difference}. Binarize it with fairseq-preprocess --srcdict/--tgtdict from the main data-bin"
+                )
+        prefix = os.path.join(path, f"{split}.{src}-{tgt}.")
+        for lang in (src, tgt):
+            if not os.path.isfile(prefix + lang + ".idx"):
+                raise FileNotFoundError(
+                    f"--train-mixture member {path!r} has no {split} split for {src}-{tgt} ({prefix + lang}.idx)"
+                )
 
     def build_model(self, cfg, from_checkpoint=False):
         """Builds the student and, when training starts (not when a checkpoint is reloaded for
@@ -252,6 +338,37 @@ class TranslationKDTask(TranslationTask):
     def valid_step(self, sample, model, criterion):
         self._add_teacher_output(sample, model, criterion)
         return super().valid_step(sample, model, criterion)
+
+
+def parse_mixture(paths, probs):
+    """(paths, probabilities or None) from ``--train-mixture`` and ``--train-mixture-probs``, or None
+    without a mixture. Raises ValueError for probabilities that are not a distribution over the paths."""
+    if not paths:
+        if probs:
+            raise ValueError("--train-mixture-probs is set without --train-mixture: give the data-bins to mix")
+        return None
+    paths = [p.strip() for p in paths.split(",") if p.strip()]
+    if len(set(paths)) != len(paths):
+        raise ValueError(
+            f"--train-mixture lists a data-bin twice ({paths}): give each once and weight it with --train-mixture-probs"
+        )
+    if not probs:
+        return paths, None
+    try:
+        values = [float(p) for p in probs.split(",")]
+    except ValueError:
+        raise ValueError(f"--train-mixture-probs {probs!r} is not a comma-separated list of numbers") from None
+    if len(values) != len(paths):
+        raise ValueError(
+            f"--train-mixture-probs has {len(values)} probabilities for {len(paths)} --train-mixture data-bins: give one per data-bin"
+        )
+    if any(not 0 < p <= 1 for p in values):
+        raise ValueError(
+            f"--train-mixture-probs {probs!r}: every probability must be in (0, 1]; drop a data-bin instead of giving it 0"
+        )
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"--train-mixture-probs {probs!r} sum to {sum(values):g}, not 1")
+    return paths, values
 
 
 def check_output_layer(model, who):
