@@ -4,6 +4,8 @@ mixture's sampling rates."""
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -135,6 +137,42 @@ class TestSequenceLevelKD(unittest.TestCase):
         self.assertIn("kd_loss", [name for _, name, _, _ in state["extra_state"]["metrics"]["train"]])
         self.assertEqual(state["cfg"]["task"]["train_mixture_probs"], "0.34,0.66")
         self.assertGreater(state["optimizer_history"][-1]["num_updates"], 0)
+
+    def test_recipes_run_as_given(self):
+        recipes = os.path.join(os.path.dirname(PLUGIN_DIR), "recipes")
+        env = {
+            "PYTHON": sys.executable, "DATA": self.data, "RAW": self.data, "TEACHER": self.teacher,
+            "OUT": os.path.join(self.dir, "recipes"), "MAX_UPDATE": "3", "STUDENT_ARCH": " ".join(TINY_ARCH),
+        }  # fmt: skip
+        for recipe in ("seq_kd", "seq_interpolation", "hybrid", "low_data"):
+            with self.subTest(recipe):
+                result = subprocess.run(
+                    ["bash", os.path.join(recipes, f"{recipe}.sh")], env={**os.environ, **env}, capture_output=True, text=True
+                )
+                self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+                state = torch.load(os.path.join(env["OUT"], recipe, "checkpoint_last.pt"), weights_only=True)
+                self.assertEqual(state["optimizer_history"][-1]["num_updates"], 3)
+                mixture = state["cfg"]["task"]["train_mixture"]
+                self.assertIn("teacher_mono" if recipe == "low_data" else "teacher_train", mixture)
+                self.assertEqual(bool(state["cfg"]["task"]["teacher_path"]), recipe in ("hybrid", "low_data"))
+        with open(os.path.join(env["OUT"], "low_data_raw", "train.in")) as f:
+            self.assertEqual(len(f.read().splitlines()), 25)  # 5% of 500
+
+    def test_sentencepiece_input_is_encoded_like_the_data(self):
+        import sentencepiece as spm
+
+        raw = os.path.join(self.data, "train.in")
+        prefix = os.path.join(self.dir, "spm")
+        with quiet():
+            spm.SentencePieceTrainer.train(input=raw, model_prefix=prefix, vocab_size=20, model_type="bpe", minloglevel=2)
+        processor = spm.SentencePieceProcessor(model_file=prefix + ".model")
+        args = pseudolabel.get_parser().parse_args(
+            ["--teacher", self.teacher, "--data", self.data, "--output", "o", "--input", raw, "--spm-model", prefix + ".model"]
+        )
+        lines = ["a b c d", "h e l l o", ""]
+        self.assertEqual(
+            pseudolabel.tokenize(lines, args), [" ".join(processor.encode(x, out_type=str)) for x in lines[:2]] + [""]
+        )
 
     def test_bad_transfer_sets_fail_before_writing(self):
         bad = os.path.join(self.dir, "bad.in")

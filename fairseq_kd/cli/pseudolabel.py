@@ -216,7 +216,8 @@ def transfer_set(args, out_dir, src, tgt, raw_lines=None):
     tgt_data = data_utils.load_indexed_dataset(os.path.join(gen_data, f"{split}.{src}-{tgt}.{tgt}"), None)
     if not args.input:
         sources = [src_dict.string(src_data[i]) for i in range(len(src_data))]
-    return gen_data, split, sources, src_data.sizes, (tgt_data.sizes if tgt_data is not None else None)
+    # copies: the sizes of a memory-mapped dataset are views of a mapping that closes with the dataset
+    return gen_data, split, sources, src_data.sizes.copy(), (tgt_data.sizes.copy() if tgt_data is not None else None)
 
 
 def too_long(teacher_cfg, src_sizes, tgt_sizes):
