@@ -185,6 +185,14 @@ class TestSequenceLevelKD(unittest.TestCase):
             with self.subTest(message), self.assertRaisesRegex(ValueError, message):
                 self.pseudolabel(output, "--input", bad)
             self.assertFalse(os.path.exists(output))
+        model = os.path.join(self.dir, "broken.model")
+        with open(model, "w") as f:
+            f.write("not a model\n")
+        with self.assertRaisesRegex(ValueError, "cannot load --spm-model"):
+            self.pseudolabel(
+                os.path.join(self.dir, "spm_out"), "--input", os.path.join(self.data, "test.in"), "--spm-model", model
+            )
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "spm_out")))
         with self.assertRaisesRegex(ValueError, "--shard-id 2 is not in 0..1"):
             self.pseudolabel(os.path.join(self.dir, "o"), "--subset", "train", "--num-shards", "2", "--shard-id", "2")
 

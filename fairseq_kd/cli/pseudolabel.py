@@ -122,6 +122,11 @@ def check_args(args):
         raise PseudoLabelError(f"--data {args.data!r} is not a directory")
     if (args.spm_model or args.bpe_codes) and not args.input:
         raise PseudoLabelError("--spm-model/--bpe-codes apply to --input only: a --subset is already binarized")
+    if args.bpe_codes:
+        try:
+            import subword_nmt  # noqa: F401
+        except ImportError:
+            raise PseudoLabelError("--bpe-codes needs the subword-nmt package: pip install subword-nmt") from None
 
 
 def check_manifest(args, out_dir):
@@ -161,10 +166,14 @@ def tokenize(lines, args):
         return [" ".join(line.split()) for line in lines]
     from fairseq.data import encoders
 
-    if args.spm_model:
-        bpe = encoders.build_bpe(argparse.Namespace(bpe="sentencepiece", sentencepiece_model=args.spm_model))
-    else:
-        bpe = encoders.build_bpe(argparse.Namespace(bpe="subword_nmt", bpe_codes=args.bpe_codes, bpe_separator="@@"))
+    flag, path = ("--spm-model", args.spm_model) if args.spm_model else ("--bpe-codes", args.bpe_codes)
+    try:
+        if args.spm_model:
+            bpe = encoders.build_bpe(argparse.Namespace(bpe="sentencepiece", sentencepiece_model=args.spm_model))
+        else:
+            bpe = encoders.build_bpe(argparse.Namespace(bpe="subword_nmt", bpe_codes=args.bpe_codes, bpe_separator="@@"))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise PseudoLabelError(f"cannot load {flag} {path!r}: {str(e).splitlines()[0]}") from None
     return [bpe.encode(line) if line.strip() else "" for line in lines]
 
 
@@ -192,12 +201,12 @@ def binarize(prefix, dest_dir, src, tgt, data_dir, only_source=False):
     os.replace(tmp, dest_dir)
 
 
-def transfer_set(args, out_dir, src, tgt, raw_lines=None):
-    """(data-bin, split, source token lines, source sizes, target sizes or None) of the transfer set."""
+def transfer_set(args, out_dir, src, tgt, sources=None):
+    """(data-bin, split, source token lines, source sizes, target sizes or None) of the transfer set;
+    *sources* are the tokenized lines of --input."""
     from fairseq.data import Dictionary, data_utils
 
     if args.input:
-        sources = tokenize(raw_lines, args)
         gen_data = os.path.join(out_dir, "transfer")
         prefix = os.path.join(out_dir, "transfer_tokens")
         if not os.path.isfile(os.path.join(gen_data, f"train.{src}-{tgt}.{src}.idx")):
@@ -298,10 +307,11 @@ def main(args):
             raise PseudoLabelError(f"{args.data} has no dict.{lang}.txt: --data must be the teacher's data-bin")
     teacher_cfg = load_checkpoint(args.teacher, what="teacher checkpoint")["cfg"]["model"]
 
-    raw_lines = read_raw_input(args.input) if args.input else None  # bad input fails before anything is written
+    # bad input fails before anything is written
+    tokenized = tokenize(read_raw_input(args.input), args) if args.input else None
     os.makedirs(args.output, exist_ok=True)
     check_manifest(args, args.output)
-    gen_data, split, sources, src_sizes, tgt_sizes = transfer_set(args, args.output, src, tgt, raw_lines)
+    gen_data, split, sources, src_sizes, tgt_sizes = transfer_set(args, args.output, src, tgt, tokenized)
     shards = [args.shard_id] if args.shard_id is not None else range(args.num_shards)
     for shard in shards:
         generate_shard(args, gen_data, split, src, tgt, shard)
