@@ -15,6 +15,7 @@ setup(
         "console_scripts": [
             "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
             "fairseq-kd-pseudolabel = fairseq_kd.cli.pseudolabel:cli_main",
+            "fairseq-kd-cache-topk = fairseq_kd.cli.cache_topk:cli_main",
         ],
     },
 )

@@ -29,6 +29,10 @@ def criterion_args(**kwargs):
         cosine_weight=0.0,
         cosine_encoder=False,
         hidden_loss="cosine",
+        kd_topk=0,
+        kd_selection="none",
+        kd_selection_ratio=0.5,
+        kd_selection_queue_size=30000,
     )
     defaults.update(kwargs)
     return argparse.Namespace(**defaults)

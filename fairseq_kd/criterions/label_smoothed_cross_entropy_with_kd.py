@@ -16,6 +16,7 @@ from fairseq.logging import metrics
 from ..utils import capture_encoder_out
 
 HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
+KD_SELECTION_CHOICES = ChoiceEnum(["none", "batch", "global"])
 
 
 @dataclass
@@ -43,6 +44,27 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     cosine_encoder: bool = field(
         default=False,
         metadata={"help": "apply the hidden-state loss to encoder layers too, not only the decoder's"},
+    )
+    kd_topk: int = field(
+        default=0,
+        metadata={
+            "help": "word-level KD against the teacher's k most probable tokens only, renormalised (0: the whole "
+            "vocabulary); a --teacher-topk-cache always uses its own k"
+        },
+    )
+    kd_selection: KD_SELECTION_CHOICES = field(
+        default="none",
+        metadata={
+            "help": "selective KD (Wang et al., 2021): apply word-level KD only to the --kd-selection-ratio share of "
+            "target tokens with the highest student cross-entropy, chosen per batch or against a global queue"
+        },
+    )
+    kd_selection_ratio: float = field(
+        default=0.5, metadata={"help": "share of target tokens that get the KD loss with --kd-selection"}
+    )
+    kd_selection_queue_size: int = field(
+        default=30000,
+        metadata={"help": "--kd-selection global: how many recent tokens' cross-entropies set the threshold"},
     )
     hidden_loss: HIDDEN_LOSS_CHOICES = field(
         default="cosine",
@@ -98,6 +120,73 @@ def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
     if ignore_mask is not None:
         kl = kl.masked_fill(ignore_mask, 0.0)
     return kl.sum() if reduce else kl
+
+
+def topk_log_probs(lprobs, k):
+    """The k most probable tokens of each distribution, and their log-probabilities renormalised over
+    those k: ``log q_i - log sum_{j in top-k} q_j``.
+
+    Args:
+        lprobs (Tensor): (..., V) log-probabilities
+        k (int): 1 <= k <= V
+
+    Returns:
+        (LongTensor, Tensor): (..., k) token ids and (..., k) log-probabilities
+    """
+    values, ids = lprobs.topk(k, dim=-1)
+    return ids, values - values.logsumexp(-1, keepdim=True)
+
+
+def kd_kl_loss_topk(student_lprobs, teacher_ids, teacher_lprobs, ignore_mask=None, reduce=True):
+    """KL(q~ || p) for a teacher distribution q~ given on k tokens only (its top-k, renormalised):
+    ``sum_{i in top-k} q~_i (log q~_i - log p_i)``, p being the student's distribution over the whole
+    vocabulary gathered at the k ids. It is 0 when the student puts exactly q~ on those tokens.
+
+    Args:
+        student_lprobs (Tensor): (..., V) log p, with gradient
+        teacher_ids (LongTensor): (..., k) the teacher's tokens
+        teacher_lprobs (Tensor): (..., k) log q~, summing (in probability) to 1 over the k tokens
+        ignore_mask (BoolTensor, optional): (...) True where the position is padding
+        reduce (bool): sum over positions
+    """
+    teacher_lprobs = _at_least_float32(teacher_lprobs.detach())
+    q = teacher_lprobs.exp()
+    with torch.no_grad():
+        neg_entropy = torch.xlogy(q, q).sum(-1)
+    kl = neg_entropy - (q * _at_least_float32(student_lprobs).gather(-1, teacher_ids)).sum(-1)
+    if ignore_mask is not None:
+        kl = kl.masked_fill(ignore_mask, 0.0)
+    return kl.sum() if reduce else kl
+
+
+def select_top_tokens(token_nll, ignore_mask, ratio):
+    """Batch-level selection of Wang et al., 2021 (https://arxiv.org/abs/2105.12967): the ceil(ratio * n)
+    non-padding positions with the highest student cross-entropy *token_nll*. Returns a BoolTensor
+    mask of the selected positions."""
+    scores = token_nll.detach().float().masked_fill(ignore_mask, float("-inf"))
+    num_tokens = int((~ignore_mask).sum())
+    k = min(num_tokens, math.ceil(ratio * num_tokens))
+    selected = torch.zeros_like(ignore_mask)
+    if k > 0:
+        selected[scores.topk(k).indices] = True
+    return selected
+
+
+class SelectionQueue:
+    """Global-level selection of Wang et al., 2021: a FIFO of the cross-entropies of the most recent
+    tokens; a token is selected when its cross-entropy reaches the queue's (1 - ratio) quantile."""
+
+    def __init__(self, size):
+        self.size = size
+        self.values = torch.empty(0)
+
+    def push(self, values):
+        self.values = torch.cat([self.values, values.detach().float().cpu()])[-self.size :]
+
+    def select(self, token_nll, ignore_mask, ratio):
+        self.push(token_nll[~ignore_mask])
+        threshold = torch.quantile(self.values, 1.0 - ratio) if len(self.values) else float("inf")
+        return (token_nll.detach().float() >= threshold.to(token_nll.device)) & ~ignore_mask
 
 
 def _check_same_shape(student_states, teacher_states):
@@ -192,6 +281,10 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         cosine_weight=0.0,
         cosine_encoder=False,
         hidden_loss="cosine",
+        kd_topk=0,
+        kd_selection="none",
+        kd_selection_ratio=0.5,
+        kd_selection_queue_size=30000,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
@@ -201,19 +294,38 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             raise ValueError("--nll-weight, --kd-weight and --cosine-weight are all 0: nothing would be trained")
         if not kd_temperature > 0:
             raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
+        if kd_topk < 0:
+            raise ValueError(f"--kd-topk must be >= 0 (0: the whole vocabulary), got {kd_topk}")
+        kd_selection = str(kd_selection)
+        if kd_selection != "none":
+            if kd_weight == 0:
+                raise ValueError(f"--kd-selection {kd_selection} selects tokens for word-level KD, but --kd-weight is 0")
+            if not 0 < kd_selection_ratio <= 1:
+                raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
+            if kd_selection == "global" and kd_selection_queue_size < 1:
+                raise ValueError(f"--kd-selection-queue-size must be >= 1, got {kd_selection_queue_size}")
         if cosine_encoder and cosine_weight == 0:
             raise ValueError("--cosine-encoder has no effect with --cosine-weight 0: set a cosine weight or drop it")
-        if (kd_weight > 0 or cosine_weight > 0) and not getattr(getattr(task, "cfg", None), "teacher_path", None):
+        task_cfg = getattr(task, "cfg", None)
+        cache = getattr(task_cfg, "teacher_topk_cache", None)
+        if (kd_weight > 0 or cosine_weight > 0) and not (getattr(task_cfg, "teacher_path", None) or cache):
             raise ValueError(
                 f"--kd-weight {kd_weight} / --cosine-weight {cosine_weight} need a teacher: train with "
-                "--task translation_kd --teacher-path TEACHER.pt (or set both weights to 0)"
+                "--task translation_kd --teacher-path TEACHER.pt, or --teacher-topk-cache DIR for word-level KD "
+                "(or set both weights to 0)"
             )
+        if cache and cosine_weight > 0:
+            raise ValueError("--cosine-weight needs the teacher's hidden states, which a --teacher-topk-cache does not hold")
         self.nll_weight = nll_weight
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.cosine_weight = cosine_weight
         self.cosine_encoder = cosine_encoder
         self.hidden_loss = str(hidden_loss)
+        self.kd_topk = kd_topk
+        self.kd_selection = kd_selection
+        self.kd_selection_ratio = kd_selection_ratio
+        self.selection_queue = SelectionQueue(kd_selection_queue_size) if kd_selection == "global" else None
         # set by setup_hidden_matching once the student and teacher are known
         self.layer_pairs = None
         self.hidden_projections = None
@@ -255,7 +367,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         """
         # popped so that the teacher's vocabulary-sized logits are freed as soon as they are used
         teacher_output = sample.pop("teacher_output", None)
-        if model.training and self.needs_teacher and teacher_output is None:
+        teacher_topk = sample.pop("teacher_topk", None)  # (ids, log-probs at T=1), each B x T x k, from a cache
+        if model.training and self.needs_teacher and teacher_output is None and teacher_topk is None:
             raise RuntimeError("the KD criterion got no teacher output: train with --task translation_kd --teacher-path ...")
         with capture_encoder_out(model, enabled=teacher_output is not None and self.needs_encoder_states) as enc:
             net_output = model(**sample["net_input"])
@@ -263,12 +376,27 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
 
         T = self.kd_temperature if model.training else 1.0
-        kd_loss = hidden_loss = None
-        if teacher_output is not None and (self.kd_weight > 0 or not model.training):
-            teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
+        kd_loss = hidden_loss = kd_tokens = None
+        has_teacher = teacher_output is not None or teacher_topk is not None
+        if has_teacher and (self.kd_weight > 0 or not model.training):
+            ignore = target.eq(self.padding_idx)
+            if model.training and self.kd_selection != "none":
+                ignore = ignore | ~self.select_tokens(lprobs, target, ignore)
+                kd_tokens = int((~ignore).sum())
             student_lprobs = lprobs if T == 1.0 else tempered_log_probs(self._flat_logits(net_output[0]), T)
-            kd_loss = kd_kl_loss(student_lprobs, teacher_lprobs, target.eq(self.padding_idx), reduce)
-            del teacher_lprobs, student_lprobs
+            if teacher_topk is not None:
+                # the cached top-k at T=1, renormalised at temperature T: softmax(log q_i / T) over the k
+                ids, cached = (self._flat_logits(x) for x in teacher_topk)
+                kd_loss = kd_kl_loss_topk(student_lprobs, ids, F.log_softmax(cached.float() / T, dim=-1), ignore, reduce)
+            else:
+                teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
+                if self.kd_topk > 0:
+                    ids, teacher_lprobs = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
+                    kd_loss = kd_kl_loss_topk(student_lprobs, ids, teacher_lprobs, ignore, reduce)
+                else:
+                    kd_loss = kd_kl_loss(student_lprobs, teacher_lprobs, ignore, reduce)
+                del teacher_lprobs
+            del student_lprobs
         if teacher_output is not None and self.cosine_weight > 0:
             hidden_loss = self.compute_hidden_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
         del teacher_output
@@ -294,6 +422,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         }
         if kd_loss is not None:
             logging_output["kd_loss"] = kd_loss.data
+        if kd_tokens is not None:
+            logging_output["kd_tokens"] = kd_tokens
         if hidden_loss is not None:
             logging_output["cos_loss" if self.hidden_loss == "cosine" else "mse_loss"] = hidden_loss.data
         if self.report_accuracy:
@@ -301,6 +431,14 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
+
+    def select_tokens(self, lprobs, target, ignore_mask):
+        """The target positions that get the KD loss under --kd-selection: those where the student's
+        cross-entropy on the reference token is highest (Wang et al., 2021)."""
+        token_nll = -lprobs.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        if self.kd_selection == "batch":
+            return select_top_tokens(token_nll, ignore_mask, self.kd_selection_ratio)
+        return self.selection_queue.select(token_nll, ignore_mask, self.kd_selection_ratio)
 
     def _flat_logits(self, logits):
         # B x T x V -> (B * T') x V, aligned with get_lprobs_and_target's output
@@ -351,7 +489,11 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
         if any("kd_loss" in log for log in logging_outputs):
             kd_sum = sum(log.get("kd_loss", 0) for log in logging_outputs)
-            metrics.log_scalar("kd_loss", kd_sum / ntokens / math.log(2), ntokens, round=3)
+            # per token that got the KD loss: all of them, or those chosen by --kd-selection
+            kd_tokens = sum(log.get("kd_tokens", log.get("ntokens", 0)) for log in logging_outputs)
+            metrics.log_scalar("kd_loss", kd_sum / max(kd_tokens, 1) / math.log(2), kd_tokens, round=3)
+            if any("kd_tokens" in log for log in logging_outputs):
+                metrics.log_scalar("kd_selected", kd_tokens / ntokens, ntokens, round=3)
         for key in ("cos_loss", "mse_loss"):
             if any(key in log for log in logging_outputs):
                 hidden_sum = sum(log.get(key, 0) for log in logging_outputs)

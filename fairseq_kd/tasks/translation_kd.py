@@ -17,6 +17,7 @@ from omegaconf import II
 
 from ..checkpoints import load_checkpoint
 from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
+from ..topk_cache import TopKCache, TopKCacheError, split_identity
 from ..utils import capture_encoder_out
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ class TranslationKDConfig(TranslationConfig):
         metadata={
             "help": "directory holding the teacher's dict.SRC.txt and dict.TGT.txt, to check that teacher "
             "and student share their dictionaries (default: the data directory recorded in the teacher checkpoint)"
+        },
+    )
+    teacher_topk_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "a top-k cache of the teacher's distributions on the training split (fairseq-kd-cache-topk): "
+            "word-level KD against it, with no teacher in memory (instead of --teacher-path)"
         },
     )
     # options for training on a mixture of corpora
@@ -114,6 +122,14 @@ class TranslationKDTask(TranslationTask):
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.mixture = parse_mixture(cfg.train_mixture, cfg.train_mixture_probs)
+        if cfg.teacher_topk_cache and cfg.teacher_path:
+            raise ValueError("--teacher-topk-cache replaces the live teacher: give it or --teacher-path, not both")
+        if cfg.teacher_topk_cache and self.mixture:
+            raise ValueError(
+                "--teacher-topk-cache covers one binarized training split; it cannot follow a --train-mixture "
+                "(binarize the mixture as one corpus, or use --teacher-path)"
+            )
+        self.topk_cache = None
         self.teachers = []
         # what the criterion needs to know of the student: widths, depths, and the teacher layer
         # each student layer was initialised from (if it was)
@@ -125,6 +141,15 @@ class TranslationKDTask(TranslationTask):
         """Loads a split; with ``--train-mixture``, the training split is a
         :class:`~fairseq.data.multilingual.sampled_multi_dataset.SampledMultiDataset` that draws each
         epoch's examples from the mixture's corpora with the given probabilities."""
+        if split == self.cfg.train_subset and self.cfg.teacher_topk_cache and self.topk_cache is None:
+            paths = utils.split_paths(self.cfg.data)
+            if len(paths) > 1:
+                raise TopKCacheError("--teacher-topk-cache covers one data-bin; the data is split over several")
+            identity = split_identity(paths[0], split, self.cfg.source_lang, self.cfg.target_lang)
+            self.topk_cache = TopKCache(self.cfg.teacher_topk_cache, identity)
+            logger.info(
+                f"word-level KD against the top-{self.topk_cache.k} cache {self.cfg.teacher_topk_cache} (no teacher in memory)"
+            )
         if split != self.cfg.train_subset or self.mixture is None:
             return super().load_dataset(split, epoch, combine, **kwargs)
         paths, probs = self.mixture
@@ -278,6 +303,11 @@ class TranslationKDTask(TranslationTask):
     def build_criterion(self, cfg, from_checkpoint=False):
         """Builds the criterion and checks that it and the teacher fit each other."""
         criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.teacher_topk_cache and not from_checkpoint and not getattr(criterion, "kd_weight", 0) > 0:
+            raise ValueError(
+                "--teacher-topk-cache is set but the criterion does not use it: use --criterion "
+                "label_smoothed_cross_entropy_with_kd with --kd-weight > 0 (or drop the cache)"
+            )
         if not self.teachers:
             return criterion
         if not getattr(criterion, "needs_teacher", False):
@@ -330,6 +360,9 @@ class TranslationKDTask(TranslationTask):
     def _add_teacher_output(self, sample, model, criterion, optimizer=None):
         if self.teachers and getattr(criterion, "needs_teacher", False):
             sample["teacher_output"] = self.teacher_forward(sample, model, criterion, optimizer)
+        elif self.topk_cache is not None and model.training:
+            # the cache holds the training split only: validation reports the NLL without a KD term
+            sample["teacher_topk"] = self.topk_cache.lookup(sample["id"], sample["target"], self.tgt_dict.pad())
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._add_teacher_output(sample, model, criterion, optimizer)
