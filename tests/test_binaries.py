@@ -223,6 +223,26 @@ class TestKDBinaries(unittest.TestCase):
             save_dir, ValueError, "could not be read as a fairseq checkpoint", teacher_path=truncated
         )
 
+    def test_teacher_dictionaries_not_found_is_an_error(self):
+        empty = os.path.join(self.dir, "empty")
+        os.makedirs(empty)
+        self.assert_fails_before_training(
+            os.path.join(self.dir, "s"),
+            ValueError,
+            "cannot check the teacher's source dictionary: .* does not exist. Pass --teacher-data DIR",
+            teacher_path=self.teacher_ckpt,
+            extra_flags=["--teacher-data", empty],
+        )
+
+    def test_adaptive_softmax_student_is_an_error(self):
+        self.assert_fails_before_training(
+            os.path.join(self.dir, "s"),
+            ValueError,
+            "the student uses an adaptive softmax.*needs a full softmax output layer",
+            teacher_path=self.teacher_ckpt,
+            extra_flags=["--adaptive-softmax-cutoff", "8"],
+        )
+
     def test_teacher_with_a_plain_criterion_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "does not use a teacher"):
             with quiet():

@@ -172,6 +172,25 @@ class TestScale(unittest.TestCase):
                     extra_flags=["--teacher-topk-cache", cache] + KD_FLAGS,
                 )
 
+    def test_cache_settings_that_cannot_work_are_errors(self):
+        cache = self.build_cache(os.path.join(self.dir, "cache"))
+        cases = [
+            (["--teacher-path", self.teacher] + KD_FLAGS, "--teacher-topk-cache replaces the live teacher"),
+            (["--train-mixture", self.data] + KD_FLAGS, "cannot follow a --train-mixture"),
+            (KD_FLAGS + ["--kd-weight", "0"], "--teacher-topk-cache is set but the criterion does not use it"),
+            (KD_FLAGS + ["--cosine-weight", "1"], "a --teacher-topk-cache does not hold"),
+        ]
+        for flags, message in cases:
+            with self.subTest(message), self.assertRaisesRegex(ValueError, message):
+                with quiet():
+                    train_translation_model(
+                        self.data,
+                        task="translation_kd",
+                        save_dir=os.path.join(self.dir, "s"),
+                        extra_flags=["--teacher-topk-cache", cache] + flags,
+                    )
+            self.assertFalse(os.path.exists(os.path.join(self.dir, "s", "checkpoint_last.pt")))
+
     def test_cache_build_killed_and_rerun_equals_an_uninterrupted_build(self):
         whole = self.build_cache(os.path.join(self.dir, "whole"), "--shard-size", "2", "--max-tokens", "50")
         resumed = os.path.join(self.dir, "resumed")
