@@ -73,7 +73,16 @@ def main(argv=None):
         for lang in ("src", "tgt"):
             d.save(os.path.join(tmp, f"dict.{lang}.txt"))
         student_arch, teacher_arch = arch_flags(*args.student.split(",")), arch_flags(*args.teacher.split(","))
-        kd = ["--criterion", "label_smoothed_cross_entropy_with_kd", "--kd-weight", "0.5", "--nll-weight", "0.5", "--kd-temperature", "2"]
+        kd = [
+            "--criterion",
+            "label_smoothed_cross_entropy_with_kd",
+            "--kd-weight",
+            "0.5",
+            "--nll-weight",
+            "0.5",
+            "--kd-temperature",
+            "2",
+        ]
         nll_task, student, nll_criterion = build(tmp, student_arch, ["--criterion", "label_smoothed_cross_entropy"])
         live_task, _, live_criterion = build(tmp, student_arch, kd)
         topk_task, _, topk_criterion = build(tmp, student_arch, kd + ["--kd-topk", str(args.k)])
@@ -110,7 +119,9 @@ def main(argv=None):
     target_tokens = int(batch["ntokens"])
     a, b, c, dd, e = (results[k] for k in steps)
     report = {
-        "config": dict(vars(args), target_tokens=target_tokens, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count()),
+        "config": dict(
+            vars(args), target_tokens=target_tokens, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count()
+        ),
         "results": results,
         "time_ratio_cached_over_nll": e["seconds"] / a["seconds"],
         "time_ratio_cached_over_live": e["seconds"] / c["seconds"],
