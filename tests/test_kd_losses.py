@@ -5,11 +5,14 @@ import torch
 import torch.nn.functional as F
 
 import fairseq_kd  # noqa: F401
+from fairseq_kd.criterions.fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     hidden_cosine_loss,
     kd_kl_loss,
+    kd_kl_loss_topk,
     pair_layers,
     tempered_log_probs,
+    topk_log_probs,
 )
 
 
@@ -141,3 +144,51 @@ class TestPairLayers(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestFusedKL(unittest.TestCase):
+    """The closed-form-gradient losses against autograd through the pure functions."""
+
+    def setUp(self):
+        torch.manual_seed(0)
+        self.student = torch.randn(9, 17, dtype=torch.float64, requires_grad=True)
+        self.teacher = 4 * torch.randn(9, 17, dtype=torch.float64)
+        self.mask = torch.tensor([0, 1, 0, 0, 0, 1, 0, 0, 0], dtype=torch.bool)
+
+    def test_full_vocabulary_value_and_gradient(self):
+        for T in (1.0, 0.5, 3.0):
+            fused = tempered_kl_from_logits(self.student, self.teacher, T, self.mask)
+            (g_fused,) = torch.autograd.grad(fused, self.student)
+            reference = kd_kl_loss(tempered_log_probs(self.student, T), tempered_log_probs(self.teacher, T), self.mask)
+            (g_reference,) = torch.autograd.grad(reference, self.student)
+            torch.testing.assert_close(fused, reference)
+            torch.testing.assert_close(g_fused, g_reference)
+        self.assertTrue(
+            torch.autograd.gradcheck(lambda z: tempered_kl_from_logits(z, self.teacher, 2.0, self.mask), (self.student,))
+        )
+
+    def test_topk_value_and_gradient(self):
+        for T in (1.0, 2.5):
+            ids, q = topk_log_probs(tempered_log_probs(self.teacher, T), 5)
+            fused = tempered_topk_kl_from_logits(self.student, ids, q, T, self.mask)
+            (g_fused,) = torch.autograd.grad(fused, self.student)
+            reference = kd_kl_loss_topk(tempered_log_probs(self.student, T), ids, q, self.mask)
+            (g_reference,) = torch.autograd.grad(reference, self.student)
+            torch.testing.assert_close(fused, reference)
+            torch.testing.assert_close(g_fused, g_reference)
+        self.assertTrue(
+            torch.autograd.gradcheck(lambda z: tempered_topk_kl_from_logits(z, ids, q, 2.5, self.mask), (self.student,))
+        )
+
+    def test_half_precision_logits_and_unreduced_rows(self):
+        student = self.student.detach().half().requires_grad_()
+        kl = tempered_kl_from_logits(student, self.teacher.half(), 2.0, self.mask, reduce=False)
+        self.assertEqual(kl.dtype, torch.float32)
+        self.assertTrue(torch.equal(kl[self.mask], torch.zeros(2)))
+        reference = kd_kl_loss(
+            tempered_log_probs(self.student.detach(), 2.0), tempered_log_probs(self.teacher, 2.0), self.mask, reduce=False
+        )
+        torch.testing.assert_close(kl.double(), reference, rtol=0.02, atol=0.02)
+        kl.sum().backward()
+        self.assertEqual(student.grad.dtype, torch.float16)
+        self.assertTrue(torch.equal(student.grad[self.mask], torch.zeros(2, 17, dtype=torch.float16)))

@@ -14,6 +14,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..utils import capture_encoder_out
+from .fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
 
 HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
 KD_SELECTION_CHOICES = ChoiceEnum(["none", "batch", "global"])
@@ -383,20 +384,23 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             if model.training and self.kd_selection != "none":
                 ignore = ignore | ~self.select_tokens(lprobs, target, ignore)
                 kd_tokens = int((~ignore).sum())
-            student_lprobs = lprobs if T == 1.0 else tempered_log_probs(self._flat_logits(net_output[0]), T)
+            # (B * T') x V; the fused losses take logits and compute the tempered softmax themselves
+            student_logits = self._flat_logits(net_output[0])
             if teacher_topk is not None:
                 # the cached top-k at T=1, renormalised at temperature T: softmax(log q_i / T) over the k
                 ids, cached = (self._flat_logits(x) for x in teacher_topk)
-                kd_loss = kd_kl_loss_topk(student_lprobs, ids, F.log_softmax(cached.float() / T, dim=-1), ignore, reduce)
+                q = F.log_softmax(cached.float() / T, dim=-1)
+                kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
+            elif len(teacher_output) == 1 and self.kd_topk == 0:
+                kd_loss = tempered_kl_from_logits(student_logits, self._flat_logits(teacher_output[0][0]), T, ignore, reduce)
             else:
                 teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
                 if self.kd_topk > 0:
-                    ids, teacher_lprobs = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
-                    kd_loss = kd_kl_loss_topk(student_lprobs, ids, teacher_lprobs, ignore, reduce)
+                    ids, q = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
+                    kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
                 else:
-                    kd_loss = kd_kl_loss(student_lprobs, teacher_lprobs, ignore, reduce)
+                    kd_loss = kd_kl_loss(tempered_log_probs(student_logits, T), teacher_lprobs, ignore, reduce)
                 del teacher_lprobs
-            del student_lprobs
         if teacher_output is not None and self.cosine_weight > 0:
             hidden_loss = self.compute_hidden_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
         del teacher_output
