@@ -391,6 +391,11 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 ids, cached = (self._flat_logits(x) for x in teacher_topk)
                 q = F.log_softmax(cached.float() / T, dim=-1)
                 kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
+            elif teacher_output[0][0] is None:
+                # the task kept only the teacher's top-k logits: renormalised at T, softmax(z_topk / T)
+                ids, values = (self._flat_logits(x) for x in teacher_output[0][1]["topk"])
+                q = F.log_softmax(values.float() / T, dim=-1)
+                kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
             elif len(teacher_output) == 1 and self.kd_topk == 0:
                 kd_loss = tempered_kl_from_logits(student_logits, self._flat_logits(teacher_output[0][0]), T, ignore, reduce)
             else:

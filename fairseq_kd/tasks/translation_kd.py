@@ -341,9 +341,14 @@ class TranslationKDTask(TranslationTask):
     @torch.no_grad()
     def teacher_forward(self, sample, student, criterion, optimizer=None):
         """One ``(logits, extra)`` decoder output per teacher on the sample's inputs, with
-        ``extra["encoder_out"]`` when the criterion needs encoder states."""
+        ``extra["encoder_out"]`` when the criterion needs encoder states.
+
+        With ``--kd-topk K`` and a single teacher, only the teacher's K largest logits are kept, as
+        ``extra["topk"] = (ids, logits)`` with ``logits`` None: the vocabulary-sized logits are freed
+        before the student runs (the top-K of softmax(z / T) are the top-K logits, at any T)."""
         p = next(student.parameters())
         with_encoder = getattr(criterion, "needs_encoder_states", False)
+        topk = getattr(criterion, "kd_topk", 0) if len(self.teachers) == 1 else 0
         outputs = []
         for teacher in self.teachers:
             t = next(teacher.parameters())
@@ -354,6 +359,9 @@ class TranslationKDTask(TranslationTask):
                     logits, extra = teacher(**sample["net_input"])
             if with_encoder:
                 extra["encoder_out"] = captured["encoder_out"]
+            if topk > 0:
+                values, ids = logits.topk(min(topk, logits.size(-1)), dim=-1)
+                extra["topk"], logits = (ids, values), None
             outputs.append((logits, extra))
         return outputs
 
