@@ -3,7 +3,6 @@ trained with --user-dir, and the students run by stock fairseq without the teach
 
 import os
 import shutil
-import tempfile
 import unittest
 
 import torch
@@ -12,8 +11,10 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import fairseq_kd  # noqa: F401
 from tests.utils import (
+    KD_FLAGS,
     PLUGIN_DIR,
     TINY_ARCH,
+    TeacherTestCase,
     create_dummy_data,
     generate_main,
     hypotheses,
@@ -23,40 +24,11 @@ from tests.utils import (
     train_translation_model,
 )
 
-KD_FLAGS = [
-    "--user-dir", PLUGIN_DIR,
-    "--criterion", "label_smoothed_cross_entropy_with_kd",
-    "--kd-weight", "1.0", "--nll-weight", "0.5", "--kd-temperature", "2",
-    "--label-smoothing", "0.1",
-]  # fmt: skip
 
-
-class TestKDBinaries(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_")
-        cls.data = os.path.join(cls.tmp.name, "data")
-        os.makedirs(cls.data)
-        with quiet():
-            create_dummy_data(cls.data, num_examples=500)
-            preprocess_translation_data(cls.data, ["--joined-dictionary"])
-            train_translation_model(
-                cls.data,
-                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
-                save_dir=os.path.join(cls.tmp.name, "teacher"),
-            )
-        cls.teacher_ckpt = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
-
+class TestKDBinaries(TeacherTestCase):
     def copy_teacher(self, name="teacher.pt"):
         path = os.path.join(self.dir, name)
-        shutil.copy(self.teacher_ckpt, path)
+        shutil.copy(self.teacher, path)
         return path
 
     def train_student(self, save_dir, teacher_path, extra_flags=(), data=None, arch_flags=None):
@@ -148,7 +120,7 @@ class TestKDBinaries(unittest.TestCase):
 
         args = options.parse_args_and_arch(
             options.get_training_parser(),
-            ["--task", "translation_kd", self.data, "--teacher-path", self.teacher_ckpt, "--eval-bleu"] + TINY_ARCH + KD_FLAGS,
+            ["--task", "translation_kd", self.data, "--teacher-path", self.teacher, "--eval-bleu"] + TINY_ARCH + KD_FLAGS,
         )
         cfg = convert_namespace_to_omegaconf(args)
         with quiet():
@@ -183,7 +155,7 @@ class TestKDBinaries(unittest.TestCase):
             os.path.join(self.dir, "s"),
             ValueError,
             r"share one source dictionary.*index \d+ is '\w' for the student but '\w' for the teacher",
-            teacher_path=self.teacher_ckpt,
+            teacher_path=self.teacher,
             data=other,
             extra_flags=["--max-epoch", "1"],
         )
@@ -208,7 +180,7 @@ class TestKDBinaries(unittest.TestCase):
             os.path.join(self.dir, "s"),
             ValueError,
             "translates in->out, the student out->in",
-            teacher_path=self.teacher_ckpt,
+            teacher_path=self.teacher,
             data=reverse,
         )
 
@@ -217,7 +189,7 @@ class TestKDBinaries(unittest.TestCase):
         missing = os.path.join(self.dir, "missing.pt")
         self.assert_fails_before_training(save_dir, ValueError, "does not exist", teacher_path=missing)
         truncated = os.path.join(self.dir, "truncated.pt")
-        with open(self.teacher_ckpt, "rb") as f, open(truncated, "wb") as g:
+        with open(self.teacher, "rb") as f, open(truncated, "wb") as g:
             g.write(f.read()[:1000])
         self.assert_fails_before_training(
             save_dir, ValueError, "could not be read as a fairseq checkpoint", teacher_path=truncated
@@ -230,7 +202,7 @@ class TestKDBinaries(unittest.TestCase):
             os.path.join(self.dir, "s"),
             ValueError,
             "cannot check the teacher's source dictionary: .* does not exist. Pass --teacher-data DIR",
-            teacher_path=self.teacher_ckpt,
+            teacher_path=self.teacher,
             extra_flags=["--teacher-data", empty],
         )
 
@@ -239,7 +211,7 @@ class TestKDBinaries(unittest.TestCase):
             os.path.join(self.dir, "s"),
             ValueError,
             "the student uses an adaptive softmax.*needs a full softmax output layer",
-            teacher_path=self.teacher_ckpt,
+            teacher_path=self.teacher,
             extra_flags=["--adaptive-softmax-cutoff", "8"],
         )
 
@@ -250,7 +222,7 @@ class TestKDBinaries(unittest.TestCase):
                     self.data,
                     task="translation_kd",
                     save_dir=os.path.join(self.dir, "s"),
-                    extra_flags=["--user-dir", PLUGIN_DIR, "--teacher-path", self.teacher_ckpt],
+                    extra_flags=["--user-dir", PLUGIN_DIR, "--teacher-path", self.teacher],
                 )
 
 

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -17,31 +16,16 @@ import torch
 import fairseq_kd  # noqa: F401
 from fairseq_kd.cli import cache_topk
 from tests.utils import (
-    PLUGIN_DIR,
+    KD_FLAGS,
     TINY_ARCH,
-    create_dummy_data,
+    TeacherTestCase,
     preprocess_translation_data,
     quiet,
+    train_meters,
     train_translation_model,
 )
 
-KD_FLAGS = [
-    "--user-dir", PLUGIN_DIR,
-    "--criterion", "label_smoothed_cross_entropy_with_kd",
-    "--kd-weight", "1.0", "--nll-weight", "0.5", "--kd-temperature", "2",
-    "--label-smoothing", "0.1", "--no-epoch-checkpoints",
-]  # fmt: skip
-
 BIN = os.path.dirname(sys.executable)
-
-
-def train_meters(checkpoint):
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return {
-        name: float(m["sum"]) / float(m["count"])
-        for _, name, _, m in state["extra_state"]["metrics"]["train"]
-        if m.get("count")
-    }
 
 
 def command(name, *args):
@@ -71,29 +55,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class TestScale(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_scale_")
-        cls.data = os.path.join(cls.tmp.name, "data")
-        os.makedirs(cls.data)
-        with quiet():
-            create_dummy_data(cls.data, num_examples=500)
-            preprocess_translation_data(cls.data, ["--joined-dictionary"])
-            train_translation_model(
-                cls.data,
-                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
-                save_dir=os.path.join(cls.tmp.name, "teacher"),
-            )
-        cls.teacher = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
-
+class TestScale(TeacherTestCase):
     def build_cache(self, output, *flags, teacher=None, data=None):
         args = cache_topk.get_parser().parse_args(
             ["--teacher", teacher or self.teacher, "--data", data or self.data, "--output", output, "--cpu", "--k", "4"]

@@ -16,21 +16,14 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 import fairseq_kd  # noqa: F401
 from fairseq_kd.cli import pseudolabel
 from tests.utils import (
+    KD_FLAGS,
     PLUGIN_DIR,
     TINY_ARCH,
-    create_dummy_data,
-    preprocess_translation_data,
+    TeacherTestCase,
     quiet,
     run_console_script,
     train_translation_model,
 )
-
-KD_FLAGS = [
-    "--user-dir", PLUGIN_DIR,
-    "--criterion", "label_smoothed_cross_entropy_with_kd",
-    "--kd-weight", "1.0", "--nll-weight", "0.5", "--kd-temperature", "2",
-    "--label-smoothing", "0.1", "--no-epoch-checkpoints",
-]  # fmt: skip
 
 
 def read(path):
@@ -38,29 +31,7 @@ def read(path):
         return f.read()
 
 
-class TestSequenceLevelKD(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_seq_")
-        cls.data = os.path.join(cls.tmp.name, "data")
-        os.makedirs(cls.data)
-        with quiet():
-            create_dummy_data(cls.data, num_examples=500)
-            preprocess_translation_data(cls.data, ["--joined-dictionary"])
-            train_translation_model(
-                cls.data,
-                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
-                save_dir=os.path.join(cls.tmp.name, "teacher"),
-            )
-        cls.teacher = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
-
+class TestSequenceLevelKD(TeacherTestCase):
     def pseudolabel(self, output, *flags):
         args = pseudolabel.get_parser().parse_args(
             ["--teacher", self.teacher, "--data", self.data, "--output", output, "--cpu", "--max-tokens", "300"] + list(flags)

@@ -2,7 +2,6 @@
 loss across equal and unequal widths, resuming, and the exported student in stock fairseq."""
 
 import os
-import tempfile
 import unittest
 
 import torch
@@ -12,12 +11,12 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 import fairseq_kd  # noqa: F401
 from tests.utils import (
     PLUGIN_DIR,
-    create_dummy_data,
+    TeacherTestCase,
     generate_main,
     hypotheses,
-    preprocess_translation_data,
     quiet,
     run_console_script,
+    train_meters,
     train_translation_model,
 )
 
@@ -42,41 +41,18 @@ HIDDEN_FLAGS = [
 ]  # fmt: skip
 
 
-def train_meters(checkpoint):
-    """{name: average} of the training meters saved in a checkpoint (the last epoch's)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return {name: float(m["sum"]) / m["count"] for _, name, _, m in state["extra_state"]["metrics"]["train"] if m.get("count")}
-
-
 def layer_tensors(state, prefix):
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-class TestDistilBERTStudent(unittest.TestCase):
+class TestDistilBERTStudent(TeacherTestCase):
+    # a 4x2 teacher: deeper than the students, with their widths
+    teacher_arch = tiny_arch(4, 2, arch="transformer")
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="fairseq_kd_student_")
-        cls.data = os.path.join(cls.tmp.name, "data")
-        os.makedirs(cls.data)
-        with quiet():
-            create_dummy_data(cls.data, num_examples=500)
-            preprocess_translation_data(cls.data, ["--joined-dictionary"])
-            # a 4x2 teacher: deeper than the students, with their widths
-            train_translation_model(
-                cls.data,
-                arch_flags=tiny_arch(4, 2, arch="transformer"),
-                extra_flags=["--max-epoch", "10", "--lr", "0.01", "--no-epoch-checkpoints"],
-                save_dir=os.path.join(cls.tmp.name, "teacher"),
-            )
-        cls.teacher = os.path.join(cls.tmp.name, "teacher", "checkpoint_last.pt")
+        super().setUpClass()
         cls.teacher_state = torch.load(cls.teacher, map_location="cpu", weights_only=True)["model"]
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(dir=self.tmp.name)
 
     def train(self, name, arch_flags, extra_flags=(), teacher=True):
         save_dir = os.path.join(self.dir, name)
