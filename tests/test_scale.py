@@ -308,7 +308,7 @@ class TestScale(TeacherTestCase):
             for rank in (0, 1)
         ]
         outputs = [p.communicate(timeout=300)[0] for p in processes]
-        self.assertEqual([p.returncode for p in processes], [0, 0], outputs[0][-3000:])
+        self.assertEqual([p.returncode for p in processes], [0, 0], "\n\n".join(o[-3000:] for o in outputs))
         self.assertIn("training on 2 devices", outputs[0])
 
         one, two = (train_meters(os.path.join(d, "checkpoint_last.pt")) for d in (single, double))

@@ -1,3 +1,4 @@
+import atexit
 import logging
 import os
 from collections import OrderedDict
@@ -96,6 +97,23 @@ def layer_counts(model):
     return {stack: len(getattr(model, stack).layers) for stack in ("encoder", "decoder")}
 
 
+def _destroy_process_group_at_exit():
+    """fairseq-train never destroys its process group. With gloo, a process that exits with the group
+    alive can abort (SIGABRT) while the interpreter shuts down, when gloo's threads release tensors they
+    still hold: the run is complete, but its exit status says it crashed. Destroying the group while the
+    interpreter is intact avoids that."""
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and not _destroy_process_group_at_exit.registered
+    ):
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
+        _destroy_process_group_at_exit.registered = True
+
+
+_destroy_process_group_at_exit.registered = False
+
+
 @register_task("translation_kd", dataclass=TranslationKDConfig)
 class TranslationKDTask(TranslationTask):
     """
@@ -136,6 +154,7 @@ class TranslationKDTask(TranslationTask):
         self._student_hidden_sizes = None
         self._student_layer_counts = None
         self._student_init_layers = None
+        _destroy_process_group_at_exit()
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         """Loads a split; with ``--train-mixture``, the training split is a
