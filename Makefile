@@ -2,7 +2,8 @@
 #
 #   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
 #   make test      install if needed, then run the whole test suite
-#   make demo      install if needed, then run the main job (teacher -> KD student)
+#   make demo      install if needed, then run the main job on real data (teacher -> six students -> results)
+#   make toy-demo  the same story in two minutes on generated data
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,10 +11,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fairseq_kd-installed
 
+PRESET ?= default
+
 TORCH_VERSION   ?= 2.13.0
 FAIRSEQ_VERSION ?= 0.12.3.1
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo toy-demo lint clean
 
 install: $(STAMP)
 
@@ -35,7 +38,11 @@ $(STAMP): setup.py requirements.txt
 test: install
 	$(PY) -m pytest -q tests
 
+# make demo [PRESET=default|full] [DATA=dir with {train,valid,test}.{de,en}] [OUT=dir]
 demo: install
+	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT))
+
+toy-demo: install
 	PYTHON=$(PY) scripts/toy_demo.sh runs/toy
 
 lint: install

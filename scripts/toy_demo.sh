@@ -5,7 +5,7 @@
 # test BLEU for all of them. Logs are appended to. Re-running skips finished stages
 # (fairseq-train resumes from checkpoint_last.pt; --user-dir fairseq_kd lets it load on torch >= 2.6).
 #
-#   scripts/toy_demo.sh [WORKDIR]      (default runs/toy; `make demo` runs it)
+#   scripts/toy_demo.sh [WORKDIR]      (default runs/toy; `make toy-demo` runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/toy}

@@ -1,0 +1,566 @@
+"""The main job on real data: a teacher, its pseudo-labels, six students of one shape trained with the
+NeMo guide's methods on the same update budget, and every model measured the same way.
+
+    python -m fairseq_kd.demo [--preset default|full] [--data DIR] [--out runs/demo]
+
+Stages (each is skipped when a rerun finds it finished; an interrupted fairseq-train resumes from its
+checkpoint_last.pt):
+
+1. corpus: the gettext catalogs of this machine (:mod:`fairseq_kd.demo.corpus`), or ``--data DIR`` with
+   ``{train,valid,test}.{de,en}``; copied to OUT/raw.
+2. sentencepiece: one joint model trained on the training split; every split encoded with it.
+3. binarize: ``fairseq-preprocess --joined-dictionary`` into OUT/data-bin.
+4. teacher: ``fairseq-train`` (NLL with label smoothing); the checkpoint with the best valid loss.
+5. pseudolabels: ``fairseq-kd-pseudolabel``, the teacher's beam-search translations of the training
+   sources, binarized with the teacher's dictionaries (OUT/pseudolabels/data-bin).
+6. students: baseline (NLL on the references), word_kd, seq_kd (NLL on the teacher's translations),
+   interpolation (mixture of both data-bins), hybrid (mixture + word-level KD) and distilbert (initialised
+   from 1 of every n teacher layers, word-level KD + cosine loss on hidden states); each exported with
+   ``fairseq-kd-export`` to an ordinary fairseq checkpoint.
+7. evaluation: stock ``fairseq-generate`` of valid and test with the same beam and batch size for every
+   model; sacreBLEU and chrF on detokenized text; sentences/s and tokens/s as fairseq-generate measures
+   them; parameters and checkpoint size.
+8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
+   the same way.
+9. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from .corpus import CorpusError, build_corpus
+from .presets import COSINE, MIXTURE_PROBS, PRESETS, WORD_KD
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SRC, TGT = "de", "en"
+SPLITS = ("train", "valid", "test")
+STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
+METHODS = {
+    "teacher": "teacher: NLL on the references",
+    "baseline": "NLL on the references",
+    "word_kd": "word-level KD",
+    "seq_kd": "sequence-level KD",
+    "interpolation": "sequence-level interpolation",
+    "hybrid": "interpolation + word-level KD",
+    "distilbert": "DistilBERT-style init + word-level KD + cosine",
+}
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def log(message=""):
+    print(message, flush=True)
+
+
+def minutes(seconds):
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class Pipeline:
+    def __init__(self, out, preset="default", data=None):
+        if preset not in PRESETS:
+            raise DemoError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        self.out, self.preset_name, self.preset, self.data = out, preset, PRESETS[preset], data
+        self.stages = [
+            ("corpus", self.corpus),
+            ("sentencepiece", self.sentencepiece),
+            ("binarize", self.binarize),
+            ("teacher", self.teacher),
+            ("pseudolabels", self.pseudolabels),
+            *((f"student {name}", lambda name=name: self.student(name)) for name in STUDENTS),
+            *((f"evaluate {name}", lambda name=name: self.evaluate(name)) for name in ("teacher",) + STUDENTS),
+            ("ctranslate2", self.ctranslate2),
+            ("report", self.report),
+        ]
+
+    # ---- bookkeeping -------------------------------------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.out, *parts)
+
+    def check_run_dir(self):
+        """An output directory belongs to one preset and one corpus: a rerun with others would mix models
+        trained differently, so it is refused (and nothing in it is touched)."""
+        os.makedirs(self.out, exist_ok=True)
+        config = {"preset": self.preset_name, "data": os.path.abspath(self.data) if self.data else "gettext catalogs"}
+        path = self.path("demo.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                earlier = json.load(f)
+            if earlier != config:
+                raise DemoError(
+                    f"{self.out} holds a demo run with {earlier}, not {config}: give another output directory "
+                    f"(OUT=...) or remove {self.out} to start over"
+                )
+        else:
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2)
+
+    def done_marker(self, stage):
+        return self.path("stages", stage.replace(" ", "_") + ".done")
+
+    def run(self):
+        self.check_run_dir()
+        if self.data:
+            check_data_dir(self.data)
+        os.makedirs(self.path("stages"), exist_ok=True)
+        os.makedirs(self.path("logs"), exist_ok=True)
+        start = time.time()
+        for i, (stage, fn) in enumerate(self.stages, 1):
+            marker = self.done_marker(stage)
+            if os.path.exists(marker):
+                log(f"[{i}/{len(self.stages)}] {stage}: done earlier")
+                continue
+            log(f"[{i}/{len(self.stages)}] {stage} ...")
+            t = time.time()
+            fn()
+            with open(marker, "w") as f:
+                json.dump({"seconds": round(time.time() - t, 1)}, f)
+            elapsed, total = minutes(time.time() - t), minutes(time.time() - start)
+            log(f"[{i}/{len(self.stages)}] {stage}: finished in {elapsed} ({total} so far)")
+
+    def command(self, name, args, log_name, progress_total=None):
+        """Runs a console script of this environment, its output appended to OUT/logs/LOG_NAME.log; shows
+        the number of updates every 30 s when PROGRESS_TOTAL is given; fails with the log's tail."""
+        log_path = self.path("logs", log_name + ".log")
+        cmd = [os.path.join(BIN, name)] + [str(a) for a in args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "a") as f:
+            f.write("\n$ " + " ".join(cmd) + "\n")
+            f.flush()
+            process = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            start, shown = time.time(), None
+            while process.poll() is None:
+                time.sleep(1)
+                if progress_total and time.time() - start > 30 and int(time.time() - start) % 30 == 0:
+                    updates = last_update(log_path)
+                    if updates is not None and updates != shown:
+                        log(f"    {log_name}: {updates}/{progress_total} updates, {minutes(time.time() - start)}")
+                        shown = updates
+        if process.returncode != 0:
+            with open(log_path, errors="replace") as f:
+                tail = f.read()[-3000:]
+            raise DemoError(f"{name} failed (exit status {process.returncode}); the end of {log_path}:\n{tail}")
+        return log_path
+
+    # ---- data --------------------------------------------------------------------------------------
+
+    def corpus(self):
+        raw = self.path("raw")
+        if self.data:
+            os.makedirs(raw, exist_ok=True)
+            for split in SPLITS:
+                for lang in (SRC, TGT):
+                    shutil.copyfile(os.path.join(self.data, f"{split}.{lang}"), os.path.join(raw, f"{split}.{lang}"))
+            counts = {split: count_lines(os.path.join(raw, f"{split}.{SRC}")) for split in SPLITS}
+            log("    " + ", ".join(f"{split}: {n}" for split, n in counts.items()) + " segments")
+        else:
+            stats = build_corpus(raw)
+            log(
+                f"    {stats['catalogs']} catalogs -> "
+                + ", ".join(f"{s}: {stats[s + ' segments']}" for s in SPLITS)
+                + " segments"
+            )
+
+    def sentencepiece(self):
+        import sentencepiece as spm
+
+        model = self.path("spm")
+        inputs = ",".join(self.path("raw", f"train.{lang}") for lang in (SRC, TGT))
+        spm.SentencePieceTrainer.train(
+            input=inputs,
+            model_prefix=model,
+            vocab_size=self.preset["vocab_size"],
+            character_coverage=1.0,
+            model_type="unigram",
+            input_sentence_size=1_000_000,
+            shuffle_input_sentence=True,
+            bos_id=-1,
+            eos_id=-1,
+            unk_id=0,
+            pad_id=-1,
+            seed_sentencepiece_size=200_000,
+            hard_vocab_limit=False,  # a small corpus may have fewer pieces than vocab_size
+            minloglevel=2,
+        )
+        processor = spm.SentencePieceProcessor(model_file=model + ".model")
+        os.makedirs(self.path("tok"), exist_ok=True)
+        for split in SPLITS:
+            for lang in (SRC, TGT):
+                with open(self.path("raw", f"{split}.{lang}"), encoding="utf-8") as f:
+                    lines = [line.rstrip("\n") for line in f]
+                with open(self.path("tok", f"{split}.{lang}"), "w", encoding="utf-8") as f:
+                    f.writelines(" ".join(pieces) + "\n" for pieces in processor.encode(lines, out_type=str))
+
+    def binarize(self):
+        tok = self.path("tok")
+        bin_dir = self.path("data-bin")
+        if os.path.exists(bin_dir):
+            shutil.rmtree(bin_dir)  # an interrupted earlier attempt of this stage
+        self.command(
+            "fairseq-preprocess",
+            ["--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary", "--workers", "2", "--destdir", bin_dir]
+            + ["--trainpref", f"{tok}/train", "--validpref", f"{tok}/valid", "--testpref", f"{tok}/test"],
+            "binarize",
+        )
+
+    # ---- training ----------------------------------------------------------------------------------
+
+    def arch(self, shape, arch="transformer"):
+        return [
+            "--arch", arch, "--share-all-embeddings",
+            "--encoder-layers", shape["encoder_layers"], "--decoder-layers", shape["decoder_layers"],
+            "--encoder-embed-dim", shape["embed_dim"], "--decoder-embed-dim", shape["embed_dim"],
+            "--encoder-ffn-embed-dim", shape["ffn_dim"], "--decoder-ffn-embed-dim", shape["ffn_dim"],
+            "--encoder-attention-heads", shape["heads"], "--decoder-attention-heads", shape["heads"],
+        ]  # fmt: skip
+
+    def training(self, max_update):
+        p = self.preset
+        return [
+            "--user-dir", PLUGIN_DIR, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0",
+            "--lr", p["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", p["warmup_updates"],
+            "--max-tokens", p["max_tokens"], "--dropout", p["dropout"], "--max-update", max_update,
+            "--label-smoothing", "0.1", "--seed", "1", "--num-workers", "0", "--cpu",
+            "--log-format", "simple", "--log-interval", "25", "--no-epoch-checkpoints",
+            "--best-checkpoint-metric", "nll_loss", "--save-interval-updates", "200", "--keep-interval-updates", "1",
+        ]  # fmt: skip
+
+    def teacher(self):
+        p = self.preset
+        self.command(
+            "fairseq-train",
+            [self.path("data-bin"), "--save-dir", self.path("teacher")]
+            + self.arch(p["teacher"])
+            + self.training(p["teacher_max_update"])
+            + ["--criterion", "label_smoothed_cross_entropy"],
+            "teacher",
+            progress_total=p["teacher_max_update"],
+        )
+        self.export(self.path("teacher", "checkpoint_best.pt"), self.path("models", "teacher.pt"))
+
+    def teacher_checkpoint(self):
+        return self.path("teacher", "checkpoint_best.pt")
+
+    def pseudolabels(self):
+        self.command(
+            "fairseq-kd-pseudolabel",
+            ["--teacher", self.teacher_checkpoint(), "--data", self.path("data-bin"), "--subset", "train",
+             "--output", self.path("pseudolabels"), "--beam", self.preset["beam"], "--max-tokens", "8000", "--cpu"],
+            "pseudolabels",
+        )  # fmt: skip
+        with open(self.path("pseudolabels", "summary.json")) as f:
+            summary = json.load(f)
+        log("    " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+
+    def student(self, name):
+        p = self.preset
+        data, pseudo = self.path("data-bin"), self.path("pseudolabels", "data-bin")
+        teacher = ["--task", "translation_kd", "--teacher-path", self.teacher_checkpoint()]
+        kd = ["--criterion", "label_smoothed_cross_entropy_with_kd"] + WORD_KD
+        mixture = ["--task", "translation_kd", "--train-mixture", f"{data},{pseudo}", "--train-mixture-probs", MIXTURE_PROBS]
+        nll = ["--criterion", "label_smoothed_cross_entropy"]
+        arch = self.arch(p["student"])
+        flags = {
+            "baseline": [data] + arch + nll,
+            "word_kd": [data] + arch + teacher + kd,
+            # the teacher's translations as training targets; valid stays the references
+            "seq_kd": [data] + arch + ["--task", "translation_kd", "--train-mixture", pseudo] + nll,
+            "interpolation": [data] + arch + mixture + nll,
+            "hybrid": [data] + arch + mixture + ["--teacher-path", self.teacher_checkpoint()] + kd,
+            "distilbert": [data]
+            + self.arch(p["student"], "transformer_student")
+            + ["--init-from-teacher"]
+            + teacher
+            + kd
+            + COSINE,
+        }[name]
+        save_dir = self.path("students", name)
+        self.command(
+            "fairseq-train",
+            flags + ["--save-dir", save_dir] + self.training(p["student_max_update"]),
+            name,
+            progress_total=p["student_max_update"],
+        )
+        # the same budget for every student: its last checkpoint
+        self.export(os.path.join(save_dir, "checkpoint_last.pt"), self.path("models", f"{name}.pt"))
+
+    def export(self, checkpoint, output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        self.command("fairseq-kd-export", [checkpoint, output, "--overwrite"], "export")
+
+    # ---- evaluation --------------------------------------------------------------------------------
+
+    def evaluate(self, name):
+        model = self.path("models", f"{name}.pt")
+        record = {"name": name, "method": METHODS[name], "params": count_parameters(model), "size_mb": size_mb(model)}
+        for split in ("valid", "test"):
+            log_path = self.command(
+                "fairseq-generate",
+                [self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
+                 "--batch-size", self.preset["eval_batch_size"], "--max-len-b", self.preset["max_len_b"],
+                 "--post-process", "sentencepiece", "--cpu"],
+                f"generate_{name}_{split}",
+            )  # fmt: skip
+            hypotheses, speed = read_generate_log(log_path)
+            record.update(self.score(name, split, hypotheses, speed))
+        self.save_record(name, record)
+
+    def score(self, name, split, hypotheses, speed):
+        import sacrebleu
+
+        references = read_lines(self.path("raw", f"{split}.{TGT}"))
+        if len(hypotheses) != len(references):
+            raise DemoError(f"{name}: {len(hypotheses)} translations of {split} for {len(references)} references")
+        os.makedirs(self.path("translations"), exist_ok=True)
+        with open(self.path("translations", f"{name}.{split}.{TGT}"), "w", encoding="utf-8") as f:
+            f.writelines(h + "\n" for h in hypotheses)
+        scores = {
+            "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
+        }
+        if split == "valid":
+            return {"valid_bleu": scores["bleu"]}
+        return dict(scores, **speed)
+
+    def save_record(self, name, record):
+        os.makedirs(self.path("eval"), exist_ok=True)
+        with open(self.path("eval", f"{name}.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        log(f"    {name}: test BLEU {record['bleu']}, chrF {record['chrf']}, {record['sentences_per_s']} sentences/s")
+
+    def records(self):
+        names = ["teacher", *STUDENTS, "ctranslate2_int8"]
+        found = []
+        for name in names:
+            path = self.path("eval", f"{name}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    found.append(json.load(f))
+        return found
+
+    def ctranslate2(self):
+        """The student with the best valid BLEU (the test split chooses nothing), in CTranslate2 int8."""
+        import ctranslate2
+        import sentencepiece as spm
+
+        students = [r for r in self.records() if r["name"] in STUDENTS]
+        best = max(students, key=lambda r: r["valid_bleu"])
+        output = self.path("models", "ctranslate2_int8")
+        convert_to_ctranslate2(self.path("models", f"{best['name']}.pt"), self.path("data-bin"), output, self.path("tmp"))
+        translator = ctranslate2.Translator(output, device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1)
+        processor = spm.SentencePieceProcessor(model_file=self.path("spm.model"))
+        record = {
+            "name": "ctranslate2_int8",
+            "method": f"{best['name']} in CTranslate2 int8",
+            "params": best["params"],
+            "size_mb": round(sum(os.path.getsize(os.path.join(output, f)) for f in os.listdir(output)) / 2**20, 2),
+        }
+        for split in ("valid", "test"):
+            sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
+            start = time.perf_counter()
+            results = translator.translate_batch(
+                sources,
+                beam_size=self.preset["beam"],
+                max_batch_size=self.preset["eval_batch_size"],
+                max_decoding_length=self.preset["max_len_b"],
+            )
+            seconds = time.perf_counter() - start
+            outputs = [r.hypotheses[0] for r in results]
+            tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
+            speed = {
+                "sentences_per_s": round(len(sources) / seconds, 2),
+                "tokens_per_s": round(tokens / seconds, 2),
+            }
+            record.update(self.score("ctranslate2_int8", split, [processor.decode(o) for o in outputs], speed))
+        self.save_record("ctranslate2_int8", record)
+
+    # ---- report ------------------------------------------------------------------------------------
+
+    def report(self):
+        records = self.records()
+        with open(self.path("results.json"), "w") as f:
+            json.dump({"preset": self.preset_name, "systems": records}, f, indent=2)
+        table = results_table(records)
+        with open(self.path("results.md"), "w") as f:
+            f.write(f"Preset `{self.preset_name}`; test split; beam {self.preset['beam']}, batch "
+                    f"{self.preset['eval_batch_size']} sentences, CPU.\n\n{table}")  # fmt: skip
+        plot(records, self.path("bleu_vs_speed.png"))
+        log("\n" + table)
+        log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
+
+
+COLUMNS = (
+    ("system", "name"),
+    ("method", "method"),
+    ("BLEU", "bleu"),
+    ("chrF", "chrf"),
+    ("valid BLEU", "valid_bleu"),
+    ("sentences/s", "sentences_per_s"),
+    ("tokens/s", "tokens_per_s"),
+    ("params", "params"),
+    ("MB", "size_mb"),
+)
+
+
+def results_table(records):
+    lines = ["| " + " | ".join(title for title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in records:
+        cells = [f"{r[key]:,}" if key == "params" else str(r[key]) for _, key in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, path):
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in records:
+        ax.scatter(r["sentences_per_s"], r["bleu"], color="tab:red" if r["name"] == "teacher" else "tab:blue")
+        ax.annotate(r["name"], (r["sentences_per_s"], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("test sentences per second (log scale)")
+    ax.set_ylabel("test BLEU")
+    ax.set_title("BLEU against translation speed")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+TRANSLATED = re.compile(
+    r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, ([\d.]+) tokens/s\)"
+)
+
+
+def read_generate_log(path):
+    """The detokenized hypotheses (D- lines) of the last fairseq-generate run in a log, in corpus order, and
+    the speed fairseq-generate measured."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    text = text[text.rfind("\n$ ") :]
+    hypotheses = {}
+    for line in text.splitlines():
+        if line.startswith("D-"):
+            head, _, hypothesis = line.split("\t", 2) if line.count("\t") >= 2 else (line, "", "")
+            hypotheses[int(head[2:])] = hypothesis
+    match = TRANSLATED.search(text)
+    if not match:
+        raise DemoError(f"no 'Translated ... sentences' line in {path}")
+    speed = {"sentences_per_s": float(match[4]), "tokens_per_s": float(match[5])}
+    return [hypotheses[i] for i in range(len(hypotheses))], speed
+
+
+def last_update(log_path):
+    with open(log_path, errors="replace") as f:
+        found = re.findall(r"num_updates[=\s](\d+)", f.read()[-20000:])
+    return int(found[-1]) if found else None
+
+
+def convert_to_ctranslate2(checkpoint, data_bin, output, tmp_dir, quantization="int8"):
+    """CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` (a Namespace),
+    which exported checkpoints keep as plain data in ``cfg["model"]`` (so that torch loads them with
+    weights_only): it gets a copy with both."""
+    import argparse
+
+    import torch
+    from ctranslate2.converters import FairseqConverter
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["args"] = argparse.Namespace(**state["cfg"]["model"])
+    os.makedirs(tmp_dir, exist_ok=True)
+    copy = os.path.join(tmp_dir, "for_ctranslate2.pt")
+    torch.save(state, copy)
+    try:
+        FairseqConverter(copy, data_bin, source_lang=SRC, target_lang=TGT, unsafe_deserialization=True).convert(
+            output, quantization=quantization, force=True
+        )
+    finally:
+        os.remove(copy)
+
+
+def count_parameters(checkpoint):
+    """Parameters of a fairseq checkpoint's model, each shared tensor counted once."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    seen, total = set(), 0
+    for tensor in state.values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen and tensor.is_floating_point():
+            seen.add(key)
+            total += tensor.numel()
+    return total
+
+
+def size_mb(path):
+    return round(os.path.getsize(path) / 2**20, 2)
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def check_data_dir(data):
+    """``--data DIR`` must hold {train,valid,test}.{de,en}, UTF-8, with the same number of lines per split."""
+    if not os.path.isdir(data):
+        raise DemoError(f"--data {data}: no such directory (it must hold {{train,valid,test}}.{{{SRC},{TGT}}})")
+    for split in SPLITS:
+        counts = {}
+        for lang in (SRC, TGT):
+            path = os.path.join(data, f"{split}.{lang}")
+            if not os.path.isfile(path):
+                raise DemoError(f"--data {data}: {split}.{lang} is missing (needed: {{train,valid,test}}.{{{SRC},{TGT}}})")
+            with open(path, "rb") as f:
+                raw = f.read()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = raw[: e.start].count(b"\n") + 1
+                raise DemoError(f"--data {data}: {split}.{lang} line {line} is not UTF-8") from None
+            counts[lang] = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
+        if counts[SRC] != counts[TGT]:
+            raise DemoError(f"--data {data}: {split}.{SRC} has {counts[SRC]} lines but {split}.{TGT} {counts[TGT]}")
+        if counts[SRC] == 0:
+            raise DemoError(f"--data {data}: {split}.{SRC} is empty")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
+    parser.add_argument("--data", help="a directory with {train,valid,test}.{de,en} instead of the gettext catalogs")
+    parser.add_argument(
+        "--out", help="output directory; a rerun resumes in it (default: runs/demo, or runs/demo-PRESET for other presets)"
+    )
+    args = parser.parse_args(argv)
+    if not args.out:
+        args.out = "runs/demo" if args.preset == "default" else f"runs/demo-{args.preset}"
+    try:
+        Pipeline(args.out, args.preset, args.data).run()
+    except (DemoError, CorpusError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

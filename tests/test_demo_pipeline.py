@@ -1,0 +1,216 @@
+"""The demo pipeline: its pieces on hand-made inputs, and one whole run of the `smoke` preset on cipher data
+(teacher, pseudo-labels, six students, evaluation, CTranslate2, report), then a rerun that redoes nothing."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import sacrebleu
+import torch
+
+from fairseq_kd.demo.pipeline import (
+    METHODS,
+    STUDENTS,
+    DemoError,
+    Pipeline,
+    check_data_dir,
+    count_parameters,
+    read_generate_log,
+    results_table,
+)
+from tests.utils import create_dummy_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_data(data_dir, train=1500):
+    """{train,valid,test}.{de,en} from the cipher data of the other tests."""
+    create_dummy_data(data_dir, num_examples=train, maxlen=8, alphabet="abcdefghijkl")
+    for split in ("train", "valid", "test"):
+        os.replace(os.path.join(data_dir, f"{split}.in"), os.path.join(data_dir, f"{split}.de"))
+        os.replace(os.path.join(data_dir, f"{split}.out"), os.path.join(data_dir, f"{split}.en"))
+
+
+GENERATE_LOG = """
+$ fairseq-generate (an earlier run)
+D-0\t0.0\tstale
+Translated 1 sentences (2 tokens) in 1.0s (1.00 sentences/s, 2.00 tokens/s)
+
+$ fairseq-generate data-bin --path m.pt
+S-2\tdrei
+H-2\t-0.5\t▁three
+D-2\t-0.5\tthree
+D-0\t-0.1\tone two
+D-1\t-0.2\t
+2026-11-25 | INFO | fairseq_cli.generate | Translated 3 sentences (9 tokens) in 0.5s (6.00 sentences/s, 18.00 tokens/s)
+"""
+
+
+class TestPieces(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="fairseq_kd_demo_")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def test_generate_log_gives_the_last_run_in_corpus_order(self):
+        path = os.path.join(self.tmp, "generate.log")
+        with open(path, "w") as f:
+            f.write(GENERATE_LOG)
+        hypotheses, speed = read_generate_log(path)
+        self.assertEqual(hypotheses, ["one two", "", "three"])
+        self.assertEqual(speed, {"sentences_per_s": 6.0, "tokens_per_s": 18.0})
+
+    def test_generate_log_without_timing_is_an_error(self):
+        path = os.path.join(self.tmp, "generate.log")
+        with open(path, "w") as f:
+            f.write("\n$ fairseq-generate\nD-0\t0\tx\n")
+        with self.assertRaisesRegex(DemoError, "Translated"):
+            read_generate_log(path)
+
+    def test_shared_embeddings_count_once(self):
+        embedding = torch.zeros(10, 4)
+        state = {"model": {"encoder.embed": embedding, "decoder.embed": embedding, "decoder.out": embedding,
+                           "layer.weight": torch.zeros(4, 4), "steps": torch.zeros(3, dtype=torch.long)}}  # fmt: skip
+        path = os.path.join(self.tmp, "m.pt")
+        torch.save(state, path)
+        self.assertEqual(count_parameters(path), 10 * 4 + 4 * 4)
+
+    def test_table_has_a_row_per_system(self):
+        record = {"name": "baseline", "method": METHODS["baseline"], "bleu": 1.5, "chrf": 20.0, "valid_bleu": 1.0,
+                  "sentences_per_s": 10.0, "tokens_per_s": 100.0, "params": 1234567, "size_mb": 4.7}  # fmt: skip
+        table = results_table([record, dict(record, name="word_kd")]).splitlines()
+        self.assertEqual(len(table), 4)
+        self.assertIn("| baseline | NLL on the references | 1.5 | 20.0 | 1.0 | 10.0 | 100.0 | 1,234,567 | 4.7 |", table)
+
+    def test_bad_data_dirs(self):
+        data = os.path.join(self.tmp, "data")
+        with self.assertRaisesRegex(DemoError, "no such directory"):
+            check_data_dir(data)
+        write_data(data, train=30)
+        check_data_dir(data)
+        with open(os.path.join(data, "valid.en"), "a") as f:
+            f.write("one line too many\n")
+        with self.assertRaisesRegex(DemoError, "valid.de has 10 lines but valid.en 11"):
+            check_data_dir(data)
+        write_data(data, train=30)
+        with open(os.path.join(data, "test.de"), "ab") as f:
+            f.write(b"caf\xe9\n")
+        with self.assertRaisesRegex(DemoError, "test.de line 11 is not UTF-8"):
+            check_data_dir(data)
+        os.remove(os.path.join(data, "train.en"))
+        with self.assertRaisesRegex(DemoError, "train.en is missing"):
+            check_data_dir(data)
+
+    def test_unknown_preset(self):
+        with self.assertRaisesRegex(DemoError, "unknown preset 'fast': choose one of default, full, smoke"):
+            Pipeline(self.tmp, "fast")
+
+    def test_a_run_dir_of_another_preset_is_refused_untouched(self):
+        out = os.path.join(self.tmp, "run")
+        Pipeline(out, "smoke").check_run_dir()
+        with open(os.path.join(out, "demo.json"), "rb") as f:
+            before = f.read()
+        with self.assertRaisesRegex(DemoError, "holds a demo run with .*smoke.*give another output directory"):
+            Pipeline(out, "default").check_run_dir()
+        with open(os.path.join(out, "demo.json"), "rb") as f:
+            self.assertEqual(f.read(), before)
+
+
+class TestSmokeRun(unittest.TestCase):
+    """`python -m fairseq_kd.demo --preset smoke --data DIR`: every stage, every output file."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="fairseq_kd_demo_run_")
+        cls.data, cls.out = os.path.join(cls.tmp, "data"), os.path.join(cls.tmp, "run")
+        write_data(cls.data)
+        cls.first = cls.demo()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    @classmethod
+    def demo(cls):
+        start = time.time()
+        result = subprocess.run(
+            [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", cls.data, "--out", cls.out],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return result, time.time() - start
+
+    def test_results(self):
+        result, _ = self.first
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        with open(os.path.join(self.out, "results.json")) as f:
+            results = json.load(f)
+        systems = {r["name"]: r for r in results["systems"]}
+        self.assertEqual(list(systems), ["teacher", *STUDENTS, "ctranslate2_int8"])
+        keys = {"name", "method", "bleu", "chrf", "valid_bleu", "sentences_per_s", "tokens_per_s", "params", "size_mb"}
+        for record in systems.values():
+            self.assertLessEqual(keys, set(record))
+            self.assertGreater(record["sentences_per_s"], 0)
+            self.assertGreater(record["params"], 0)
+        # every student has the student's shape; the teacher is bigger
+        self.assertEqual(len({systems[name]["params"] for name in STUDENTS}), 1)
+        self.assertGreater(systems["teacher"]["params"], systems["baseline"]["params"])
+        # scores are sacreBLEU's on the detokenized translations against the raw references
+        with open(os.path.join(self.data, "test.en")) as f:
+            references = f.read().splitlines()
+        with open(os.path.join(self.out, "translations", "teacher.test.en")) as f:
+            translations = f.read().splitlines()
+        self.assertEqual(len(translations), len(references))
+        self.assertAlmostEqual(systems["teacher"]["bleu"], sacrebleu.corpus_bleu(translations, [references]).score, places=1)
+        # the teacher learnt the cipher: its translations are far above chance
+        self.assertGreater(systems["teacher"]["chrf"], 30)
+        # the CTranslate2 model is the student with the best valid BLEU
+        best = max(STUDENTS, key=lambda name: systems[name]["valid_bleu"])
+        self.assertEqual(systems["ctranslate2_int8"]["method"], f"{best} in CTranslate2 int8")
+        with open(os.path.join(self.out, "results.md")) as f:
+            self.assertEqual(f.read().count("\n| "), 8)
+        with open(os.path.join(self.out, "bleu_vs_speed.png"), "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertIn("| teacher |", result.stdout)  # the table is shown at the end
+
+    def test_students_run_with_stock_fairseq(self):
+        """The exported students load in a process that never imports fairseq_kd."""
+        code = (
+            "import sys, torch; from fairseq import checkpoint_utils;"
+            "models, cfg = checkpoint_utils.load_model_ensemble([sys.argv[1]], arg_overrides={'data': sys.argv[2]});"
+            "assert 'fairseq_kd' not in sys.modules; print(cfg.model.arch)"
+        )
+        for name in STUDENTS:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    os.path.join(self.out, "models", f"{name}.pt"),
+                    os.path.join(self.out, "data-bin"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout[-2000:])
+            self.assertEqual(result.stdout.split()[-1], "transformer")
+
+    def test_rerun_redoes_nothing(self):
+        with open(os.path.join(self.out, "results.json")) as f:
+            before = f.read()
+        result, seconds = self.demo()
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertEqual(result.stdout.count("done earlier"), 20)
+        with open(os.path.join(self.out, "results.json")) as f:
+            self.assertEqual(f.read(), before)
+
+
+if __name__ == "__main__":
+    unittest.main()
