@@ -138,10 +138,11 @@ class Pipeline:
             f.write("\n$ " + " ".join(cmd) + "\n")
             f.flush()
             process = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-            start, shown = time.time(), None
+            start, shown, next_report = time.time(), None, time.time() + 30
             while process.poll() is None:
                 time.sleep(1)
-                if progress_total and time.time() - start > 30 and int(time.time() - start) % 30 == 0:
+                if progress_total and time.time() >= next_report:
+                    next_report += 30
                     updates = last_update(log_path)
                     if updates is not None and updates != shown:
                         log(f"    {log_name}: {updates}/{progress_total} updates, {minutes(time.time() - start)}")
