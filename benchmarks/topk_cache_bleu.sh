@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test BLEU of a student distilled from a top-k cache against one distilled from the live teacher over
-# the whole vocabulary: the same student, data, flags and budget as the KD student of `make demo`
+# the whole vocabulary: the same student, data, flags and budget as the KD student of `make toy-demo`
 # (run that first). Writes benchmarks/results/topk_cache_bleu.md.
 #
 #   benchmarks/topk_cache_bleu.sh [K]     (default K = 8)
@@ -11,7 +11,7 @@ BIN=$(dirname "$(command -v "$PY")")
 K=${1:-8}
 W=runs/toy
 OUT=runs/topk_cache_bleu
-[ -f "$W/student/checkpoint_best.pt" ] || { echo "run 'make demo' first: $W/student is missing" >&2; exit 1; }
+[ -f "$W/student/checkpoint_best.pt" ] || { echo "run 'make toy-demo' first: $W/student is missing" >&2; exit 1; }
 mkdir -p "$OUT" benchmarks/results
 
 "$BIN/fairseq-kd-cache-topk" --teacher "$W/teacher/checkpoint_best.pt" --data "$W/data-bin" --k "$K" \
@@ -30,10 +30,10 @@ bleu() { "$BIN/fairseq-generate" "$W/data-bin" --gen-subset test --beam 4 --batc
 full=$(bleu "$W/student/checkpoint_best.pt")
 cached=$(bleu "$OUT/cached-k$K/checkpoint_best.pt")
 {
-  echo "# Cached top-$K KD vs full-vocabulary KD (toy data of make demo, test split, beam 4)"
+  echo "# Cached top-$K KD vs full-vocabulary KD (toy data of make toy-demo, test split, beam 4)"
   echo
   echo "| student | test BLEU |"
   echo "|---|---:|"
-  echo "| KD from the live teacher, full vocabulary (make demo's KD student) | $full |"
+  echo "| KD from the live teacher, full vocabulary (make toy-demo's KD student) | $full |"
   echo "| KD from the top-$K cache, no teacher in memory | $cached |"
 } | tee benchmarks/results/topk_cache_bleu.md

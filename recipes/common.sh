@@ -1,5 +1,5 @@
 # Settings shared by the recipes. Every value can be overridden from the environment; the defaults are
-# the README's example data, made by `make demo` (runs/toy: a letter-cipher corpus and its teacher).
+# the README's example data, made by `make toy-demo` (runs/toy: a letter-cipher corpus and its teacher).
 #
 #   DATA     data-bin of the labelled corpus (references), binarized with the teacher's dictionaries
 #   RAW      its raw text: RAW/train.$SRC, RAW/train.$TGT (used by the low-data recipe)

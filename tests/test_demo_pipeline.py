@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def write_data(data_dir, train=1500):
     """{train,valid,test}.{de,en} from the cipher data of the other tests."""
+    os.makedirs(data_dir, exist_ok=True)
     create_dummy_data(data_dir, num_examples=train, maxlen=8, alphabet="abcdefghijkl")
     for split in ("train", "valid", "test"):
         os.replace(os.path.join(data_dir, f"{split}.in"), os.path.join(data_dir, f"{split}.de"))

@@ -309,6 +309,8 @@ class Pipeline:
                 "fairseq-generate",
                 [self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
                  "--batch-size", self.preset["eval_batch_size"], "--max-len-b", self.preset["max_len_b"],
+                 # else fairseq-generate leaves out the sentences beyond the last multiple of 8
+                 "--required-batch-size-multiple", "1",
                  "--post-process", "sentencepiece", "--cpu"],
                 f"generate_{name}_{split}",
             )  # fmt: skip
@@ -320,8 +322,12 @@ class Pipeline:
         import sacrebleu
 
         references = read_lines(self.path("raw", f"{split}.{TGT}"))
-        if len(hypotheses) != len(references):
-            raise DemoError(f"{name}: {len(hypotheses)} translations of {split} for {len(references)} references")
+        missing = [i for i in range(len(references)) if i >= len(hypotheses) or hypotheses[i] is None]
+        if missing or len(hypotheses) != len(references):
+            raise DemoError(
+                f"{name}: {len(references) - len(missing)} translations of the {len(references)} {split} sentences "
+                f"(missing: sentence {missing[0] if missing else len(references)} and others)"
+            )
         os.makedirs(self.path("translations"), exist_ok=True)
         with open(self.path("translations", f"{name}.{split}.{TGT}"), "w", encoding="utf-8") as f:
             f.writelines(h + "\n" for h in hypotheses)
@@ -450,8 +456,8 @@ TRANSLATED = re.compile(
 
 
 def read_generate_log(path):
-    """The detokenized hypotheses (D- lines) of the last fairseq-generate run in a log, in corpus order, and
-    the speed fairseq-generate measured."""
+    """The detokenized hypotheses (D- lines) of the last fairseq-generate run in a log, in corpus order (None
+    for a sentence without one), and the speed fairseq-generate measured."""
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     text = text[text.rfind("\n$ ") :]
@@ -464,7 +470,7 @@ def read_generate_log(path):
     if not match:
         raise DemoError(f"no 'Translated ... sentences' line in {path}")
     speed = {"sentences_per_s": float(match[4]), "tokens_per_s": float(match[5])}
-    return [hypotheses[i] for i in range(len(hypotheses))], speed
+    return [hypotheses.get(i) for i in range(max(hypotheses, default=-1) + 1)], speed
 
 
 def last_update(log_path):
