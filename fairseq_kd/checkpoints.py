@@ -196,3 +196,30 @@ def check_loadable_by_stock_fairseq(path):
         raise CheckpointError(f"{path!r} uses task {task_name!r}, which stock fairseq does not have")
     if arch not in ARCH_MODEL_REGISTRY or not ARCH_MODEL_REGISTRY[arch].__module__.startswith("fairseq."):
         raise CheckpointError(f"{path!r} uses architecture {arch!r}, which stock fairseq does not have")
+
+
+def export_ctranslate2(exported_path, data_bin, output_dir, quantization="int8", source_lang=None, target_lang=None):
+    """Converts an exported student (see :func:`export_student`) to a CTranslate2 model directory.
+
+    CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` as an
+    ``argparse.Namespace``, which exported checkpoints keep as plain data in ``cfg["model"]`` (so that torch
+    loads them weights-only): the converter is given a temporary copy that has both."""
+    try:
+        from ctranslate2.converters import FairseqConverter
+    except ImportError:
+        raise CheckpointError("CTranslate2 export needs the ctranslate2 package: pip install ctranslate2") from None
+    state = load_checkpoint(exported_path, "exported student")
+    model_cfg = state["cfg"]["model"]
+    if not isinstance(model_cfg, dict) or model_cfg.get("arch") not in ARCH_MODEL_REGISTRY:
+        raise CheckpointError(f"{exported_path} is not an exported student: run fairseq-kd-export on it first")
+    state["args"] = argparse.Namespace(**model_cfg)
+    os.makedirs(os.path.dirname(os.path.abspath(output_dir)), exist_ok=True)
+    copy = os.path.abspath(output_dir).rstrip("/") + ".for_ctranslate2.pt"
+    torch.save(state, copy)
+    try:
+        FairseqConverter(
+            copy, data_bin, source_lang=source_lang, target_lang=target_lang, unsafe_deserialization=True
+        ).convert(output_dir, quantization=quantization, force=True)
+    finally:
+        os.remove(copy)
+    return output_dir

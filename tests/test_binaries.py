@@ -103,6 +103,30 @@ class TestKDBinaries(TeacherTestCase):
         self.assertNotEqual(again.returncode, 0)
         self.assertIn("already exists", again.stderr)
 
+        # and to CTranslate2: greedy search there gives fairseq's greedy translations
+        import ctranslate2
+
+        ct2_dir = os.path.join(self.dir, "student_ct2")
+        result = run_console_script(
+            "fairseq-kd-export", [student, exported, "--overwrite", "--ctranslate2", ct2_dir, "--data", self.data,
+                                  "--quantization", "float32"],
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        greedy = run_console_script(
+            "fairseq-generate", [self.data, "--path", exported, "--beam", "1", "--batch-size", "64", "--max-len-b", "30",
+                                 "--required-batch-size-multiple", "1", "--gen-subset", "valid", "--cpu"],
+        )  # fmt: skip
+        self.assertEqual(greedy.returncode, 0, greedy.stderr[-2000:])
+        lines = greedy.stdout.splitlines()
+        sources = {int(l.split("\t")[0][2:]): l.split("\t")[1].split() for l in lines if l.startswith("S-")}
+        outputs = {int(l.split("\t")[0][2:]): l.split("\t")[2].split() for l in lines if l.startswith("H-")}
+        ids = sorted(sources)
+        translator = ctranslate2.Translator(ct2_dir, device="cpu")
+        results = translator.translate_batch([sources[i] for i in ids], beam_size=1, max_decoding_length=30)
+        self.assertEqual([r.hypotheses[0] for r in results], [outputs[i] for i in ids])
+        missing_data = run_console_script("fairseq-kd-export", [student, exported, "--overwrite", "--ctranslate2", ct2_dir])
+        self.assertIn("--ctranslate2 needs --data", missing_data.stderr)
+
     def test_resume_reloads_teacher_and_continues(self):
         teacher = self.copy_teacher()
         student_dir = os.path.join(self.dir, "student")

@@ -1,8 +1,8 @@
-"""fairseq-kd-export STUDENT_CHECKPOINT OUTPUT_CHECKPOINT
+"""fairseq-kd-export STUDENT_CHECKPOINT OUTPUT_CHECKPOINT [--ctranslate2 DIR --data DATA_BIN]
 
 Writes a distilled student as an ordinary fairseq translation checkpoint that stock
 ``fairseq-generate``/``fairseq-interactive`` run with no ``--user-dir``, no teacher and, on
-torch >= 2.6, no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+torch >= 2.6, no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``; optionally also as a CTranslate2 model.
 """
 
 import argparse
@@ -16,6 +16,9 @@ def get_parser():
     parser.add_argument("student", metavar="STUDENT_CHECKPOINT", help="a checkpoint written by fairseq-train")
     parser.add_argument("output", metavar="OUTPUT_CHECKPOINT", help="where to write the exported student")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_CHECKPOINT if it exists")
+    parser.add_argument("--ctranslate2", metavar="DIR", help="also convert the student to a CTranslate2 model in DIR")
+    parser.add_argument("--data", metavar="DATA_BIN", help="the data-bin with the dictionaries (for --ctranslate2)")
+    parser.add_argument("--quantization", default="int8", help="CTranslate2 weight type (default: int8)")
     return parser
 
 
@@ -23,10 +26,19 @@ def cli_main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
-    from fairseq_kd.checkpoints import CheckpointError, export_student
+    from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student
 
+    if args.ctranslate2 and not args.data:
+        print("fairseq-kd-export: error: --ctranslate2 needs --data DATA_BIN (its dictionaries)", file=sys.stderr)
+        return 2
+    if args.ctranslate2 and os.path.exists(args.ctranslate2) and not args.overwrite:
+        print(f"fairseq-kd-export: error: {args.ctranslate2} exists (give --overwrite to replace it)", file=sys.stderr)
+        return 2
     try:
         state = export_student(args.student, args.output, overwrite=args.overwrite)
+        if args.ctranslate2:
+            export_ctranslate2(args.output, args.data, args.ctranslate2, args.quantization)
+            print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization})")
     except CheckpointError as e:
         print(f"fairseq-kd-export: error: {e}", file=sys.stderr)
         return 2

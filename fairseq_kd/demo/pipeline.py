@@ -360,10 +360,12 @@ class Pipeline:
         import ctranslate2
         import sentencepiece as spm
 
+        from ..checkpoints import export_ctranslate2
+
         students = [r for r in self.records() if r["name"] in STUDENTS]
         best = max(students, key=lambda r: r["valid_bleu"])
         output = self.path("models", "ctranslate2_int8")
-        convert_to_ctranslate2(self.path("models", f"{best['name']}.pt"), self.path("data-bin"), output, self.path("tmp"))
+        export_ctranslate2(self.path("models", f"{best['name']}.pt"), self.path("data-bin"), output, "int8", SRC, TGT)
         translator = ctranslate2.Translator(output, device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1)
         processor = spm.SentencePieceProcessor(model_file=self.path("spm.model"))
         record = {
@@ -477,28 +479,6 @@ def last_update(log_path):
     with open(log_path, errors="replace") as f:
         found = re.findall(r"num_updates[=\s](\d+)", f.read()[-20000:])
     return int(found[-1]) if found else None
-
-
-def convert_to_ctranslate2(checkpoint, data_bin, output, tmp_dir, quantization="int8"):
-    """CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` (a Namespace),
-    which exported checkpoints keep as plain data in ``cfg["model"]`` (so that torch loads them with
-    weights_only): it gets a copy with both."""
-    import argparse
-
-    import torch
-    from ctranslate2.converters import FairseqConverter
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state["args"] = argparse.Namespace(**state["cfg"]["model"])
-    os.makedirs(tmp_dir, exist_ok=True)
-    copy = os.path.join(tmp_dir, "for_ctranslate2.pt")
-    torch.save(state, copy)
-    try:
-        FairseqConverter(copy, data_bin, source_lang=SRC, target_lang=TGT, unsafe_deserialization=True).convert(
-            output, quantization=quantization, force=True
-        )
-    finally:
-        os.remove(copy)
 
 
 def count_parameters(checkpoint):
