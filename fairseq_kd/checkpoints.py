@@ -208,8 +208,13 @@ def export_ctranslate2(exported_path, data_bin, output_dir, quantization="int8",
         from ctranslate2.converters import FairseqConverter
     except ImportError:
         raise CheckpointError("CTranslate2 export needs the ctranslate2 package: pip install ctranslate2") from None
-    state = load_checkpoint(exported_path, "exported student")
-    model_cfg = state["cfg"]["model"]
+    if not os.path.isfile(exported_path):
+        raise CheckpointError(f"exported student {exported_path!r} does not exist (or is not a file)")
+    try:
+        state = torch.load(exported_path, map_location="cpu", weights_only=True)  # as exported: plain data only
+        model_cfg = state["cfg"]["model"]
+    except Exception:
+        model_cfg = None
     if not isinstance(model_cfg, dict) or model_cfg.get("arch") not in ARCH_MODEL_REGISTRY:
         raise CheckpointError(f"{exported_path} is not an exported student: run fairseq-kd-export on it first")
     state["args"] = argparse.Namespace(**model_cfg)
