@@ -18,35 +18,22 @@ which the student cuts from 6 layers to 1.
 TEACHER = dict(encoder_layers=6, decoder_layers=6, embed_dim=128, ffn_dim=512, heads=4)
 STUDENT = dict(encoder_layers=2, decoder_layers=1, embed_dim=128, ffn_dim=512, heads=4)
 
+# what default and full share: they differ only in warmup and budgets
+REAL_DATA = dict(
+    vocab_size=4000,
+    teacher=TEACHER,
+    student=STUDENT,
+    max_tokens=4096,
+    lr=0.002,
+    dropout=0.1,
+    beam=4,
+    eval_batch_size=64,
+    max_len_b=200,
+)
+
 PRESETS = {
-    "default": dict(
-        vocab_size=4000,
-        teacher=TEACHER,
-        student=STUDENT,
-        max_tokens=4096,
-        lr=0.002,
-        warmup_updates=150,
-        dropout=0.1,
-        teacher_max_update=400,
-        student_max_update=80,
-        beam=4,
-        eval_batch_size=64,
-        max_len_b=200,
-    ),
-    "full": dict(
-        vocab_size=4000,
-        teacher=TEACHER,
-        student=STUDENT,
-        max_tokens=4096,
-        lr=0.002,
-        warmup_updates=400,
-        dropout=0.1,
-        teacher_max_update=2400,
-        student_max_update=700,
-        beam=4,
-        eval_batch_size=64,
-        max_len_b=200,
-    ),
+    "default": dict(REAL_DATA, warmup_updates=150, teacher_max_update=400, student_max_update=80),
+    "full": dict(REAL_DATA, warmup_updates=400, teacher_max_update=2400, student_max_update=700),
     "smoke": dict(
         vocab_size=200,
         teacher=dict(encoder_layers=2, decoder_layers=2, embed_dim=32, ffn_dim=64, heads=2),
