@@ -115,8 +115,22 @@ class TestPieces(unittest.TestCase):
         Pipeline(out, "smoke").check_run_dir()
         with open(os.path.join(out, "demo.json"), "rb") as f:
             before = f.read()
-        with self.assertRaisesRegex(DemoError, "holds a demo run with .*smoke.*give another output directory"):
+        with self.assertRaisesRegex(DemoError, "holds a demo run of preset 'smoke' on gettext catalogs, not of "
+                                    "preset 'default'.*give another output directory"):  # fmt: skip
             Pipeline(out, "default").check_run_dir()
+        with open(os.path.join(out, "demo.json"), "rb") as f:
+            self.assertEqual(f.read(), before)
+        Pipeline(out, "smoke").check_run_dir()  # the same preset: accepted
+
+    def test_a_run_dir_of_a_changed_preset_is_refused_untouched(self):
+        out = os.path.join(self.tmp, "run")
+        Pipeline(out, "smoke").check_run_dir()
+        with open(os.path.join(out, "demo.json"), "rb") as f:
+            before = f.read()
+        changed = Pipeline(out, "smoke")
+        changed.preset = dict(changed.preset, student_max_update=11)
+        with self.assertRaisesRegex(DemoError, r"when the preset had other student_max_update \(10, now 11\).*OUT="):
+            changed.check_run_dir()
         with open(os.path.join(out, "demo.json"), "rb") as f:
             self.assertEqual(f.read(), before)
 

@@ -43,7 +43,7 @@ SRC, TGT = "de", "en"
 SPLITS = ("train", "valid", "test")
 STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
 METHODS = {
-    "teacher": "teacher: NLL on the references",
+    "teacher": "{encoder_layers}+{decoder_layers} layers, NLL on the references",
     "baseline": "NLL on the references",
     "word_kd": "word-level KD",
     "seq_kd": "sequence-level KD",
@@ -88,18 +88,34 @@ class Pipeline:
         return os.path.join(self.out, *parts)
 
     def check_run_dir(self):
-        """An output directory belongs to one preset and one corpus: a rerun with others would mix models
-        trained differently, so it is refused (and nothing in it is touched)."""
+        """An output directory belongs to one preset, with the settings it had, and one corpus: a rerun with
+        others would mix models trained differently, so it is refused (and nothing in it is touched)."""
         os.makedirs(self.out, exist_ok=True)
-        config = {"preset": self.preset_name, "data": os.path.abspath(self.data) if self.data else "gettext catalogs"}
+        config = {
+            "preset": self.preset_name,
+            "data": os.path.abspath(self.data) if self.data else "gettext catalogs",
+            "settings": self.preset,
+        }
         path = self.path("demo.json")
         if os.path.exists(path):
             with open(path) as f:
                 earlier = json.load(f)
-            if earlier != config:
+            config = json.loads(json.dumps(config))  # as it reads back
+            if earlier.get("preset") != config["preset"] or earlier.get("data") != config["data"]:
                 raise DemoError(
-                    f"{self.out} holds a demo run with {earlier}, not {config}: give another output directory "
+                    f"{self.out} holds a demo run of preset {earlier.get('preset')!r} on {earlier.get('data')}, "
+                    f"not of preset {config['preset']!r} on {config['data']}: give another output directory "
                     f"(OUT=...) or remove {self.out} to start over"
+                )
+            earlier_settings = earlier.get("settings", {})
+            changed = sorted(k for k in set(earlier_settings) | set(config["settings"])
+                             if earlier_settings.get(k) != config["settings"].get(k))  # fmt: skip
+            if changed:
+                raise DemoError(
+                    f"{self.out} holds a demo run of preset {self.preset_name!r} made when the preset had other "
+                    + ", ".join(f"{k} ({earlier_settings.get(k)}, now {config['settings'].get(k)})" for k in changed)
+                    + f": its finished stages would not match the preset; give another output directory (OUT=...) "
+                    f"or remove {self.out} to start over"
                 )
         else:
             with open(path, "w") as f:
@@ -231,11 +247,11 @@ class Pipeline:
             "--encoder-attention-heads", shape["heads"], "--decoder-attention-heads", shape["heads"],
         ]  # fmt: skip
 
-    def training(self, max_update):
+    def training(self, max_update, warmup_updates):
         p = self.preset
         return [
             "--user-dir", PLUGIN_DIR, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0",
-            "--lr", p["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", p["warmup_updates"],
+            "--lr", p["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", warmup_updates,
             "--max-tokens", p["max_tokens"], "--dropout", p["dropout"], "--max-update", max_update,
             "--label-smoothing", "0.1", "--seed", "1", "--num-workers", "0", "--cpu",
             "--log-format", "simple", "--log-interval", "25", "--no-epoch-checkpoints",
@@ -248,7 +264,7 @@ class Pipeline:
             "fairseq-train",
             [self.path("data-bin"), "--save-dir", self.path("teacher")]
             + self.arch(p["teacher"])
-            + self.training(p["teacher_max_update"])
+            + self.training(p["teacher_max_update"], p["warmup_updates"])
             + ["--criterion", "label_smoothed_cross_entropy"],
             "teacher",
             progress_total=p["teacher_max_update"],
@@ -294,7 +310,7 @@ class Pipeline:
         save_dir = self.path("students", name)
         self.command(
             "fairseq-train",
-            flags + ["--save-dir", save_dir] + self.training(p["student_max_update"]),
+            flags + ["--save-dir", save_dir] + self.training(p["student_max_update"], p["student_warmup_updates"]),
             name,
             progress_total=p["student_max_update"],
         )
@@ -309,7 +325,8 @@ class Pipeline:
 
     def evaluate(self, name):
         model = self.path("models", f"{name}.pt")
-        record = {"name": name, "method": METHODS[name], "params": count_parameters(model), "size_mb": size_mb(model)}
+        method = METHODS[name].format(**self.preset["teacher"])
+        record = {"name": name, "method": method, "params": count_parameters(model), "size_mb": size_mb(model)}
         for split in ("valid", "test"):
             log_path = self.command(
                 "fairseq-generate",
