@@ -331,7 +331,8 @@ class Pipeline:
             log_path = self.command(
                 "fairseq-generate",
                 [self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
-                 "--batch-size", self.preset["eval_batch_size"], "--max-len-b", self.preset["max_len_b"],
+                 "--batch-size", self.preset["eval_batch_size"],
+                 "--max-len-a", self.preset["max_len_a"], "--max-len-b", self.preset["max_len_b"],
                  # else fairseq-generate leaves out the sentences beyond the last multiple of 8
                  "--required-batch-size-multiple", "1",
                  "--post-process", "sentencepiece", "--cpu"],
@@ -400,14 +401,8 @@ class Pipeline:
         for split in ("valid", "test"):
             sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
             start = time.perf_counter()
-            results = translator.translate_batch(
-                sources,
-                beam_size=self.preset["beam"],
-                max_batch_size=self.preset["eval_batch_size"],
-                max_decoding_length=self.preset["max_len_b"],
-            )
+            outputs = translate_like_fairseq(translator, sources, self.preset)
             seconds = time.perf_counter() - start
-            outputs = [r.hypotheses[0] for r in results]
             tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
             speed = {
                 "sentences_per_s": round(len(sources) / seconds, 2),
@@ -452,12 +447,34 @@ def results_table(records):
     return "\n".join(lines) + "\n"
 
 
+def translate_like_fairseq(translator, sources, preset):
+    """CTranslate2 beam search under fairseq-generate's conditions: batches of sentences of similar length
+    (fairseq's order: by source length) and fairseq's length bound per batch, max_len_a * the batch's longest
+    source (with its </s>) + max_len_b tokens, plus </s>. Returns the best hypothesis of each source, in
+    order."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    outputs = [None] * len(sources)
+    size = preset["eval_batch_size"]
+    for b in range(0, len(order), size):
+        batch = order[b : b + size]
+        longest = max(len(sources[i]) for i in batch) + 1
+        results = translator.translate_batch(
+            [sources[i] for i in batch],
+            beam_size=preset["beam"],
+            max_batch_size=size,
+            max_decoding_length=int(preset["max_len_a"] * longest + preset["max_len_b"]) + 1,
+        )
+        for i, result in zip(batch, results):
+            outputs[i] = result.hypotheses[0]
+    return outputs
+
+
 def plot(records, path):
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import, which logs
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
