@@ -5,8 +5,8 @@ sentencepiece vocabulary; all students of a preset have the same shape and the s
   2 decoder layers, which learn several times faster per second than 6+6 here) and gets about 5 epochs;
   the students get about one epoch, enough for the student that starts from the teacher's layers, not for
   the ones that start from scratch.
-* ``full``: a 6+6 teacher (about 15 epochs) and students trained much longer on the whole corpus, about
-  two hours on 2 CPU cores. The README's table comes from it.
+* ``full``: a 6+6 teacher (about 15 epochs) and students of about 8.5 epochs on the whole corpus, about
+  2 h 15 min on 2 CPU cores. The README's table comes from it.
 * ``smoke``: tiny models and a handful of updates, for the tests.
 
 Everything runs on the CPU (training, generation and the timings), as on the machines the demo was
