@@ -83,6 +83,31 @@ class TestDistilBERTStudent(TeacherTestCase):
         self.assertLess(init["cos_loss"], 0.5 * scratch["cos_loss"])
         self.assertLess(init["kd_loss"], 0.5 * scratch["kd_loss"])
 
+    def test_teacher_as_starting_point_only(self):
+        # --init-from-teacher with a criterion that does not use the teacher: initialised, then trained by
+        # plain NLL without it (with lr 0 the checkpoint holds exactly the initialised student)
+        save_dir = os.path.join(self.dir, "init_nll")
+        flags = ["--user-dir", PLUGIN_DIR, "--teacher-path", self.teacher, "--init-from-teacher"]
+        with quiet():
+            train_translation_model(
+                self.data,
+                arch_flags=tiny_arch(2, 1),
+                task="translation_kd",
+                save_dir=save_dir,
+                extra_flags=flags + ["--criterion", "label_smoothed_cross_entropy", "--lr", "0", "--max-update", "1"],
+            )
+        checkpoint = os.path.join(save_dir, "checkpoint_last.pt")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+        for student, teacher in [("encoder.layers.0.", "encoder.layers.1."), ("encoder.layers.1.", "encoder.layers.3."),
+                                 ("decoder.layers.0.", "decoder.layers.1.")]:  # fmt: skip
+            student_layer, teacher_layer = layer_tensors(state, student), layer_tensors(self.teacher_state, teacher)
+            self.assertEqual(set(student_layer), set(teacher_layer))
+            for key, value in teacher_layer.items():
+                self.assertTrue(torch.equal(student_layer[key], value), student + key)
+        meters = train_meters(checkpoint)
+        self.assertIn("nll_loss", meters)
+        self.assertNotIn("kd_loss", meters)
+
     def test_resume_does_not_reinitialise_and_export_is_a_stock_transformer(self):
         flags = ["--init-from-teacher", "--init-decoder-layers", "0"]
         first = self.train("student", tiny_arch(2, 1), flags + ["--max-epoch", "1"])

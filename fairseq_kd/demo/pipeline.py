@@ -323,9 +323,9 @@ class Pipeline:
 
     # ---- evaluation --------------------------------------------------------------------------------
 
-    def evaluate(self, name):
+    def evaluate(self, name, method=None):
         model = self.path("models", f"{name}.pt")
-        method = METHODS[name].format(**self.preset["teacher"])
+        method = method or METHODS[name].format(**self.preset["teacher"])
         record = {"name": name, "method": method, "params": count_parameters(model), "size_mb": size_mb(model)}
         for split in ("valid", "test"):
             log_path = self.command(

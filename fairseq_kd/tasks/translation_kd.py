@@ -330,9 +330,18 @@ class TranslationKDTask(TranslationTask):
         if not self.teachers:
             return criterion
         if not getattr(criterion, "needs_teacher", False):
+            if self._student_init_layers is not None and not from_checkpoint:
+                # the teacher was wanted only as the student's starting point: it has served, free it
+                logger.info(
+                    f"the teacher initialised the student and is not used by criterion {type(criterion).__name__}: "
+                    "training without it"
+                )
+                self.teachers = []
+                return criterion
             raise ValueError(
                 f"--teacher-path is set but criterion {type(criterion).__name__} does not use a teacher: use "
-                "--criterion label_smoothed_cross_entropy_with_kd with --kd-weight > 0 (or drop --teacher-path)"
+                "--criterion label_smoothed_cross_entropy_with_kd with --kd-weight > 0, or --init-from-teacher "
+                "(model transformer_student) to only start from it, or drop --teacher-path"
             )
         if getattr(criterion, "cosine_weight", 0) > 0:
             teacher = self.teachers[0]
