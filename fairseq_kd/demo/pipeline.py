@@ -483,6 +483,7 @@ def plot(records, path):
         ax.scatter(r["sentences_per_s"], r["bleu"], color="tab:red" if r["name"] == "teacher" else "tab:blue")
         ax.annotate(r["name"], (r["sentences_per_s"], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     ax.set_xlabel("test sentences per second (log scale)")
     ax.set_ylabel("test BLEU")
     ax.set_title("BLEU against translation speed")
