@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kd_step import _Backward, arch_flags, build, make_batch, measure_peak, measure_time  # noqa: E402
+from kd_step import _Backward, arch_flags, build, make_batch, measure_peak, measure_time, restart_with_malloc_env  # noqa: E402
 
 import fairseq_kd  # noqa: E402,F401
 from fairseq_kd.topk_cache import TopKCache  # noqa: E402
@@ -153,4 +153,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    restart_with_malloc_env()
     main()

@@ -1,10 +1,12 @@
 import math
 import unittest
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 import fairseq_kd  # noqa: F401
+from fairseq_kd.criterions import fused_kd
 from fairseq_kd.criterions.fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     hidden_cosine_loss,
@@ -166,6 +168,40 @@ class TestFusedKL(unittest.TestCase):
         self.assertTrue(
             torch.autograd.gradcheck(lambda z: tempered_kl_from_logits(z, self.teacher, 2.0, self.mask), (self.student,))
         )
+
+    def test_chunked_rows_and_log_prob_inputs(self):
+        # chunks of 2 rows and log-probabilities instead of logits give the same value and gradient
+        reference = tempered_kl_from_logits(self.student, self.teacher, 2.0, self.mask)
+        (g_reference,) = torch.autograd.grad(reference, self.student)
+        with mock.patch.object(fused_kd, "_CHUNKS", 5), mock.patch.object(fused_kd, "_MIN_CHUNK_ELEMENTS", 1):
+            lprobs = torch.log_softmax(self.student, dim=-1)
+            chunked = tempered_kl_from_logits(lprobs, self.teacher, 2.0, self.mask)
+            (g_chunked,) = torch.autograd.grad(chunked, self.student)
+        torch.testing.assert_close(chunked, reference)
+        torch.testing.assert_close(g_chunked, g_reference)
+
+    def test_overwritten_teacher_holds_the_gradient_once(self):
+        teacher = self.teacher.clone()
+        reference = kd_kl_loss(tempered_log_probs(self.student, 2.0), tempered_log_probs(self.teacher, 2.0), self.mask)
+        (g_reference,) = torch.autograd.grad(3 * reference, self.student)
+        kl = tempered_kl_from_logits(self.student, teacher, 2.0, self.mask, overwrite_teacher=True)
+        self.assertFalse(torch.equal(teacher, self.teacher))  # its memory now holds the gradient
+        (g,) = torch.autograd.grad(3 * kl, self.student, retain_graph=True)
+        torch.testing.assert_close(kl, reference)
+        torch.testing.assert_close(g, g_reference)
+        with self.assertRaisesRegex(RuntimeError, "modified by an inplace operation"):
+            torch.autograd.grad(kl, self.student)
+        # half-precision teacher logits are not overwritten: the gradient needs float32
+        teacher = self.teacher.half()
+        kept = teacher.clone()
+        tempered_kl_from_logits(self.student.float(), teacher, 2.0, self.mask, overwrite_teacher=True)
+        self.assertTrue(torch.equal(teacher, kept))
+
+    def test_no_gradient_buffer_without_gradients(self):
+        with torch.no_grad():
+            kl = tempered_kl_from_logits(self.student, self.teacher, 2.0, self.mask)
+        reference = kd_kl_loss(tempered_log_probs(self.student, 2.0), tempered_log_probs(self.teacher, 2.0), self.mask)
+        torch.testing.assert_close(kl, reference.detach())
 
     def test_topk_value_and_gradient(self):
         for T in (1.0, 2.5):

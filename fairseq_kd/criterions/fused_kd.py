@@ -1,9 +1,10 @@
 """Word-level KD losses as autograd Functions with the gradient in closed form.
 
 For p = softmax(z_s / T) and a fixed teacher distribution q, d KL(q || p) / d z_s = (p - q) / T. Written
-out, forward and backward each need one vocabulary-sized buffer and a few in-place passes over it, where
-autograd through log_softmax keeps more vocabulary-sized intermediates alive and makes more passes. The
-values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the tempered log-probabilities (tests compare
+out, the full-vocabulary loss needs one vocabulary-sized buffer (the gradient, computed in the forward pass
+row chunk by row chunk), where autograd through log_softmax keeps several vocabulary-sized intermediates
+alive.
+The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the tempered log-probabilities (tests compare
 values and gradients).
 """
 
@@ -21,33 +22,51 @@ def _masked_sum(kl, ignore_mask, reduce):
     return kl.sum() if reduce else kl
 
 
+# The forward pass works through the rows in about _CHUNKS chunks (a few vocabulary-sized temporaries per
+# chunk, so about 1/8 of one buffer in all), none smaller than _MIN_CHUNK_ELEMENTS values.
+_CHUNKS = 32
+_MIN_CHUNK_ELEMENTS = 1 << 16
+
+
 class _TemperedKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, temperature):
-        # (N, V) each. With t = z_t / T shifted by its row maximum and s = z_s / T, per row
-        # KL(q || p) = sum_v q_v (t_v - s_v) - log sum_v exp(t_v) + lse(s), as sum_v q_v = 1.
-        # Two vocabulary-sized buffers: t becomes q in place, s becomes t - s in place.
-        t = _f32(teacher_logits) / temperature
-        t.sub_(t.amax(dim=-1, keepdim=True))
-        s = _f32(student_logits) / temperature
-        lse_s = torch.logsumexp(s, dim=-1, keepdim=True)
-        d = s.sub_(t).neg_()  # t - s
-        q = t.exp_()
-        z = q.sum(dim=-1, keepdim=True)
-        q.div_(z)
-        kl = torch.linalg.vecdot(q, d) - z.log().squeeze(-1) + lse_s.squeeze(-1)
-        del d, s
-        ctx.temperature = temperature
-        ctx.save_for_backward(student_logits, q, lse_s)
+    def forward(ctx, student, teacher_logits, temperature, overwrite_teacher):
+        # (N, V) each. The forward pass also computes the gradient (p - q) / T, row chunk by row chunk, so
+        # that the only vocabulary-sized buffer is the gradient itself: the teacher's logits when the caller
+        # gives them up (float32 and contiguous), else a new one. *student* may be logits or log-probabilities:
+        # softmax(z / T) is the same for both.
+        n, v = student.shape
+        dtype = torch.promote_types(_f32(student[:0]).dtype, _f32(teacher_logits[:0]).dtype)
+        if not ctx.needs_input_grad[0]:
+            grad = None  # evaluation: the loss only
+        elif overwrite_teacher and teacher_logits.dtype == dtype and teacher_logits.is_contiguous():
+            grad = teacher_logits
+        else:
+            grad = torch.empty((n, v), dtype=dtype, device=student.device)
+        kl = torch.empty(n, dtype=dtype, device=student.device)
+        rows = max(-(-n // _CHUNKS), -(-_MIN_CHUNK_ELEMENTS // max(v, 1)), 1)
+        for i in range(0, n, rows):
+            log_p = torch.log_softmax(_f32(student[i : i + rows]).to(dtype) / temperature, dim=-1)
+            log_q = torch.log_softmax(_f32(teacher_logits[i : i + rows]).to(dtype) / temperature, dim=-1)
+            q = log_q.exp()
+            kl[i : i + rows] = torch.linalg.vecdot(q, log_q.sub_(log_p))
+            if grad is not None:
+                torch.sub(log_p.exp_(), q, out=grad[i : i + rows]).div_(temperature)
+        ctx.in_place = grad is teacher_logits
+        ctx.student_dtype = student.dtype
+        ctx.save_for_backward(grad)
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        student_logits, q, lse_s = ctx.saved_tensors
-        T = ctx.temperature
-        grad = _f32(student_logits) / T
-        grad.sub_(lse_s).exp_().sub_(q).mul_(grad_kl.unsqueeze(-1) / T)  # (p - q) / T
-        return grad.to(student_logits.dtype), None, None
+        (grad,) = ctx.saved_tensors
+        if ctx.in_place:
+            # the buffer is this Function's own: scaled in place (a second backward pass through the same
+            # graph is refused by autograd's check of saved tensors)
+            grad = grad.mul_(grad_kl.unsqueeze(-1))
+        else:
+            grad = grad * grad_kl.unsqueeze(-1)
+        return grad.to(ctx.student_dtype), None, None, None
 
 
 class _TemperedTopKKL(torch.autograd.Function):
@@ -73,18 +92,22 @@ class _TemperedTopKKL(torch.autograd.Function):
         return grad.to(student_logits.dtype), None, None, None
 
 
-def tempered_kl_from_logits(student_logits, teacher_logits, temperature=1.0, ignore_mask=None, reduce=True):
+def tempered_kl_from_logits(
+    student_logits, teacher_logits, temperature=1.0, ignore_mask=None, reduce=True, overwrite_teacher=False
+):
     """KL(softmax(z_t / T) || softmax(z_s / T)) per row of (N, V) logits, in float32; the gradient flows to
     the student's logits only.
 
     Args:
-        student_logits (Tensor): (N, V), with gradient
+        student_logits (Tensor): (N, V), with gradient; log-probabilities give the same result
         teacher_logits (Tensor): (N, V)
         temperature (float): T > 0
         ignore_mask (BoolTensor, optional): (N,) True where the position is padding
         reduce (bool): sum over rows
+        overwrite_teacher (bool): the caller gives up *teacher_logits*: where they are float32, the gradient
+            is kept in their memory (they are overwritten) and the loss can be differentiated only once
     """
-    kl = _TemperedKL.apply(student_logits, teacher_logits.detach(), temperature)
+    kl = _TemperedKL.apply(student_logits, teacher_logits.detach(), temperature, overwrite_teacher)
     return _masked_sum(kl, ignore_mask, reduce)
 
 

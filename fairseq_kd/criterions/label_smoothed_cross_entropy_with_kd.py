@@ -397,7 +397,11 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 q = F.log_softmax(values.float() / T, dim=-1)
                 kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
             elif len(teacher_output) == 1 and self.kd_topk == 0:
-                kd_loss = tempered_kl_from_logits(student_logits, self._flat_logits(teacher_output[0][0]), T, ignore, reduce)
+                # from the student's log-probs, which the NLL term keeps anyway (softmax(lprobs / T) equals
+                # softmax(z / T)); the teacher's logits, popped from the sample, become the gradient's buffer
+                teacher_logits = self._flat_logits(teacher_output[0][0])
+                kd_loss = tempered_kl_from_logits(lprobs, teacher_logits, T, ignore, reduce, overwrite_teacher=True)
+                del teacher_logits
             else:
                 teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
                 if self.kd_topk > 0:
