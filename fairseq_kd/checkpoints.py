@@ -33,6 +33,30 @@ from omegaconf import OmegaConf
 logger = logging.getLogger(__name__)
 
 
+# the weights that fairseq ties with --share-all-embeddings / --share-decoder-input-output-embed
+_TIED_SUFFIXES = ("embed_tokens.weight", "output_projection.weight")
+
+
+def retie_embeddings(model_state):
+    """Makes equal copies of tied weights one tensor again, in place.
+
+    A checkpoint saved by training on the CPU stores shared embeddings once; one saved on a GPU stores a copy
+    per name (fairseq moves each tensor to the CPU on its own), which loads the same but makes the file larger
+    by the copies. Only embedding and output-projection weights that are bit-for-bit equal are tied.
+    """
+    kept = []
+    for key, tensor in model_state.items():
+        if not key.endswith(_TIED_SUFFIXES):
+            continue
+        for first in kept:
+            if first.shape == tensor.shape and first.dtype == tensor.dtype and torch.equal(first, tensor):
+                model_state[key] = first
+                break
+        else:
+            kept.append(tensor)
+    return model_state
+
+
 def _numpy_globals():
     # --eval-bleu logs its n-gram counts as numpy arrays, which end up in the metrics state.
     core = getattr(np, "_core", None) or np.core
@@ -136,6 +160,7 @@ def export_student(student_path, output_path, overwrite=False):
     if teacher_keys:
         raise CheckpointError(f"{student_path!r} holds teacher weights ({teacher_keys[0]}, ...): refusing to export")
 
+    retie_embeddings(state["model"])
     exported_cfg = _plain(cfg)
     exported_cfg["model"] = model_cfg
     exported_cfg["task"] = _stock_config(cfg["task"], TranslationConfig, "translation")

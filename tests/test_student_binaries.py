@@ -274,3 +274,24 @@ class TestDistilBERTStudent(TeacherTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestRetieEmbeddings(unittest.TestCase):
+    def test_equal_copies_of_tied_weights_become_one_tensor(self):
+        from fairseq_kd.checkpoints import retie_embeddings
+
+        emb = torch.randn(7, 4)
+        state = {
+            "encoder.embed_tokens.weight": emb,
+            "decoder.embed_tokens.weight": emb.clone(),  # as saved from a GPU: equal, not shared
+            "decoder.output_projection.weight": emb.clone(),
+            "decoder.layers.0.fc1.weight": emb.clone(),  # equal but not a tied weight: left alone
+        }
+        other = torch.randn(7, 4)
+        state_untied = {"encoder.embed_tokens.weight": emb, "decoder.embed_tokens.weight": other}
+        retie_embeddings(state)
+        retie_embeddings(state_untied)
+        self.assertIs(state["decoder.embed_tokens.weight"], emb)
+        self.assertIs(state["decoder.output_projection.weight"], emb)
+        self.assertIsNot(state["decoder.layers.0.fc1.weight"], emb)
+        self.assertIs(state_untied["decoder.embed_tokens.weight"], other)
