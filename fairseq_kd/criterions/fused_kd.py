@@ -3,9 +3,8 @@
 For p = softmax(z_s / T) and a fixed teacher distribution q, d KL(q || p) / d z_s = (p - q) / T. Written
 out, the full-vocabulary loss needs one vocabulary-sized buffer (the gradient, computed in the forward pass
 row chunk by row chunk), where autograd through log_softmax keeps several vocabulary-sized intermediates
-alive.
-The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the tempered log-probabilities (tests compare
-values and gradients).
+alive. The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the tempered log-probabilities
+(tests compare values and gradients).
 """
 
 import torch
