@@ -239,6 +239,19 @@ class TestKDBinaries(TeacherTestCase):
             extra_flags=["--adaptive-softmax-cutoff", "8"],
         )
 
+    def test_bf16_without_a_tpu_is_a_clear_error(self):
+        # fairseq 0.12's --bf16 implies --tpu; without torch_xla the trainer would fail on 'xla_device'
+        # after building everything
+        for flag in ("--bf16", "--memory-efficient-bf16"):
+            with self.subTest(flag=flag):
+                self.assert_fails_before_training(
+                    os.path.join(self.dir, flag),
+                    ValueError,
+                    "--bf16 in fairseq 0.12 means training on a TPU.*use --fp16 or --amp",
+                    teacher_path=self.teacher,
+                    extra_flags=[flag],
+                )
+
     def test_teacher_with_a_plain_criterion_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "does not use a teacher"):
             with quiet():

@@ -1,4 +1,5 @@
 import atexit
+import importlib.util
 import logging
 import os
 from collections import OrderedDict
@@ -65,10 +66,22 @@ class TranslationKDConfig(TranslationConfig):
         },
     )
     seed: int = II("common.seed")
+    tpu: bool = II("common.tpu")
 
 
 class TeacherError(ValueError):
     pass
+
+
+def check_not_tpu_without_xla(tpu):
+    """fairseq 0.12's --bf16 (and --memory-efficient-bf16) is a TPU option: it implies --tpu, and the
+    trainer then asks torch_xla for its device, which fails with an AttributeError on 'xla_device' after
+    the task, the model and the teacher have been built. Say so before that, where no TPU can be used."""
+    if tpu and importlib.util.find_spec("torch_xla") is None:
+        raise ValueError(
+            "--bf16 in fairseq 0.12 means training on a TPU (it implies --tpu), and torch_xla is not installed: "
+            "on GPUs use --fp16 or --amp instead (the teacher runs in the student's dtype), on CPUs drop --bf16"
+        )
 
 
 def dictionary_difference(ours: Dictionary, theirs: Dictionary):
@@ -139,6 +152,7 @@ class TranslationKDTask(TranslationTask):
 
     def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        check_not_tpu_without_xla(getattr(cfg, "tpu", False))
         self.mixture = parse_mixture(cfg.train_mixture, cfg.train_mixture_probs)
         if cfg.teacher_topk_cache and cfg.teacher_path:
             raise ValueError("--teacher-topk-cache replaces the live teacher: give it or --teacher-path, not both")
