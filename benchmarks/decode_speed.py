@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -106,31 +107,41 @@ def translate_all(generator, model, samples):
     return steps
 
 
-def measure(shape, args, tmp):
-    d = dictionary(shape["vocab"])
-    torch.manual_seed(0)
-    model = build_model(shape, d, tmp)
-    generator = SequenceGenerator(
-        [model], d, beam_size=args.beam, max_len_a=0, max_len_b=args.output_length, min_len=args.output_length
-    )
-    samples = batches(d, args.sentences, args.source_length, args.batch_size)
-    translate_all(generator, model, samples[:2])  # warm up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        tokens = translate_all(generator, model, samples)
-        times.append(time.perf_counter() - start)
+def measure(shapes, args, tmp):
+    """Per shape: params and the times of translating all sentences, run by turns (every repeat runs each
+    shape once) so that a slower or faster spell of the machine falls on all shapes alike."""
+    runs = []
+    for shape in shapes:
+        d = dictionary(shape["vocab"])
+        torch.manual_seed(0)
+        model = build_model(shape, d, tmp)
+        generator = SequenceGenerator(
+            [model], d, beam_size=args.beam, max_len_a=0, max_len_b=args.output_length, min_len=args.output_length
+        )
+        samples = batches(d, args.sentences, args.source_length, args.batch_size)
+        translate_all(generator, model, samples[:2])  # warm up
+        runs.append((model, generator, samples, []))
     expected = args.sentences * (args.output_length + 1)  # + EOS
-    if tokens != expected:
-        raise RuntimeError(f"{shape}: translations have {tokens} tokens in all, not the forced {expected}")
-    seconds = statistics.median(times)
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "seconds": seconds,
-        "sentences_per_s": args.sentences / seconds,
-        "tokens_per_s": tokens / seconds,
-        "times": times,
-    }
+    for _ in range(args.repeats):
+        for shape, (model, generator, samples, times) in zip(shapes, runs):
+            start = time.perf_counter()
+            tokens = translate_all(generator, model, samples)
+            times.append(time.perf_counter() - start)
+            if tokens != expected:
+                raise RuntimeError(f"{shape}: translations have {tokens} tokens in all, not the forced {expected}")
+    results = []
+    for model, _, _, times in runs:
+        seconds = statistics.median(times)
+        results.append(
+            {
+                "params": sum(p.numel() for p in model.parameters()),
+                "seconds": seconds,
+                "sentences_per_s": args.sentences / seconds,
+                "tokens_per_s": expected / seconds,
+                "times": times,
+            }
+        )
+    return results
 
 
 def main():
@@ -141,19 +152,15 @@ def main():
     parser.add_argument("--output-length", type=int, default=12)
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
 
-    import tempfile
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in args.shapes:
+        for shape, result in zip(args.shapes, measure(args.shapes, args, tmp)):
             name = f"{shape['encoder_layers']}+{shape['decoder_layers']}/{shape['width']}/{shape['ffn']}/{shape['vocab']}"
-            result = measure(shape, args, tmp)
             rows.append(dict(shape=name, **shape, **result))
-            print(f"{name:>20}  {result['sentences_per_s']:7.1f} sentences/s  {result['params']:>10,} params", flush=True)
 
     # each shape against the teacher of its vocabulary and width: the first shape of the list with
     # both, and with more decoder layers
@@ -188,7 +195,7 @@ def main():
         f"Beam {args.beam}, batches of {args.batch_size}, {args.sentences} sentences of {args.source_length} source "
         f"tokens, every translation forced to {args.output_length} tokens; fairseq SequenceGenerator, CPU "
         f"({os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}), median of "
-        f"{args.repeats} runs. Shape: encoder+decoder layers / width / FFN / vocabulary.",
+        f"{args.repeats} runs, taken by turns. Shape: encoder+decoder layers / width / FFN / vocabulary.",
         "",
         "| shape | params | sentences/s | speed-up over | |",
         "|---|---:|---:|---|---:|",
