@@ -216,6 +216,24 @@ class TestFusedKL(unittest.TestCase):
             torch.autograd.gradcheck(lambda z: tempered_topk_kl_from_logits(z, ids, q, 2.5, self.mask), (self.student,))
         )
 
+    def test_topk_in_row_chunks_and_half_precision(self):
+        ids, q = topk_log_probs(tempered_log_probs(self.teacher, 2.0), 5)
+        reference = kd_kl_loss_topk(tempered_log_probs(self.student, 2.0), ids, q, self.mask)
+        (g_reference,) = torch.autograd.grad(reference, self.student)
+        with mock.patch.object(fused_kd, "_CHUNKS", 5), mock.patch.object(fused_kd, "_MIN_CHUNK_ELEMENTS", 1):
+            chunked = tempered_topk_kl_from_logits(self.student, ids, q, 2.0, self.mask)
+            (g_chunked,) = torch.autograd.grad(chunked, self.student)
+        torch.testing.assert_close(chunked, reference)
+        torch.testing.assert_close(g_chunked, g_reference)
+        # half-precision logits: the loss in float32, the gradient in the logits' dtype
+        student = self.student.detach().half().requires_grad_()
+        kl = tempered_topk_kl_from_logits(student, ids, q.half(), 2.0, self.mask)
+        self.assertEqual(kl.dtype, torch.float32)
+        torch.testing.assert_close(kl.double(), reference.detach(), rtol=0.02, atol=0.02)
+        kl.backward()
+        self.assertEqual(student.grad.dtype, torch.float16)
+        torch.testing.assert_close(student.grad.double(), g_reference, rtol=0.02, atol=0.02)
+
     def test_half_precision_logits_and_unreduced_rows(self):
         student = self.student.detach().half().requires_grad_()
         kl = tempered_kl_from_logits(student, self.teacher.half(), 2.0, self.mask, reduce=False)

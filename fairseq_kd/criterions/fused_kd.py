@@ -10,9 +10,15 @@ alive. The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the temp
 import torch
 
 
-def _f32(x):
-    # float32 at least: half-precision logits are upcast, float64 ones (tests) kept
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def _compute_dtype(*tensors):
+    """float64 if any input is (tests), else float32, half-precision inputs included: the dtype the losses
+    are computed in."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _row_chunk(n, v):
+    """Rows per chunk: about n / _CHUNKS, none smaller than _MIN_CHUNK_ELEMENTS values."""
+    return max(-(-n // _CHUNKS), -(-_MIN_CHUNK_ELEMENTS // max(v, 1)), 1)
 
 
 def _masked_sum(kl, ignore_mask, reduce):
@@ -35,7 +41,7 @@ class _TemperedKL(torch.autograd.Function):
         # gives them up (float32 and contiguous), else a new one. *student* may be logits or log-probabilities:
         # softmax(z / T) is the same for both.
         n, v = student.shape
-        dtype = torch.promote_types(_f32(student[:0]).dtype, _f32(teacher_logits[:0]).dtype)
+        dtype = _compute_dtype(student, teacher_logits)
         if not ctx.needs_input_grad[0]:
             grad = None  # evaluation: the loss only
         elif overwrite_teacher and teacher_logits.dtype == dtype and teacher_logits.is_contiguous():
@@ -43,10 +49,10 @@ class _TemperedKL(torch.autograd.Function):
         else:
             grad = torch.empty((n, v), dtype=dtype, device=student.device)
         kl = torch.empty(n, dtype=dtype, device=student.device)
-        rows = max(-(-n // _CHUNKS), -(-_MIN_CHUNK_ELEMENTS // max(v, 1)), 1)
+        rows = _row_chunk(n, v)
         for i in range(0, n, rows):
-            log_p = torch.log_softmax(_f32(student[i : i + rows]).to(dtype) / temperature, dim=-1)
-            log_q = torch.log_softmax(_f32(teacher_logits[i : i + rows]).to(dtype) / temperature, dim=-1)
+            log_p = torch.log_softmax(student[i : i + rows].to(dtype) / temperature, dim=-1)
+            log_q = torch.log_softmax(teacher_logits[i : i + rows].to(dtype) / temperature, dim=-1)
             q = log_q.exp()
             kl[i : i + rows] = torch.linalg.vecdot(q, log_q.sub_(log_p))
             if grad is not None:
@@ -71,12 +77,17 @@ class _TemperedKL(torch.autograd.Function):
 class _TemperedTopKKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_ids, teacher_lprobs, temperature):
-        # per-row sum_{i in top-k} q_i (log q_i - s_i + lse(s)), q given on k ids only, summing to 1
-        q = _f32(teacher_lprobs).exp()
-        s = _f32(student_logits) / temperature
-        lse_s = torch.logsumexp(s, dim=-1)
-        kl = torch.xlogy(q, q).sum(-1) - torch.linalg.vecdot(q, s.gather(-1, teacher_ids)) + lse_s
-        del s
+        # per-row sum_{i in top-k} q_i (log q_i - s_i + lse(s)), q given on k ids only, summing to 1; the
+        # student's log-normaliser row chunk by row chunk, so that no vocabulary-sized buffer is made
+        n, v = student_logits.shape
+        dtype = _compute_dtype(student_logits, teacher_lprobs)
+        q = teacher_lprobs.to(dtype).exp()
+        lse_s = torch.empty(n, dtype=dtype, device=student_logits.device)
+        rows = _row_chunk(n, v)
+        for i in range(0, n, rows):
+            lse_s[i : i + rows] = torch.logsumexp(student_logits[i : i + rows].to(dtype) / temperature, dim=-1)
+        s_top = student_logits.gather(-1, teacher_ids).to(dtype) / temperature
+        kl = torch.xlogy(q, q).sum(-1) - torch.linalg.vecdot(q, s_top) + lse_s
         ctx.temperature = temperature
         ctx.save_for_backward(student_logits, teacher_ids, q, lse_s)
         return kl
@@ -85,7 +96,7 @@ class _TemperedTopKKL(torch.autograd.Function):
     def backward(ctx, grad_kl):
         student_logits, teacher_ids, q, lse_s = ctx.saved_tensors
         T = ctx.temperature
-        grad = _f32(student_logits) / T
+        grad = student_logits.to(q.dtype) / T  # the one vocabulary-sized buffer
         grad.sub_(lse_s.unsqueeze(-1)).exp_().scatter_add_(-1, teacher_ids, -q)
         grad.mul_(grad_kl.unsqueeze(-1) / T)  # (p - q) / T, q being 0 outside the top-k
         return grad.to(student_logits.dtype), None, None, None
