@@ -549,8 +549,7 @@ def plot(records, path):
 
 @contextlib.contextmanager
 def capture_log(name):
-    """The messages logged to logger NAME inside the block, which reach no other handler; fairseq's other
-    loggers show only warnings meanwhile. The root logger
+    """The messages logged to logger NAME inside the block, which reach no other handler. The root logger
     gets a handler for the block if it has none, so that fairseq's logging.basicConfig() does not attach
     one to a file that is closed afterwards."""
     messages = []
@@ -559,13 +558,12 @@ def capture_log(name):
         def emit(self, record):
             messages.append(record.getMessage())
 
-    logger, root, fairseq = logging.getLogger(name), logging.getLogger(), logging.getLogger("fairseq")
+    logger, root = logging.getLogger(name), logging.getLogger()
     handler, null = Handler(), logging.NullHandler()
-    saved = logger.level, logger.propagate, fairseq.level
+    saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    fairseq.setLevel(logging.WARNING)  # the rest of fairseq's INFO messages are not shown either
     root.addHandler(null)
     try:
         yield messages
@@ -573,7 +571,6 @@ def capture_log(name):
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-        fairseq.setLevel(saved[2])
         root.removeHandler(null)
 
 

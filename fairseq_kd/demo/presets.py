@@ -43,7 +43,6 @@ PRESETS = {
         REAL_DATA,
         teacher=FAST_TEACHER,
         warmup_updates=150,
-        timing_rounds=2,  # about 1 min each: the 20-minute budget
         teacher_max_update=800,
         student_warmup_updates=50,
         student_max_update=100,
