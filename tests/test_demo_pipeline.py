@@ -172,10 +172,6 @@ class TestSmokeRun(unittest.TestCase):
         for record in systems.values():
             self.assertLessEqual(keys, set(record))
             self.assertGreater(record["sentences_per_s"], 0)
-            # the speed is the median of the timing rounds (two in this preset: their mean)
-            runs = record["sentences_per_s_runs"]
-            self.assertEqual(len(runs), 2)
-            self.assertAlmostEqual(record["sentences_per_s"], sum(runs) / 2, delta=0.01)
             self.assertGreater(record["params"], 0)
         # every student has the student's shape; the teacher is bigger
         self.assertEqual(len({systems[name]["params"] for name in STUDENTS}), 1)
@@ -228,7 +224,7 @@ class TestSmokeRun(unittest.TestCase):
             before = f.read()
         result, seconds = self.demo()
         self.assertEqual(result.returncode, 0, result.stdout[-3000:])
-        self.assertEqual(result.stdout.count("done earlier"), 21)
+        self.assertEqual(result.stdout.count("done earlier"), 20)
         with open(os.path.join(self.out, "results.json")) as f:
             self.assertEqual(f.read(), before)
 

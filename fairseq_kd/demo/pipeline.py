@@ -22,20 +22,14 @@ checkpoint_last.pt):
    them; parameters and checkpoint size.
 8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
    the same way.
-9. timing: every system translates the test split again, ``timing_rounds`` times by turns (each round runs
-   every system once, so that a slower spell of the machine falls on all of them alike); its speed is the
-   median over the rounds, as fairseq-generate (run in this process) or CTranslate2 measures it.
-10. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
+9. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
 """
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -85,7 +79,6 @@ class Pipeline:
             *((f"student {name}", lambda name=name: self.student(name)) for name in STUDENTS),
             *((f"evaluate {name}", lambda name=name: self.evaluate(name)) for name in ("teacher",) + STUDENTS),
             ("ctranslate2", self.ctranslate2),
-            ("timing", self.timing),
             ("report", self.report),
         ]
 
@@ -335,21 +328,19 @@ class Pipeline:
         method = method or METHODS[name].format(**self.preset["teacher"])
         record = {"name": name, "method": method, "params": count_parameters(model), "size_mb": size_mb(model)}
         for split in ("valid", "test"):
-            log_path = self.command("fairseq-generate", self.generate_args(model, split), f"generate_{name}_{split}")
+            log_path = self.command(
+                "fairseq-generate",
+                [self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
+                 "--batch-size", self.preset["eval_batch_size"],
+                 "--max-len-a", self.preset["max_len_a"], "--max-len-b", self.preset["max_len_b"],
+                 # else fairseq-generate leaves out the sentences beyond the last multiple of 8
+                 "--required-batch-size-multiple", "1",
+                 "--post-process", "sentencepiece", "--cpu"],
+                f"generate_{name}_{split}",
+            )  # fmt: skip
             hypotheses, speed = read_generate_log(log_path)
             record.update(self.score(name, split, hypotheses, speed))
         self.save_record(name, record)
-
-    def generate_args(self, model, split):
-        """fairseq-generate's arguments, the same for every model."""
-        return [
-            self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
-            "--batch-size", self.preset["eval_batch_size"],
-            "--max-len-a", self.preset["max_len_a"], "--max-len-b", self.preset["max_len_b"],
-            # else fairseq-generate leaves out the sentences beyond the last multiple of 8
-            "--required-batch-size-multiple", "1",
-            "--post-process", "sentencepiece", "--cpu",
-        ]  # fmt: skip
 
     def score(self, name, split, hypotheses, speed):
         import sacrebleu
@@ -390,6 +381,7 @@ class Pipeline:
 
     def ctranslate2(self):
         """The student with the best valid BLEU (the test split chooses nothing), in CTranslate2 int8."""
+        import ctranslate2
         import sentencepiece as spm
 
         from ..checkpoints import export_ctranslate2
@@ -398,7 +390,7 @@ class Pipeline:
         best = max(students, key=lambda r: r["valid_bleu"])
         output = self.path("models", "ctranslate2_int8")
         export_ctranslate2(self.path("models", f"{best['name']}.pt"), self.path("data-bin"), output, "int8", SRC, TGT)
-        translator = self.ctranslate2_translator()
+        translator = ctranslate2.Translator(output, device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1)
         processor = spm.SentencePieceProcessor(model_file=self.path("spm.model"))
         record = {
             "name": "ctranslate2_int8",
@@ -407,62 +399,17 @@ class Pipeline:
             "size_mb": round(sum(os.path.getsize(os.path.join(output, f)) for f in os.listdir(output)) / 2**20, 2),
         }
         for split in ("valid", "test"):
-            outputs, speed = self.time_ctranslate2(translator, split)
+            sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
+            start = time.perf_counter()
+            outputs = translate_like_fairseq(translator, sources, self.preset)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
+            speed = {
+                "sentences_per_s": round(len(sources) / seconds, 2),
+                "tokens_per_s": round(tokens / seconds, 2),
+            }
             record.update(self.score("ctranslate2_int8", split, [processor.decode(o) for o in outputs], speed))
         self.save_record("ctranslate2_int8", record)
-
-    def ctranslate2_translator(self):
-        import ctranslate2
-
-        path = self.path("models", "ctranslate2_int8")
-        return ctranslate2.Translator(path, device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1)
-
-    def time_ctranslate2(self, translator, split):
-        sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
-        start = time.perf_counter()
-        outputs = translate_like_fairseq(translator, sources, self.preset)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
-        return outputs, {"sentences_per_s": round(len(sources) / seconds, 2), "tokens_per_s": round(tokens / seconds, 2)}
-
-    def time_fairseq_generate(self, name):
-        """fairseq-generate's own measurement of its translation of the test split (translation only, model
-        loading excluded), run in this process so that its start-up is not paid again every round."""
-        from fairseq import options
-        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-        from fairseq_cli import generate
-
-        args = self.generate_args(self.path("models", f"{name}.pt"), "test")
-        args += ["--results-path", self.path("timing")]  # the translations go to a file, not the terminal
-        parsed = options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in args])
-        with capture_log("fairseq_cli.generate") as messages:
-            generate.main(convert_namespace_to_omegaconf(parsed))
-        match = next((m for m in map(TRANSLATED.search, messages) if m), None)
-        if not match:
-            raise DemoError(f"{name}: fairseq-generate reported no 'Translated ... sentences' line")
-        return {"sentences_per_s": float(match[4]), "tokens_per_s": float(match[5])}
-
-    def timing(self):
-        """Every system's speed on the test split, the median of ``timing_rounds`` runs taken by turns."""
-        records = self.records()
-        translator = self.ctranslate2_translator() if any(r["name"] == "ctranslate2_int8" for r in records) else None
-        runs = {r["name"]: [] for r in records}
-        rounds = self.preset["timing_rounds"]
-        for i in range(rounds):
-            for name in runs:
-                if name == "ctranslate2_int8":
-                    runs[name].append(self.time_ctranslate2(translator, "test")[1])
-                else:
-                    runs[name].append(self.time_fairseq_generate(name))
-            log(f"    round {i + 1}/{rounds}: " + ", ".join(f"{n} {r[-1]['sentences_per_s']:.0f}" for n, r in runs.items())
-                + " sentences/s")  # fmt: skip
-        for record in records:
-            speeds = runs[record["name"]]
-            for key in ("sentences_per_s", "tokens_per_s"):
-                record[key] = round(statistics.median(s[key] for s in speeds), 2)
-                record[key + "_runs"] = [s[key] for s in speeds]
-            with open(self.path("eval", f"{record['name']}.json"), "w") as f:
-                json.dump(record, f, indent=2)
 
     # ---- report ------------------------------------------------------------------------------------
 
@@ -473,8 +420,7 @@ class Pipeline:
         table = results_table(records)
         with open(self.path("results.md"), "w") as f:
             f.write(f"Preset `{self.preset_name}`; test split; beam {self.preset['beam']}, batch "
-                    f"{self.preset['eval_batch_size']} sentences, CPU; speeds: median of "
-                    f"{self.preset['timing_rounds']} runs taken by turns.\n\n{table}")  # fmt: skip
+                    f"{self.preset['eval_batch_size']} sentences, CPU.\n\n{table}")  # fmt: skip
         plot(records, self.path("bleu_vs_speed.png"))
         log("\n" + table)
         log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
@@ -545,33 +491,6 @@ def plot(records, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-@contextlib.contextmanager
-def capture_log(name):
-    """The messages logged to logger NAME inside the block, which reach no other handler. The root logger
-    gets a handler for the block if it has none, so that fairseq's logging.basicConfig() does not attach
-    one to a file that is closed afterwards."""
-    messages = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logger, root = logging.getLogger(name), logging.getLogger()
-    handler, null = Handler(), logging.NullHandler()
-    saved = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    root.addHandler(null)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-        root.removeHandler(null)
 
 
 TRANSLATED = re.compile(

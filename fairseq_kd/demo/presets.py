@@ -34,8 +34,6 @@ REAL_DATA = dict(
     # the pseudo-labelling: an undertrained model's runaway outputs then cost neither minutes nor BLEU
     max_len_a=1.5,
     max_len_b=10,
-    # test-split translations per system for its speed (median), taken by turns over the systems
-    timing_rounds=3,
 )
 
 PRESETS = {
@@ -70,7 +68,6 @@ PRESETS = {
         eval_batch_size=64,
         max_len_a=0,
         max_len_b=20,
-        timing_rounds=2,
     ),
 }
 
