@@ -87,6 +87,36 @@ class TestPieces(unittest.TestCase):
         self.assertEqual(len(table), 4)
         self.assertIn("| baseline | NLL on the references | 1.5 | 20.0 | 1.0 | 10.0 | 100.0 | 1,234,567 | 4.7 |", table)
 
+    def test_speeds_are_the_medians_of_the_timing_runs(self):
+        out = os.path.join(self.tmp, "run")
+        pipeline = Pipeline(out, "full")
+        os.makedirs(os.path.join(out, "eval"))
+        for name, speed in (("teacher", 50.0), ("baseline", 150.0)):
+            with open(os.path.join(out, "eval", f"{name}.json"), "w") as f:
+                json.dump({"name": name, "sentences_per_s": speed, "tokens_per_s": 10 * speed}, f)
+        # before the timing stage: the evaluation's single run
+        self.assertEqual([r["sentences_per_s"] for r in pipeline.records()], [50.0, 150.0])
+        runs = {
+            "teacher": [{"sentences_per_s": 40.0, "tokens_per_s": 400.0}, {"sentences_per_s": 90.0, "tokens_per_s": 900.0},
+                        {"sentences_per_s": 60.0, "tokens_per_s": 600.0}],
+            "baseline": [{"sentences_per_s": 200.0, "tokens_per_s": 2000.0}, {"sentences_per_s": 100.0, "tokens_per_s": 1000.0},
+                         {"sentences_per_s": 180.0, "tokens_per_s": 1800.0}],
+        }  # fmt: skip
+        os.makedirs(os.path.join(out, "timing"))
+        with open(os.path.join(out, "timing", "runs.json"), "w") as f:
+            json.dump(runs, f)
+        teacher, baseline = pipeline.records()
+        self.assertEqual((teacher["sentences_per_s"], teacher["tokens_per_s"]), (60.0, 600.0))
+        self.assertEqual((baseline["sentences_per_s"], baseline["tokens_per_s"]), (180.0, 1800.0))
+        self.assertEqual(teacher["speed_runs"], runs["teacher"])
+        self.assertIn("median of 3", pipeline.speed_note())
+        self.assertIn("one translation", Pipeline(out, "default").speed_note())
+
+    def test_only_presets_with_timing_rounds_have_the_stage(self):
+        stages = {preset: [name for name, _ in Pipeline(self.tmp, preset).stages] for preset in ("default", "full")}
+        self.assertNotIn("timing", stages["default"])
+        self.assertEqual(stages["full"][-2:], ["timing", "report"])
+
     def test_bad_data_dirs(self):
         data = os.path.join(self.tmp, "data")
         with self.assertRaisesRegex(DemoError, "no such directory"):
@@ -195,6 +225,19 @@ class TestSmokeRun(unittest.TestCase):
         with open(os.path.join(self.out, "bleu_vs_speed.png"), "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         self.assertIn("| teacher |", result.stdout)  # the table is shown at the end
+        # the timing stage: every system translated test once more (smoke: 1 round), in a fresh process
+        # for the fairseq models; the table's speeds are those runs'
+        with open(os.path.join(self.out, "timing", "runs.json")) as f:
+            runs = json.load(f)
+        self.assertEqual(list(runs), list(systems))
+        for name, record in systems.items():
+            self.assertEqual(len(runs[name]), 1)
+            self.assertEqual(record["speed_runs"], runs[name])
+            self.assertEqual(record["sentences_per_s"], runs[name][0]["sentences_per_s"])
+            if name != "ctranslate2_int8":
+                with open(os.path.join(self.out, "logs", f"timing_{name}.log")) as f:
+                    self.assertEqual(f.read().count("\n$ "), 1)
+        self.assertIn("speeds: median of 1 translations of the test split", results["speeds"])
 
     def test_students_run_with_stock_fairseq(self):
         """The exported students load in a process that never imports fairseq_kd."""
@@ -224,7 +267,7 @@ class TestSmokeRun(unittest.TestCase):
             before = f.read()
         result, seconds = self.demo()
         self.assertEqual(result.returncode, 0, result.stdout[-3000:])
-        self.assertEqual(result.stdout.count("done earlier"), 20)
+        self.assertEqual(result.stdout.count("done earlier"), 21)
         with open(os.path.join(self.out, "results.json")) as f:
             self.assertEqual(f.read(), before)
 

@@ -22,7 +22,9 @@ checkpoint_last.pt):
    them; parameters and checkpoint size.
 8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
    the same way.
-9. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
+9. timing (``full`` preset): every system translates the test split again, a few rounds by turns, each
+   fairseq model in a fresh fairseq-generate; speeds become the medians (OUT/timing/runs.json).
+10. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
 """
 
 import argparse
@@ -30,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -79,6 +82,7 @@ class Pipeline:
             *((f"student {name}", lambda name=name: self.student(name)) for name in STUDENTS),
             *((f"evaluate {name}", lambda name=name: self.evaluate(name)) for name in ("teacher",) + STUDENTS),
             ("ctranslate2", self.ctranslate2),
+            *([("timing", self.timing)] if self.preset["timing_rounds"] else []),
             ("report", self.report),
         ]
 
@@ -323,22 +327,28 @@ class Pipeline:
 
     # ---- evaluation --------------------------------------------------------------------------------
 
+    def generate(self, name, split, log_name):
+        """Stock fairseq-generate of one split with OUT/models/NAME.pt, the same settings for every model;
+        returns its detokenized hypotheses in corpus order and the speed it measured."""
+        p = self.preset
+        log_path = self.command(
+            "fairseq-generate",
+            [self.path("data-bin"), "--path", self.path("models", f"{name}.pt"), "--gen-subset", split,
+             "--beam", p["beam"], "--batch-size", p["eval_batch_size"],
+             "--max-len-a", p["max_len_a"], "--max-len-b", p["max_len_b"],
+             # else fairseq-generate leaves out the sentences beyond the last multiple of 8
+             "--required-batch-size-multiple", "1",
+             "--post-process", "sentencepiece", "--cpu"],
+            log_name,
+        )  # fmt: skip
+        return read_generate_log(log_path)
+
     def evaluate(self, name, method=None):
         model = self.path("models", f"{name}.pt")
         method = method or METHODS[name].format(**self.preset["teacher"])
         record = {"name": name, "method": method, "params": count_parameters(model), "size_mb": size_mb(model)}
         for split in ("valid", "test"):
-            log_path = self.command(
-                "fairseq-generate",
-                [self.path("data-bin"), "--path", model, "--gen-subset", split, "--beam", self.preset["beam"],
-                 "--batch-size", self.preset["eval_batch_size"],
-                 "--max-len-a", self.preset["max_len_a"], "--max-len-b", self.preset["max_len_b"],
-                 # else fairseq-generate leaves out the sentences beyond the last multiple of 8
-                 "--required-batch-size-multiple", "1",
-                 "--post-process", "sentencepiece", "--cpu"],
-                f"generate_{name}_{split}",
-            )  # fmt: skip
-            hypotheses, speed = read_generate_log(log_path)
+            hypotheses, speed = self.generate(name, split, f"generate_{name}_{split}")
             record.update(self.score(name, split, hypotheses, speed))
         self.save_record(name, record)
 
@@ -370,6 +380,8 @@ class Pipeline:
         log(f"    {name}: test BLEU {record['bleu']}, chrF {record['chrf']}, {record['sentences_per_s']} sentences/s")
 
     def records(self):
+        """The evaluated systems' records, in table order; once the timing stage has run, each one's speed
+        is the median of its timing runs (``speed_runs`` lists them)."""
         names = ["teacher", *STUDENTS, "ctranslate2_int8"]
         found = []
         for name in names:
@@ -377,21 +389,30 @@ class Pipeline:
             if os.path.exists(path):
                 with open(path) as f:
                     found.append(json.load(f))
+        timing = self.path("timing", "runs.json")
+        if os.path.exists(timing):
+            with open(timing) as f:
+                runs = json.load(f)
+            for record in found:
+                record["speed_runs"] = runs[record["name"]]
+                for key in ("sentences_per_s", "tokens_per_s"):
+                    record[key] = round(statistics.median(run[key] for run in runs[record["name"]]), 2)
         return found
+
+    def speed_note(self):
+        rounds = self.preset["timing_rounds"]
+        if rounds:
+            return f"speeds: median of {rounds} translations of the test split, all systems by turns"
+        return "speeds: one translation of the test split, at each system's evaluation"
 
     def ctranslate2(self):
         """The student with the best valid BLEU (the test split chooses nothing), in CTranslate2 int8."""
-        import ctranslate2
-        import sentencepiece as spm
-
         from ..checkpoints import export_ctranslate2
 
         students = [r for r in self.records() if r["name"] in STUDENTS]
         best = max(students, key=lambda r: r["valid_bleu"])
         output = self.path("models", "ctranslate2_int8")
         export_ctranslate2(self.path("models", f"{best['name']}.pt"), self.path("data-bin"), output, "int8", SRC, TGT)
-        translator = ctranslate2.Translator(output, device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1)
-        processor = spm.SentencePieceProcessor(model_file=self.path("spm.model"))
         record = {
             "name": "ctranslate2_int8",
             "method": f"{best['name']} in CTranslate2 int8",
@@ -399,30 +420,71 @@ class Pipeline:
             "size_mb": round(sum(os.path.getsize(os.path.join(output, f)) for f in os.listdir(output)) / 2**20, 2),
         }
         for split in ("valid", "test"):
-            sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
-            start = time.perf_counter()
-            outputs = translate_like_fairseq(translator, sources, self.preset)
-            seconds = time.perf_counter() - start
-            tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
-            speed = {
-                "sentences_per_s": round(len(sources) / seconds, 2),
-                "tokens_per_s": round(tokens / seconds, 2),
-            }
-            record.update(self.score("ctranslate2_int8", split, [processor.decode(o) for o in outputs], speed))
+            hypotheses, speed = self.translate_ctranslate2(split)
+            record.update(self.score("ctranslate2_int8", split, hypotheses, speed))
         self.save_record("ctranslate2_int8", record)
+
+    def translate_ctranslate2(self, split):
+        """OUT/models/ctranslate2_int8 translating one split under fairseq-generate's conditions, with the
+        machine's cores; returns the detokenized hypotheses and the speed (translation only, as fairseq-generate
+        measures it). The translator is freed afterwards: its threads must not compete with what runs next."""
+        import ctranslate2
+        import sentencepiece as spm
+
+        translator = ctranslate2.Translator(
+            self.path("models", "ctranslate2_int8"), device="cpu", compute_type="int8", intra_threads=os.cpu_count() or 1
+        )
+        sources = [line.split() for line in read_lines(self.path("tok", f"{split}.{SRC}"))]
+        start = time.perf_counter()
+        outputs = translate_like_fairseq(translator, sources, self.preset)
+        seconds = time.perf_counter() - start
+        del translator
+        tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
+        speed = {"sentences_per_s": round(len(sources) / seconds, 2), "tokens_per_s": round(tokens / seconds, 2)}
+        processor = spm.SentencePieceProcessor(model_file=self.path("spm.model"))
+        return [processor.decode(o) for o in outputs], speed
+
+    # ---- timing ------------------------------------------------------------------------------------
+
+    def timing(self):
+        """Every system translates the test split TIMING_ROUNDS more times, by turns (round r starts with
+        the r-th system, so that none is always first or last), each fairseq model in a fresh
+        fairseq-generate; a system's speed becomes the median of these runs (OUT/timing/runs.json). The
+        evaluation times each system once, minutes apart from the others, and on a shared machine two such
+        runs can differ by 30%."""
+        names = [r["name"] for r in self.records()]
+        test_size = count_lines(self.path("raw", f"test.{SRC}"))
+        runs = {name: [] for name in names}
+        rounds = self.preset["timing_rounds"]
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                if name == "ctranslate2_int8":
+                    hypotheses, speed = self.translate_ctranslate2("test")
+                else:
+                    hypotheses, speed = self.generate(name, "test", f"timing_{name}")
+                if len(hypotheses) != test_size or None in hypotheses:
+                    raise DemoError(f"timing: {name} did not translate all {test_size} test sentences")
+                runs[name].append(speed)
+            log(
+                f"    round {r + 1}/{rounds}, sentences/s: "
+                + ", ".join(f"{n} {runs[n][-1]['sentences_per_s']}" for n in names)
+            )
+        os.makedirs(self.path("timing"), exist_ok=True)
+        with open(self.path("timing", "runs.json"), "w") as f:
+            json.dump(runs, f, indent=2)
 
     # ---- report ------------------------------------------------------------------------------------
 
     def report(self):
         records = self.records()
         with open(self.path("results.json"), "w") as f:
-            json.dump({"preset": self.preset_name, "systems": records}, f, indent=2)
+            json.dump({"preset": self.preset_name, "speeds": self.speed_note(), "systems": records}, f, indent=2)
         table = results_table(records)
         with open(self.path("results.md"), "w") as f:
             f.write(f"Preset `{self.preset_name}`; test split; beam {self.preset['beam']}, batch "
-                    f"{self.preset['eval_batch_size']} sentences, CPU.\n\n{table}")  # fmt: skip
+                    f"{self.preset['eval_batch_size']} sentences, CPU; {self.speed_note()}.\n\n{table}")  # fmt: skip
         plot(records, self.path("bleu_vs_speed.png"))
-        log("\n" + table)
+        log("\n" + table + f"({self.speed_note()})")
         log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
 
 

@@ -44,6 +44,8 @@ PRESETS = {
         teacher_max_update=800,
         student_warmup_updates=50,
         student_max_update=100,
+        # each system's speed is the one of its evaluation: 20 minutes leave no room for more
+        timing_rounds=0,
     ),
     "full": dict(
         REAL_DATA,
@@ -52,6 +54,8 @@ PRESETS = {
         teacher_max_update=7600,
         student_warmup_updates=400,
         student_max_update=1400,
+        # each system's speed is the median of 3 translations of the test split, taken by turns
+        timing_rounds=3,
     ),
     "smoke": dict(
         vocab_size=200,
@@ -68,6 +72,7 @@ PRESETS = {
         eval_batch_size=64,
         max_len_a=0,
         max_len_b=20,
+        timing_rounds=1,
     ),
 }
 
