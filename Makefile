@@ -40,7 +40,7 @@ test: install
 
 # make demo [PRESET=default|full] [DATA=dir with {train,valid,test}.{de,en}] [OUT=dir]
 demo: install
-	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT))
+	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(if $(TIMING_ROUNDS),--timing-rounds $(TIMING_ROUNDS))
 
 toy-demo: install
 	PYTHON=$(PY) scripts/toy_demo.sh runs/toy

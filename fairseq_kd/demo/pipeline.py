@@ -1,7 +1,7 @@
 """The main job on real data: a teacher, its pseudo-labels, six students of one shape trained with the
 NeMo guide's methods on the same update budget, and every model measured the same way.
 
-    python -m fairseq_kd.demo [--preset default|full] [--data DIR] [--out runs/demo]
+    python -m fairseq_kd.demo [--preset default|full] [--data DIR] [--out runs/demo] [--timing-rounds N]
 
 Stages (each is skipped when a rerun finds it finished; an interrupted fairseq-train resumes from its
 checkpoint_last.pt):
@@ -22,9 +22,11 @@ checkpoint_last.pt):
    them; parameters and checkpoint size.
 8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
    the same way.
-9. timing (``full`` preset): every system translates the test split again, a few rounds by turns, each
-   fairseq model in a fresh fairseq-generate; speeds become the medians (OUT/timing/runs.json).
-10. report: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is printed.
+9. timing (``full`` preset, or ``--timing-rounds N``): every system translates the test split again, a few
+   rounds by turns, each fairseq model in a fresh fairseq-generate; speeds become the medians
+   (OUT/timing/runs.json).
+10. report, rewritten at every run: OUT/results.json, OUT/results.md, OUT/bleu_vs_speed.png; the table is
+    printed.
 """
 
 import argparse
@@ -44,6 +46,8 @@ PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SRC, TGT = "de", "en"
 SPLITS = ("train", "valid", "test")
+# settings that change how models are measured, not how they are made: a rerun may change them
+MEASUREMENT_ONLY = {"timing_rounds"}
 STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
 METHODS = {
     "teacher": "{encoder_layers}+{decoder_layers} layers, NLL on the references",
@@ -69,10 +73,13 @@ def minutes(seconds):
 
 
 class Pipeline:
-    def __init__(self, out, preset="default", data=None):
+    def __init__(self, out, preset="default", data=None, timing_rounds=None):
         if preset not in PRESETS:
             raise DemoError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        if timing_rounds is not None and timing_rounds < 0:
+            raise DemoError(f"--timing-rounds must be 0 or more, not {timing_rounds}")
         self.out, self.preset_name, self.preset, self.data = out, preset, PRESETS[preset], data
+        self.timing_rounds = self.preset["timing_rounds"] if timing_rounds is None else timing_rounds
         self.stages = [
             ("corpus", self.corpus),
             ("sentencepiece", self.sentencepiece),
@@ -82,8 +89,7 @@ class Pipeline:
             *((f"student {name}", lambda name=name: self.student(name)) for name in STUDENTS),
             *((f"evaluate {name}", lambda name=name: self.evaluate(name)) for name in ("teacher",) + STUDENTS),
             ("ctranslate2", self.ctranslate2),
-            *([("timing", self.timing)] if self.preset["timing_rounds"] else []),
-            ("report", self.report),
+            *([("timing", self.timing)] if self.timing_rounds else []),
         ]
 
     # ---- bookkeeping -------------------------------------------------------------------------------
@@ -113,7 +119,7 @@ class Pipeline:
                 )
             earlier_settings = earlier.get("settings", {})
             changed = sorted(k for k in set(earlier_settings) | set(config["settings"])
-                             if earlier_settings.get(k) != config["settings"].get(k))  # fmt: skip
+                             if k not in MEASUREMENT_ONLY and earlier_settings.get(k) != config["settings"].get(k))  # fmt: skip
             if changed:
                 raise DemoError(
                     f"{self.out} holds a demo run of preset {self.preset_name!r} made when the preset had other "
@@ -147,6 +153,9 @@ class Pipeline:
                 json.dump({"seconds": round(time.time() - t, 1)}, f)
             elapsed, total = minutes(time.time() - t), minutes(time.time() - start)
             log(f"[{i}/{len(self.stages)}] {stage}: finished in {elapsed} ({total} so far)")
+        # the report is rewritten every time from what the stages left: a timing stage added to a finished
+        # run (--timing-rounds) shows in it
+        self.report()
 
     def command(self, name, args, log_name, progress_total=None):
         """Runs a console script of this environment, its output appended to OUT/logs/LOG_NAME.log; shows
@@ -399,10 +408,11 @@ class Pipeline:
                     record[key] = round(statistics.median(run[key] for run in runs[record["name"]]), 2)
         return found
 
-    def speed_note(self):
-        rounds = self.preset["timing_rounds"]
+    @staticmethod
+    def speed_note(records):
+        rounds = {len(r["speed_runs"]) for r in records if "speed_runs" in r}
         if rounds:
-            return f"speeds: median of {rounds} translations of the test split, all systems by turns"
+            return f"speeds: median of {max(rounds)} translations of the test split, all systems by turns"
         return "speeds: one translation of the test split, at each system's evaluation"
 
     def ctranslate2(self):
@@ -455,7 +465,7 @@ class Pipeline:
         names = [r["name"] for r in self.records()]
         test_size = count_lines(self.path("raw", f"test.{SRC}"))
         runs = {name: [] for name in names}
-        rounds = self.preset["timing_rounds"]
+        rounds = self.timing_rounds
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 if name == "ctranslate2_int8":
@@ -478,13 +488,13 @@ class Pipeline:
     def report(self):
         records = self.records()
         with open(self.path("results.json"), "w") as f:
-            json.dump({"preset": self.preset_name, "speeds": self.speed_note(), "systems": records}, f, indent=2)
+            json.dump({"preset": self.preset_name, "speeds": self.speed_note(records), "systems": records}, f, indent=2)
         table = results_table(records)
         with open(self.path("results.md"), "w") as f:
             f.write(f"Preset `{self.preset_name}`; test split; beam {self.preset['beam']}, batch "
-                    f"{self.preset['eval_batch_size']} sentences, CPU; {self.speed_note()}.\n\n{table}")  # fmt: skip
+                    f"{self.preset['eval_batch_size']} sentences, CPU; {self.speed_note(records)}.\n\n{table}")  # fmt: skip
         plot(records, self.path("bleu_vs_speed.png"))
-        log("\n" + table + f"({self.speed_note()})")
+        log("\n" + table + f"({self.speed_note(records)})")
         log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
 
 
@@ -641,13 +651,20 @@ def main(argv=None):
     parser.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
     parser.add_argument("--data", help="a directory with {train,valid,test}.{de,en} instead of the gettext catalogs")
     parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        help="time every system this many more times by turns, speeds the medians (default: the preset's: "
+        + ", ".join(f"{name} {p['timing_rounds']}" for name, p in PRESETS.items())
+        + "); works on a finished run too",
+    )
+    parser.add_argument(
         "--out", help="output directory; a rerun resumes in it (default: runs/demo, or runs/demo-PRESET for other presets)"
     )
     args = parser.parse_args(argv)
     if not args.out:
         args.out = "runs/demo" if args.preset == "default" else f"runs/demo-{args.preset}"
     try:
-        Pipeline(args.out, args.preset, args.data).run()
+        Pipeline(args.out, args.preset, args.data, args.timing_rounds).run()
     except (DemoError, CorpusError) as e:
         sys.exit(f"error: {e}")
 
