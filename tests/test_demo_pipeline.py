@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import unittest
+import zipfile
 
 import sacrebleu
 import torch
@@ -21,9 +22,10 @@ from fairseq_kd.demo.pipeline import (
     check_data_dir,
     count_parameters,
     read_generate_log,
+    repair_last_checkpoint,
     results_table,
 )
-from tests.utils import create_dummy_data
+from tests.utils import create_dummy_data, quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,6 +130,40 @@ class TestPieces(unittest.TestCase):
         out = os.path.join(self.tmp, "run")
         Pipeline(out, "smoke").check_run_dir()
         Pipeline(out, "smoke", None, 3).check_run_dir()
+
+    def test_a_truncated_last_checkpoint_is_replaced_by_the_newest_complete_interval_one(self):
+        def archive(path, text):
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("data", text)
+
+        with tempfile.TemporaryDirectory() as d:
+            last = os.path.join(d, "checkpoint_last.pt")
+            archive(last, "last")
+            self.assertIsNone(repair_last_checkpoint(d))  # a complete one is left alone
+            self.assertEqual(zipfile.ZipFile(last).read("data"), b"last")
+
+            archive(os.path.join(d, "checkpoint_3_400.pt"), "400")
+            archive(os.path.join(d, "checkpoint_9_1200.pt"), "1200")
+            with open(os.path.join(d, "checkpoint_10_1400.pt"), "wb") as f:  # being written when stopped
+                f.write(b"PK\x03\x04 truncated")
+            with open(last, "r+b") as f:
+                f.truncate(10)
+            with quiet():
+                source = repair_last_checkpoint(d)
+            self.assertEqual(source, os.path.join(d, "checkpoint_9_1200.pt"))
+            self.assertEqual(zipfile.ZipFile(last).read("data"), b"1200")
+            with open(last + ".incomplete", "rb") as f:
+                self.assertEqual(len(f.read()), 10)  # kept, not deleted
+
+    def test_a_truncated_last_checkpoint_without_interval_ones_is_moved_aside(self):
+        with tempfile.TemporaryDirectory() as d:
+            last = os.path.join(d, "checkpoint_last.pt")
+            with open(last, "wb") as f:
+                f.write(b"PK\x03\x04 truncated")
+            with quiet():
+                self.assertIsNone(repair_last_checkpoint(d))
+            self.assertFalse(os.path.exists(last))  # fairseq-train starts afresh
+            self.assertTrue(os.path.isfile(last + ".incomplete"))
 
     def test_bad_data_dirs(self):
         data = os.path.join(self.tmp, "data")

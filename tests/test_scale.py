@@ -1,5 +1,6 @@
 """Scale and faults, end to end: a cached top-k teacher replaces the live one; cache building,
-pseudo-labelling and KD training survive kill -9; two-process (gloo) KD training matches one process."""
+pseudo-labelling and KD training survive kill -9 (a truncated checkpoint_last.pt too, with the demo's
+repair); two-process (gloo) KD training matches one process."""
 
 import os
 import shutil
@@ -15,6 +16,7 @@ import torch
 
 import fairseq_kd  # noqa: F401
 from fairseq_kd.cli import cache_topk
+from fairseq_kd.demo.pipeline import repair_last_checkpoint
 from tests.utils import (
     KD_FLAGS,
     TINY_ARCH,
@@ -33,20 +35,36 @@ def command(name, *args):
 
 
 def kill_when(process, condition, timeout=120):
-    """Kills *process* with SIGKILL as soon as *condition()* holds; returns whether it was still running."""
+    """Kills *process* with SIGKILL as soon as *condition()* holds; returns whether it was still running.
+    The process is stopped (SIGSTOP) and the condition checked again before the kill, so that what the
+    condition saw (a complete file, say) is what the process leaves behind."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
             running = process.poll() is None
-            if running:
+            if not running:
+                return False
+            process.send_signal(signal.SIGSTOP)
+            if condition():
                 process.send_signal(signal.SIGKILL)
-            process.wait()
-            return running
+                process.wait()
+                return True
+            process.send_signal(signal.SIGCONT)
         if process.poll() is not None:
             return False
         time.sleep(0.005)
     process.kill()
     raise AssertionError("the condition never held")
+
+
+def complete_checkpoint(path):
+    """Whether *path* holds a whole checkpoint: fairseq copies checkpoint_last.pt from the checkpoint it has
+    just saved, and a file caught during that copy exists but is truncated."""
+    try:
+        torch.load(path, weights_only=True)
+        return True
+    except Exception:
+        return False
 
 
 def free_port():
@@ -221,10 +239,22 @@ class TestScale(TeacherTestCase):
         save_dir = os.path.join(self.dir, "killed")
         process = subprocess.Popen(train_cmd(save_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last = os.path.join(save_dir, "checkpoint_last.pt")
-        self.assertTrue(kill_when(process, lambda: os.path.isfile(last)), "training finished before it could be killed")
+        killed = kill_when(process, lambda: complete_checkpoint(last))
+        self.assertTrue(killed, "training finished before it could be killed")
         killed_at = torch.load(last, weights_only=True)
-        self.assertLess(killed_at["optimizer_history"][-1]["num_updates"], expected_updates)
+        killed_updates = killed_at["optimizer_history"][-1]["num_updates"]
+        self.assertLess(killed_updates, expected_updates)
         self.assertTrue(killed_at["extra_state"]["train_iterator"]["iterations_in_epoch"] > 0)  # mid-epoch
+
+        # a kill while fairseq copies checkpoint_last.pt leaves it truncated; the demo pipeline resumes from
+        # the newest interval checkpoint instead (fairseq-train itself would fail on the truncated file)
+        with open(last, "r+b") as f:
+            f.truncate(os.path.getsize(last) // 2)
+        self.assertFalse(complete_checkpoint(last))
+        source = repair_last_checkpoint(save_dir)
+        self.assertRegex(os.path.basename(source), r"checkpoint_\d+_\d+\.pt")
+        self.assertTrue(os.path.isfile(last + ".incomplete"))
+        self.assertGreaterEqual(torch.load(last, weights_only=True)["optimizer_history"][-1]["num_updates"], killed_updates)
 
         result = subprocess.run(train_cmd(save_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.assertEqual(result.returncode, 0, result.stdout[-3000:])

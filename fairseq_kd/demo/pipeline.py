@@ -4,7 +4,7 @@ NeMo guide's methods on the same update budget, and every model measured the sam
     python -m fairseq_kd.demo [--preset default|full] [--data DIR] [--out runs/demo] [--timing-rounds N]
 
 Stages (each is skipped when a rerun finds it finished; an interrupted fairseq-train resumes from its
-checkpoint_last.pt):
+checkpoint_last.pt, or from its newest interval checkpoint when it stopped while writing checkpoint_last.pt):
 
 1. corpus: the gettext catalogs of this machine (:mod:`fairseq_kd.demo.corpus`), or ``--data DIR`` with
    ``{train,valid,test}.{de,en}``; copied to OUT/raw.
@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zipfile
 
 from .corpus import CorpusError, build_corpus
 from .presets import COSINE, MIXTURE_PROBS, PRESETS, WORD_KD
@@ -273,6 +274,7 @@ class Pipeline:
 
     def teacher(self):
         p = self.preset
+        repair_last_checkpoint(self.path("teacher"))
         self.command(
             "fairseq-train",
             [self.path("data-bin"), "--save-dir", self.path("teacher")]
@@ -321,6 +323,7 @@ class Pipeline:
             + COSINE,
         }[name]
         save_dir = self.path("students", name)
+        repair_last_checkpoint(save_dir)
         self.command(
             "fairseq-train",
             flags + ["--save-dir", save_dir] + self.training(p["student_max_update"], p["student_warmup_updates"]),
@@ -586,6 +589,34 @@ def read_generate_log(path):
         raise DemoError(f"no 'Translated ... sentences' line in {path}")
     speed = {"sentences_per_s": float(match[4]), "tokens_per_s": float(match[5])}
     return [hypotheses.get(i) for i in range(max(hypotheses, default=-1) + 1)], speed
+
+
+def repair_last_checkpoint(save_dir):
+    """fairseq writes its first checkpoint of a save atomically but *copies* it to checkpoint_last.pt (and
+    checkpoint_best.pt): a run stopped during that copy leaves a truncated checkpoint_last.pt, from which
+    fairseq-train cannot resume ("failed finding central directory"). Such a file is moved aside to
+    checkpoint_last.pt.incomplete and replaced by the newest complete interval checkpoint of SAVE_DIR, so
+    that the rerun resumes from there (it loses the updates since that save, at most --save-interval-updates);
+    without one, training starts again. Returns the checkpoint resumed from, or None."""
+    last = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.exists(last) or zipfile.is_zipfile(last):
+        return None
+    os.replace(last, last + ".incomplete")
+    interval = []
+    for name in os.listdir(save_dir):
+        match = re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", name)
+        if match and zipfile.is_zipfile(os.path.join(save_dir, name)):
+            interval.append((int(match.group(1)), name))
+    if not interval:
+        log(f"    note: {last} was incomplete (the run stopped while fairseq was writing it) and there is no")
+        log(f"    complete interval checkpoint to resume from: training starts again (the file is kept as {last}.incomplete)")
+        return None
+    source = os.path.join(save_dir, max(interval)[1])
+    shutil.copyfile(source, last + ".tmp")
+    os.replace(last + ".tmp", last)
+    log(f"    note: {last} was incomplete (the run stopped while fairseq was writing it; kept as")
+    log(f"    {last}.incomplete): resuming from {os.path.basename(source)} instead")
+    return source
 
 
 def last_update(log_path):
