@@ -41,10 +41,8 @@ def train(pipeline, name, criterion):
         + pipeline.arch(p["student"], "transformer_student")
         + ["--init-from-teacher", "--task", "translation_kd", "--teacher-path", teacher]
         + criterion
-        + ["--save-dir", save_dir]
-        + pipeline.training(p["student_max_update"], p["student_warmup_updates"])
     )
-    pipeline.command("fairseq-train", flags, name, progress_total=p["student_max_update"])
+    pipeline.train(flags, save_dir, name, p["student_max_update"], p["student_warmup_updates"])
     pipeline.export(os.path.join(save_dir, "checkpoint_last.pt"), pipeline.path("models", f"{name}.pt"))
 
 

@@ -272,18 +272,21 @@ class Pipeline:
             "--best-checkpoint-metric", "nll_loss", "--save-interval-updates", "200", "--keep-interval-updates", "1",
         ]  # fmt: skip
 
-    def teacher(self):
-        p = self.preset
-        repair_last_checkpoint(self.path("teacher"))
+    def train(self, flags, save_dir, log_name, max_update, warmup_updates):
+        """fairseq-train with FLAGS and the demo's training settings into SAVE_DIR, resuming what is there
+        (a checkpoint_last.pt left truncated is repaired first)."""
+        repair_last_checkpoint(save_dir)
         self.command(
             "fairseq-train",
-            [self.path("data-bin"), "--save-dir", self.path("teacher")]
-            + self.arch(p["teacher"])
-            + self.training(p["teacher_max_update"], p["warmup_updates"])
-            + ["--criterion", "label_smoothed_cross_entropy"],
-            "teacher",
-            progress_total=p["teacher_max_update"],
+            flags + ["--save-dir", save_dir] + self.training(max_update, warmup_updates),
+            log_name,
+            progress_total=max_update,
         )
+
+    def teacher(self):
+        p = self.preset
+        flags = [self.path("data-bin")] + self.arch(p["teacher"]) + ["--criterion", "label_smoothed_cross_entropy"]
+        self.train(flags, self.path("teacher"), "teacher", p["teacher_max_update"], p["warmup_updates"])
         self.export(self.path("teacher", "checkpoint_best.pt"), self.path("models", "teacher.pt"))
 
     def teacher_checkpoint(self):
@@ -323,13 +326,7 @@ class Pipeline:
             + COSINE,
         }[name]
         save_dir = self.path("students", name)
-        repair_last_checkpoint(save_dir)
-        self.command(
-            "fairseq-train",
-            flags + ["--save-dir", save_dir] + self.training(p["student_max_update"], p["student_warmup_updates"]),
-            name,
-            progress_total=p["student_max_update"],
-        )
+        self.train(flags, save_dir, name, p["student_max_update"], p["student_warmup_updates"])
         # the same budget for every student: its last checkpoint
         self.export(os.path.join(save_dir, "checkpoint_last.pt"), self.path("models", f"{name}.pt"))
 
