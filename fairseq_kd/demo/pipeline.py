@@ -49,6 +49,9 @@ SRC, TGT = "de", "en"
 SPLITS = ("train", "valid", "test")
 # settings that change how models are measured, not how they are made: a rerun may change them
 MEASUREMENT_ONLY = {"timing_rounds"}
+# a budget a rerun may raise: fairseq-train continues each student from its last checkpoint (with the
+# inverse_sqrt schedule, as if it had been given the higher budget from the start)
+RAISABLE = "student_max_update"
 STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
 METHODS = {
     "teacher": "{encoder_layers}+{decoder_layers} layers, NLL on the references",
@@ -100,7 +103,8 @@ class Pipeline:
 
     def check_run_dir(self):
         """An output directory belongs to one preset, with the settings it had, and one corpus: a rerun with
-        others would mix models trained differently, so it is refused (and nothing in it is touched)."""
+        others would mix models trained differently, so it is refused (and nothing in it is touched). Only
+        the students' budget may be raised: they then continue (:meth:`raise_student_budget`)."""
         os.makedirs(self.out, exist_ok=True)
         config = {
             "preset": self.preset_name,
@@ -121,16 +125,46 @@ class Pipeline:
             earlier_settings = earlier.get("settings", {})
             changed = sorted(k for k in set(earlier_settings) | set(config["settings"])
                              if k not in MEASUREMENT_ONLY and earlier_settings.get(k) != config["settings"].get(k))  # fmt: skip
-            if changed:
+            before, now = earlier_settings.get(RAISABLE), config["settings"].get(RAISABLE)
+            raised = changed == [RAISABLE] and isinstance(before, int) and isinstance(now, int) and now > before
+            if changed and not raised:
+                hint = f" ({RAISABLE} may only be raised)" if RAISABLE in changed else ""
                 raise DemoError(
                     f"{self.out} holds a demo run of preset {self.preset_name!r} made when the preset had other "
                     + ", ".join(f"{k} ({earlier_settings.get(k)}, now {config['settings'].get(k)})" for k in changed)
-                    + f": its finished stages would not match the preset; give another output directory (OUT=...) "
-                    f"or remove {self.out} to start over"
+                    + f": its finished stages would not match the preset{hint}; give another output directory "
+                    f"(OUT=...) or remove {self.out} to start over"
                 )
-        else:
-            with open(path, "w") as f:
-                json.dump(config, f, indent=2)
+            if raised:
+                self.raise_student_budget(before, now)
+            else:
+                return
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
+
+    def raise_student_budget(self, before, now):
+        """The students of a run made with a smaller budget continue to the new one: what was measured of
+        them is kept in OUT/earlier/student_max_update_BEFORE, and their stages (training, evaluation, the
+        CTranslate2 model, the timing, the init ablation's students) are marked unfinished."""
+        kept = self.path("earlier", f"{RAISABLE}_{before}")
+        os.makedirs(kept, exist_ok=True)
+        for name in ("results.json", "results.md", "bleu_vs_speed.png", "eval", "timing", "models"):
+            source = self.path(name)
+            if os.path.isdir(source):
+                shutil.copytree(source, os.path.join(kept, name), dirs_exist_ok=True)
+            elif os.path.exists(source):
+                shutil.copy2(source, kept)
+        stale = [f"student {n}" for n in STUDENTS] + [f"evaluate {n}" for n in STUDENTS] + ["ctranslate2", "timing"]
+        markers = [self.done_marker(stage) for stage in stale]
+        if os.path.isdir(self.path("stages")):
+            markers += [self.path("stages", f) for f in os.listdir(self.path("stages")) if f.startswith("ablation_")]
+        for marker in markers:
+            if os.path.exists(marker):
+                os.remove(marker)
+        log(
+            f"{RAISABLE} raised from {before} to {now}: the students continue from their last checkpoints and "
+            f"are measured again; what was measured before is kept in {kept}"
+        )
 
     def done_marker(self, stage):
         return self.path("stages", stage.replace(" ", "_") + ".done")
