@@ -205,12 +205,50 @@ class TestPieces(unittest.TestCase):
         Pipeline(out, "smoke").check_run_dir()
         with open(os.path.join(out, "demo.json"), "rb") as f:
             before = f.read()
-        changed = Pipeline(out, "smoke")
-        changed.preset = dict(changed.preset, student_max_update=11)
-        with self.assertRaisesRegex(DemoError, r"when the preset had other student_max_update \(10, now 11\).*OUT="):
-            changed.check_run_dir()
-        with open(os.path.join(out, "demo.json"), "rb") as f:
-            self.assertEqual(f.read(), before)
+        for change, message in [
+            (dict(lr=0.01), r"when the preset had other lr \(0.005, now 0.01\): its finished stages would not match"),
+            (dict(student_max_update=9), r"other student_max_update \(10, now 9\).*\(student_max_update may only be raised\)"),
+            # a raised student budget with anything else changed is no raise
+            (dict(student_max_update=11, beam=3), r"other beam \(2, now 3\), student_max_update \(10, now 11\)"),
+        ]:
+            changed = Pipeline(out, "smoke")
+            changed.preset = dict(changed.preset, **change)
+            with self.assertRaisesRegex(DemoError, message + ".*OUT="):
+                changed.check_run_dir()
+            with open(os.path.join(out, "demo.json"), "rb") as f:
+                self.assertEqual(f.read(), before)
+        self.assertFalse(os.path.exists(os.path.join(out, "earlier")))
+
+    def test_a_raised_student_budget_keeps_what_was_measured_and_reopens_the_students_stages(self):
+        out = os.path.join(self.tmp, "run")
+        Pipeline(out, "smoke").check_run_dir()
+        os.makedirs(os.path.join(out, "stages"))
+        finished = ["teacher", "pseudolabels", "student baseline", "evaluate teacher", "evaluate baseline",
+                    "ctranslate2", "timing", "ablation init_nll"]  # fmt: skip
+        for stage in finished:
+            with open(Pipeline(out, "smoke").done_marker(stage), "w") as f:
+                f.write("{}")
+        os.makedirs(os.path.join(out, "eval"))
+        with open(os.path.join(out, "eval", "baseline.json"), "w") as f:
+            f.write('{"bleu": 1.0}')
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write("the table of 10 updates")
+        raised = Pipeline(out, "smoke")
+        raised.preset = dict(raised.preset, student_max_update=30)
+        with quiet():
+            raised.check_run_dir()
+        done = sorted(os.listdir(os.path.join(out, "stages")))
+        self.assertEqual(done, ["evaluate_teacher.done", "pseudolabels.done", "teacher.done"])
+        kept = os.path.join(out, "earlier", "student_max_update_10")
+        with open(os.path.join(kept, "results.md")) as f:
+            self.assertEqual(f.read(), "the table of 10 updates")
+        with open(os.path.join(kept, "eval", "baseline.json")) as f:
+            self.assertEqual(f.read(), '{"bleu": 1.0}')
+        with open(os.path.join(out, "demo.json")) as f:
+            self.assertEqual(json.load(f)["settings"]["student_max_update"], 30)
+        # the run now belongs to the raised budget: the preset's own budget is a lowering, refused
+        with self.assertRaisesRegex(DemoError, r"student_max_update \(30, now 10\)"):
+            Pipeline(out, "smoke").check_run_dir()
 
 
 class TestSmokeRun(unittest.TestCase):
@@ -318,6 +356,31 @@ class TestSmokeRun(unittest.TestCase):
         self.assertEqual(result.stdout.count("done earlier"), 20)
         with open(os.path.join(self.out, "results.json")) as f:
             self.assertEqual(f.read(), before)
+
+    def test_a_raised_student_budget_continues_the_students(self):
+        """The preset's student budget raised over a finished run (in a copy of it): a student from scratch and
+        the one initialised from the teacher continue from their checkpoints of the old budget, and the
+        earlier results are kept. (That the reopened stages are redone is the stage bookkeeping tested above.)"""
+        out = os.path.join(self.tmp, "raised")
+        shutil.copytree(self.out, out)
+        with open(os.path.join(out, "results.json")) as f:
+            earlier = f.read()
+        pipeline = Pipeline(out, "smoke", self.data)
+        budget = pipeline.preset["student_max_update"]
+        pipeline.preset = dict(pipeline.preset, student_max_update=budget + 4)
+        with quiet():
+            pipeline.check_run_dir()
+            for name in ("baseline", "distilbert"):
+                pipeline.student(name)
+        for name in ("baseline", "distilbert"):
+            with open(os.path.join(out, "logs", f"{name}.log")) as f:
+                last_command = f.read().rsplit("\n$ ", 1)[1]
+            loaded = rf"Loaded checkpoint \S+/students/{name}/checkpoint_last.pt \(epoch \d+ @ {budget} updates\)"
+            self.assertRegex(last_command, loaded)
+            state = torch.load(os.path.join(out, "students", name, "checkpoint_last.pt"), weights_only=False)
+            self.assertEqual(state["optimizer_history"][-1]["num_updates"], budget + 4)
+        with open(os.path.join(out, "earlier", f"student_max_update_{budget}", "results.json")) as f:
+            self.assertEqual(f.read(), earlier)
 
 
 if __name__ == "__main__":
