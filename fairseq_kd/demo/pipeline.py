@@ -49,8 +49,8 @@ SRC, TGT = "de", "en"
 SPLITS = ("train", "valid", "test")
 # settings that change how models are measured, not how they are made: a rerun may change them
 MEASUREMENT_ONLY = {"timing_rounds"}
-# a budget a rerun may raise: fairseq-train continues each student from its last checkpoint (with the
-# inverse_sqrt schedule, as if it had been given the higher budget from the start)
+# a budget a rerun may raise: fairseq-train continues each student from its last checkpoint (inverse_sqrt
+# does not depend on the budget: every update gets the learning rate and batch of a run given it from the start)
 RAISABLE = "student_max_update"
 STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
 METHODS = {
