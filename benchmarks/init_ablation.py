@@ -12,8 +12,9 @@ same beam, batch and length bound; sacreBLEU and chrF). With the demo's ``baseli
 
     python benchmarks/init_ablation.py --out runs/demo-full --preset full [--only init_nll]
 
-Writes OUT/eval/init_*.json and benchmarks/results/init_ablation_PRESET.md. A finished student is not
-trained again (its stage marker is kept in OUT/stages, as the demo's).
+Writes OUT/eval/init_*.json and benchmarks/results/init_ablation_PRESET_N_updates.md (N, the students'
+budget, keeps the results of another budget). A finished student is not trained again (its stage marker is
+kept in OUT/stages, as the demo's).
 """
 
 import argparse
@@ -78,7 +79,11 @@ def main():
                 r = json.load(f)
             rows.append(f"| {name} | {r['method']} | {r['bleu']} | {r['chrf']} | {r['valid_bleu']} |")
     table = "\n".join(["| system | method | BLEU | chrF | valid BLEU |", "|---|---|---:|---:|---:|", *rows])
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"init_ablation_{args.preset}.md")
+    out = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"init_ablation_{args.preset}_{pipeline.preset['student_max_update']}_updates.md",
+    )
     with open(out, "w") as f:
         f.write(
             f"# Student initialisation, word-level KD and cosine loss, preset `{args.preset}`\n\n"
