@@ -1,14 +1,17 @@
 """What the DistilBERT-style student owes to its initialisation, to word-level KD and to the cosine loss.
 
-Trains, in a finished demo run directory, two more students of the demo's student shape and budget, both
+Trains, in a finished demo run directory, more students of the demo's student shape and budget, all
 initialised from the teacher like the demo's ``distilbert`` student (1 of every n layers):
 
 * ``init_nll``: then label-smoothed NLL on the references only (no teacher during training);
 * ``init_kd``: then word-level KD as the demo's (0.5 NLL + 0.5 KL, T = 2), without the cosine loss;
+* ``init_seq_kd``: then label-smoothed NLL on the teacher's translations, as the demo's ``seq_kd``
+  (sequence-level KD; the teacher's pseudo-labels of the run, no teacher during training);
 
 and evaluates them exactly as the demo evaluates its systems (stock fairseq-generate of the exported model,
 same beam, batch and length bound; sacreBLEU and chrF). With the demo's ``baseline`` (no init, NLL) and
-``distilbert`` (init, KD, cosine) this separates the three ingredients.
+``distilbert`` (init, KD, cosine) this separates the three ingredients; with ``seq_kd`` it shows what the
+initialisation adds to sequence-level KD.
 
     python benchmarks/init_ablation.py --out runs/demo-full --preset full [--only init_nll]
 
@@ -27,13 +30,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fairseq_kd.demo.pipeline import Pipeline, log  # noqa: E402
 from fairseq_kd.demo.presets import WORD_KD  # noqa: E402
 
+NLL = ["--criterion", "label_smoothed_cross_entropy"]
+KD = ["--criterion", "label_smoothed_cross_entropy_with_kd"] + WORD_KD
+
+# name: (method, criterion, trained on the teacher's translations instead of the references)
 STUDENTS = {
-    "init_nll": ("DistilBERT-style init + NLL", ["--criterion", "label_smoothed_cross_entropy"]),
-    "init_kd": ("DistilBERT-style init + word-level KD", ["--criterion", "label_smoothed_cross_entropy_with_kd"] + WORD_KD),
+    "init_nll": ("DistilBERT-style init + NLL", NLL, False),
+    "init_kd": ("DistilBERT-style init + word-level KD", KD, False),
+    "init_seq_kd": ("DistilBERT-style init + sequence-level KD", NLL, True),
 }
 
 
-def train(pipeline, name, criterion):
+def train(pipeline, name, criterion, on_pseudolabels):
     p = pipeline.preset
     teacher = pipeline.teacher_checkpoint()
     save_dir = pipeline.path("students", name)
@@ -43,6 +51,8 @@ def train(pipeline, name, criterion):
         + ["--init-from-teacher", "--task", "translation_kd", "--teacher-path", teacher]
         + criterion
     )
+    if on_pseudolabels:  # valid stays the references, as for the demo's seq_kd
+        flags += ["--train-mixture", pipeline.path("pseudolabels", "data-bin")]
     pipeline.train(flags, save_dir, name, p["student_max_update"], p["student_warmup_updates"])
     pipeline.export(os.path.join(save_dir, "checkpoint_last.pt"), pipeline.path("models", f"{name}.pt"))
 
@@ -56,7 +66,7 @@ def main():
 
     pipeline = Pipeline(args.out, args.preset)
     pipeline.check_run_dir()  # the run's preset and settings, else refused
-    for stage in ("teacher", "evaluate baseline", "evaluate distilbert"):
+    for stage in ("teacher", "pseudolabels", "evaluate baseline", "evaluate distilbert"):
         if not os.path.exists(pipeline.done_marker(stage)):
             sys.exit(f"{args.out}: the demo's stage '{stage}' is not finished; run the demo first")
     for name in [args.only] if args.only else STUDENTS:
@@ -64,15 +74,15 @@ def main():
         if os.path.exists(marker):
             log(f"{name}: done earlier")
             continue
-        method, criterion = STUDENTS[name]
+        method, criterion, on_pseudolabels = STUDENTS[name]
         log(f"{name} ...")
-        train(pipeline, name, criterion)
+        train(pipeline, name, criterion, on_pseudolabels)
         pipeline.evaluate(name, method)
         with open(marker, "w") as f:
             f.write("{}")
 
     rows = []
-    for name in ("teacher", "baseline", "init_nll", "init_kd", "distilbert"):
+    for name in ("teacher", "baseline", "init_nll", "init_kd", "distilbert", "seq_kd", "init_seq_kd"):
         path = pipeline.path("eval", f"{name}.json")
         if os.path.exists(path):
             with open(path) as f:
