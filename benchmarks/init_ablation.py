@@ -13,10 +13,11 @@ same beam, batch and length bound; sacreBLEU and chrF). With the demo's ``baseli
 ``distilbert`` (init, KD, cosine) this separates the three ingredients; with ``seq_kd`` it shows what the
 initialisation adds to sequence-level KD.
 
-    python benchmarks/init_ablation.py --out runs/demo-full --preset full [--only init_nll]
+    python benchmarks/init_ablation.py --out runs/demo-full --preset full [--data DIR] [--only init_nll]
 
-Writes OUT/eval/init_*.json and benchmarks/results/init_ablation_PRESET_N_updates.md (N, the students'
-budget, keeps the results of another budget). A finished student is not trained again (its stage marker is
+(``--data``: the corpus the run was made on, if it was not the built-in one.) Writes OUT/eval/init_*.json
+and benchmarks/results/init_ablation_PRESET_N_updates.md (N, the students' budget, keeps the results of
+another budget; ``--results DIR`` writes it elsewhere). A finished student is not trained again (its stage marker is
 kept in OUT/stages, as the demo's).
 """
 
@@ -27,8 +28,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fairseq_kd.demo.pipeline import Pipeline, log  # noqa: E402
+from fairseq_kd.demo.pipeline import DemoError, Pipeline, log  # noqa: E402
 from fairseq_kd.demo.presets import WORD_KD  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 NLL = ["--criterion", "label_smoothed_cross_entropy"]
 KD = ["--criterion", "label_smoothed_cross_entropy_with_kd"] + WORD_KD
@@ -61,11 +64,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="a demo run directory whose teacher stage is finished")
     parser.add_argument("--preset", required=True, help="the preset that run was made with")
+    parser.add_argument("--data", help="the corpus that run was made on (DATA=...), if not the built-in one")
+    parser.add_argument("--results", default=RESULTS, help="where the table goes (default: %(default)s)")
     parser.add_argument("--only", choices=sorted(STUDENTS), help="train and evaluate only this student")
     args = parser.parse_args()
+    try:
+        run(args)
+    except DemoError as e:
+        sys.exit(f"error: {e}")
 
-    pipeline = Pipeline(args.out, args.preset)
-    pipeline.check_run_dir()  # the run's preset and settings, else refused
+
+def run(args):
+    pipeline = Pipeline(args.out, args.preset, args.data)
+    pipeline.check_run_dir()  # the run's preset, settings and corpus, else refused
     for stage in ("teacher", "pseudolabels", "evaluate baseline", "evaluate distilbert"):
         if not os.path.exists(pipeline.done_marker(stage)):
             sys.exit(f"{args.out}: the demo's stage '{stage}' is not finished; run the demo first")
@@ -89,11 +100,8 @@ def main():
                 r = json.load(f)
             rows.append(f"| {name} | {r['method']} | {r['bleu']} | {r['chrf']} | {r['valid_bleu']} |")
     table = "\n".join(["| system | method | BLEU | chrF | valid BLEU |", "|---|---|---:|---:|---:|", *rows])
-    out = os.path.join(
-        os.path.dirname(os.path.abspath(__file__)),
-        "results",
-        f"init_ablation_{args.preset}_{pipeline.preset['student_max_update']}_updates.md",
-    )
+    os.makedirs(args.results, exist_ok=True)
+    out = os.path.join(args.results, f"init_ablation_{args.preset}_{pipeline.preset['student_max_update']}_updates.md")
     with open(out, "w") as f:
         f.write(
             f"# Student initialisation, word-level KD and cosine loss, preset `{args.preset}`\n\n"

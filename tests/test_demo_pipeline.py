@@ -382,6 +382,41 @@ class TestSmokeRun(unittest.TestCase):
         with open(os.path.join(out, "earlier", f"student_max_update_{budget}", "results.json")) as f:
             self.assertEqual(f.read(), earlier)
 
+    def test_init_ablation_student_on_the_teachers_translations(self):
+        """benchmarks/init_ablation.py in a finished run (a copy of it): init_seq_kd starts from the teacher's
+        layers, trains on the teacher's translations, is evaluated as the demo's students are, and is not
+        trained again by a rerun."""
+        out, tables = os.path.join(self.tmp, "ablation"), os.path.join(self.tmp, "ablation_tables")
+        shutil.copytree(self.out, out)
+        command = [sys.executable, os.path.join("benchmarks", "init_ablation.py"), "--out", out, "--preset", "smoke"]
+        command += ["--data", self.data, "--only", "init_seq_kd", "--results", tables]
+        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        with open(os.path.join(out, "logs", "init_seq_kd.log")) as f:
+            log = f.read()
+        self.assertIn("student initialised from the teacher", log)
+        self.assertIn(f"--train-mixture {os.path.join(out, 'pseudolabels', 'data-bin')}", log)
+        with open(os.path.join(out, "eval", "init_seq_kd.json")) as f:
+            record = json.load(f)
+        self.assertEqual(record["method"], "DistilBERT-style init + sequence-level KD")
+        with open(os.path.join(out, "translations", "init_seq_kd.test.en")) as f:
+            translations = f.read().splitlines()
+        with open(os.path.join(self.data, "test.en")) as f:
+            references = f.read().splitlines()
+        self.assertAlmostEqual(record["bleu"], sacrebleu.corpus_bleu(translations, [references]).score, places=1)
+        with open(os.path.join(tables, "init_ablation_smoke_10_updates.md")) as f:
+            table = f.read()
+        for name in ("teacher", "baseline", "distilbert", "seq_kd", "init_seq_kd"):
+            self.assertIn(f"| {name} |", table)
+        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertIn("init_seq_kd: done earlier", result.stdout)
+        # a run of another corpus is refused with what the run directory holds
+        command[command.index("--data") + 1] = os.path.join(self.tmp, "elsewhere")
+        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"error: {out} holds a demo run of preset 'smoke' on {self.data}", result.stdout)
+
 
 if __name__ == "__main__":
     unittest.main()
