@@ -17,8 +17,8 @@ initialisation adds to sequence-level KD.
 
 (``--data``: the corpus the run was made on, if it was not the built-in one.) Writes OUT/eval/init_*.json
 and benchmarks/results/init_ablation_PRESET_N_updates.md (N, the students' budget, keeps the results of
-another budget; ``--results DIR`` writes it elsewhere). A finished student is not trained again (its stage marker is
-kept in OUT/stages, as the demo's).
+another budget; ``--results DIR`` writes it elsewhere). A finished student is not trained again (its stage
+marker is kept in OUT/stages, as the demo's).
 """
 
 import argparse

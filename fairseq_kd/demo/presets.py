@@ -7,9 +7,9 @@ sentencepiece vocabulary; all students of a preset have the same shape and the s
   the ones that start from scratch.
 * ``full``: a 6+6 teacher of 7,600 updates (about 46 epochs, where its valid NLL has nearly stopped
   falling) and students of 4,200 updates (about 25 epochs; at 2,800 their valid NLL still fell by 0.05 per
-  400 updates) on the whole corpus: about 6.5 h on 2 CPU cores, the teacher 2 h of them (every stage resumes
-  where it stopped; a run made with a smaller student budget continues its students). The README's table
-  comes from it.
+  400 updates) on the whole corpus: about 6.5 h on 2 CPU cores by the stages' measured times (the teacher
+  2 h; not run from scratch at this budget). Every stage resumes where it stopped; a run made with a smaller
+  student budget continues its students. The README's table comes from it.
 * ``smoke``: tiny models and a handful of updates, for the tests.
 
 Everything runs on the CPU (training, generation and the timings), as on the machines the demo was
