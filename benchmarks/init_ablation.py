@@ -5,13 +5,11 @@ initialised from the teacher like the demo's ``distilbert`` student (1 of every 
 
 * ``init_nll``: then label-smoothed NLL on the references only (no teacher during training);
 * ``init_kd``: then word-level KD as the demo's (0.5 NLL + 0.5 KL, T = 2), without the cosine loss;
-* ``init_seq_kd``: then label-smoothed NLL on the teacher's translations, as the demo's ``seq_kd``
-  (sequence-level KD; the teacher's pseudo-labels of the run, no teacher during training);
 
 and evaluates them exactly as the demo evaluates its systems (stock fairseq-generate of the exported model,
-same beam, batch and length bound; sacreBLEU and chrF). With the demo's ``baseline`` (no init, NLL) and
-``distilbert`` (init, KD, cosine) this separates the three ingredients; with ``seq_kd`` it shows what the
-initialisation adds to sequence-level KD.
+same beam, batch and length bound; sacreBLEU and chrF). With the demo's ``baseline`` (no init, NLL),
+``distilbert`` (init, KD, cosine) and ``init_seq_kd`` (init, NLL on the teacher's translations) this
+separates the ingredients.
 
     python benchmarks/init_ablation.py --out runs/demo-full --preset full [--data DIR] [--only init_nll]
 
@@ -36,15 +34,14 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 NLL = ["--criterion", "label_smoothed_cross_entropy"]
 KD = ["--criterion", "label_smoothed_cross_entropy_with_kd"] + WORD_KD
 
-# name: (method, criterion, trained on the teacher's translations instead of the references)
+# name: (method, criterion)
 STUDENTS = {
-    "init_nll": ("DistilBERT-style init + NLL", NLL, False),
-    "init_kd": ("DistilBERT-style init + word-level KD", KD, False),
-    "init_seq_kd": ("DistilBERT-style init + sequence-level KD", NLL, True),
+    "init_nll": ("DistilBERT-style init + NLL", NLL),
+    "init_kd": ("DistilBERT-style init + word-level KD", KD),
 }
 
 
-def train(pipeline, name, criterion, on_pseudolabels):
+def train(pipeline, name, criterion):
     p = pipeline.preset
     teacher = pipeline.teacher_checkpoint()
     save_dir = pipeline.path("students", name)
@@ -54,8 +51,6 @@ def train(pipeline, name, criterion, on_pseudolabels):
         + ["--init-from-teacher", "--task", "translation_kd", "--teacher-path", teacher]
         + criterion
     )
-    if on_pseudolabels:  # valid stays the references, as for the demo's seq_kd
-        flags += ["--train-mixture", pipeline.path("pseudolabels", "data-bin")]
     pipeline.train(flags, save_dir, name, p["student_max_update"], p["student_warmup_updates"])
     pipeline.export(os.path.join(save_dir, "checkpoint_last.pt"), pipeline.path("models", f"{name}.pt"))
 
@@ -77,7 +72,7 @@ def main():
 def run(args):
     pipeline = Pipeline(args.out, args.preset, args.data)
     pipeline.check_run_dir()  # the run's preset, settings and corpus, else refused
-    for stage in ("teacher", "pseudolabels", "evaluate baseline", "evaluate distilbert"):
+    for stage in ("teacher", "evaluate baseline", "evaluate distilbert", "evaluate init_seq_kd"):
         if not os.path.exists(pipeline.done_marker(stage)):
             sys.exit(f"{args.out}: the demo's stage '{stage}' is not finished; run the demo first")
     for name in [args.only] if args.only else STUDENTS:
@@ -85,9 +80,9 @@ def run(args):
         if os.path.exists(marker):
             log(f"{name}: done earlier")
             continue
-        method, criterion, on_pseudolabels = STUDENTS[name]
+        method, criterion = STUDENTS[name]
         log(f"{name} ...")
-        train(pipeline, name, criterion, on_pseudolabels)
+        train(pipeline, name, criterion)
         pipeline.evaluate(name, method)
         with open(marker, "w") as f:
             f.write("{}")

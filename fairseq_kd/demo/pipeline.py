@@ -1,4 +1,4 @@
-"""The main job on real data: a teacher, its pseudo-labels, six students of one shape trained with the
+"""The main job on real data: a teacher, its pseudo-labels, seven students of one shape trained with the
 NeMo guide's methods on the same update budget, and every model measured the same way.
 
     python -m fairseq_kd.demo [--preset default|full] [--data DIR] [--out runs/demo] [--timing-rounds N]
@@ -14,14 +14,16 @@ checkpoint_last.pt, or from its newest interval checkpoint when it stopped while
 5. pseudolabels: ``fairseq-kd-pseudolabel``, the teacher's beam-search translations of the training
    sources, binarized with the teacher's dictionaries (OUT/pseudolabels/data-bin).
 6. students: baseline (NLL on the references), word_kd, seq_kd (NLL on the teacher's translations),
-   interpolation (mixture of both data-bins), hybrid (mixture + word-level KD) and distilbert (initialised
-   from 1 of every n teacher layers, word-level KD + cosine loss on hidden states); each exported with
-   ``fairseq-kd-export`` to an ordinary fairseq checkpoint.
+   interpolation (mixture of both data-bins), hybrid (mixture + word-level KD), distilbert (initialised
+   from 1 of every n teacher layers, word-level KD + cosine loss on hidden states) and init_seq_kd (the
+   same initialisation, then NLL on the teacher's translations); each exported with ``fairseq-kd-export``
+   to an ordinary fairseq checkpoint. A student whose checkpoint_last.pt has reached the budget is not
+   trained again (fairseq-train would take one more update).
 7. evaluation: stock ``fairseq-generate`` of valid and test with the same beam and batch size for every
    model; sacreBLEU and chrF on detokenized text; sentences/s and tokens/s as fairseq-generate measures
    them; parameters and checkpoint size.
 8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
-   the same way.
+   the same way; redone when a rerun finds other students than the ones it chose from (as is the timing).
 9. timing (``full`` preset, or ``--timing-rounds N``): every system translates the test split again, a few
    rounds by turns, each fairseq model in a fresh fairseq-generate; speeds become the medians
    (OUT/timing/runs.json).
@@ -52,7 +54,9 @@ MEASUREMENT_ONLY = {"timing_rounds"}
 # a budget a rerun may raise: fairseq-train continues each student from its last checkpoint (inverse_sqrt
 # does not depend on the budget: every update gets the learning rate and batch of a run given it from the start)
 RAISABLE = "student_max_update"
-STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert")
+STUDENTS = ("baseline", "word_kd", "seq_kd", "interpolation", "hybrid", "distilbert", "init_seq_kd")
+# stages that measure or choose among all students: done again when the demo's students have changed since
+ON_ALL_STUDENTS = ("ctranslate2", "timing")
 METHODS = {
     "teacher": "{encoder_layers}+{decoder_layers} layers, NLL on the references",
     "baseline": "NLL on the references",
@@ -61,6 +65,7 @@ METHODS = {
     "interpolation": "sequence-level interpolation",
     "hybrid": "interpolation + word-level KD",
     "distilbert": "DistilBERT-style init + word-level KD + cosine",
+    "init_seq_kd": "DistilBERT-style init + sequence-level KD",
 }
 
 
@@ -179,13 +184,20 @@ class Pipeline:
         for i, (stage, fn) in enumerate(self.stages, 1):
             marker = self.done_marker(stage)
             if os.path.exists(marker):
-                log(f"[{i}/{len(self.stages)}] {stage}: done earlier")
-                continue
+                with open(marker) as f:
+                    done = json.load(f)
+                if stage not in ON_ALL_STUDENTS or done.get("students") == list(STUDENTS):
+                    log(f"[{i}/{len(self.stages)}] {stage}: done earlier")
+                    continue
+                log(f"[{i}/{len(self.stages)}] {stage}: done earlier, with other students than today's: done again")
             log(f"[{i}/{len(self.stages)}] {stage} ...")
             t = time.time()
             fn()
+            done = {"seconds": round(time.time() - t, 1)}
+            if stage in ON_ALL_STUDENTS:
+                done["students"] = list(STUDENTS)
             with open(marker, "w") as f:
-                json.dump({"seconds": round(time.time() - t, 1)}, f)
+                json.dump(done, f)
             elapsed, total = minutes(time.time() - t), minutes(time.time() - start)
             log(f"[{i}/{len(self.stages)}] {stage}: finished in {elapsed} ({total} so far)")
         # the report is rewritten every time from what the stages left: a timing stage added to a finished
@@ -308,8 +320,13 @@ class Pipeline:
 
     def train(self, flags, save_dir, log_name, max_update, warmup_updates):
         """fairseq-train with FLAGS and the demo's training settings into SAVE_DIR, resuming what is there
-        (a checkpoint_last.pt left truncated is repaired first)."""
+        (a checkpoint_last.pt left truncated is repaired first). Nothing is run when checkpoint_last.pt has
+        MAX_UPDATE updates already: fairseq-train, resumed there, would make one more before it stops."""
         repair_last_checkpoint(save_dir)
+        done = checkpoint_updates(os.path.join(save_dir, "checkpoint_last.pt"))
+        if done is not None and done >= max_update:
+            log(f"    {log_name}: {save_dir}/checkpoint_last.pt has {done} updates already: not trained again")
+            return
         self.command(
             "fairseq-train",
             flags + ["--save-dir", save_dir] + self.training(max_update, warmup_updates),
@@ -345,6 +362,7 @@ class Pipeline:
         mixture = ["--task", "translation_kd", "--train-mixture", f"{data},{pseudo}", "--train-mixture-probs", MIXTURE_PROBS]
         nll = ["--criterion", "label_smoothed_cross_entropy"]
         arch = self.arch(p["student"])
+        init = self.arch(p["student"], "transformer_student") + ["--init-from-teacher"]
         flags = {
             "baseline": [data] + arch + nll,
             "word_kd": [data] + arch + teacher + kd,
@@ -352,12 +370,9 @@ class Pipeline:
             "seq_kd": [data] + arch + ["--task", "translation_kd", "--train-mixture", pseudo] + nll,
             "interpolation": [data] + arch + mixture + nll,
             "hybrid": [data] + arch + mixture + ["--teacher-path", self.teacher_checkpoint()] + kd,
-            "distilbert": [data]
-            + self.arch(p["student"], "transformer_student")
-            + ["--init-from-teacher"]
-            + teacher
-            + kd
-            + COSINE,
+            "distilbert": [data] + init + teacher + kd + COSINE,
+            # the teacher's layers, then its translations as training targets (no teacher in training)
+            "init_seq_kd": [data] + init + teacher + ["--train-mixture", pseudo] + nll,
         }[name]
         save_dir = self.path("students", name)
         self.train(flags, save_dir, name, p["student_max_update"], p["student_warmup_updates"])
@@ -423,8 +438,8 @@ class Pipeline:
         log(f"    {name}: test BLEU {record['bleu']}, chrF {record['chrf']}, {record['sentences_per_s']} sentences/s")
 
     def records(self):
-        """The evaluated systems' records, in table order; once the timing stage has run, each one's speed
-        is the median of its timing runs (``speed_runs`` lists them)."""
+        """The evaluated systems' records, in table order; once the timing stage has run for all of them,
+        each one's speed is the median of its timing runs (``speed_runs`` lists them)."""
         names = ["teacher", *STUDENTS, "ctranslate2_int8"]
         found = []
         for name in names:
@@ -432,10 +447,11 @@ class Pipeline:
             if os.path.exists(path):
                 with open(path) as f:
                     found.append(json.load(f))
-        timing = self.path("timing", "runs.json")
-        if os.path.exists(timing):
-            with open(timing) as f:
+        runs = {}
+        if os.path.exists(self.path("timing", "runs.json")):
+            with open(self.path("timing", "runs.json")) as f:
                 runs = json.load(f)
+        if runs and all(record["name"] in runs for record in found):  # else timed before a system was added
             for record in found:
                 record["speed_runs"] = runs[record["name"]]
                 for key in ("sentences_per_s", "tokens_per_s"):
@@ -648,6 +664,16 @@ def repair_last_checkpoint(save_dir):
     log(f"    note: {last} was incomplete (the run stopped while fairseq was writing it; kept as")
     log(f"    {last}.incomplete): resuming from {os.path.basename(source)} instead")
     return source
+
+
+def checkpoint_updates(path):
+    """The number of updates a fairseq checkpoint was saved at, or None without one."""
+    import torch
+
+    if not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["optimizer_history"][-1]["num_updates"]
 
 
 def last_update(log_path):
