@@ -2,7 +2,7 @@
 #
 #   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
 #   make test      install if needed, then run the whole test suite
-#   make demo      install if needed, then run the main job on real data (teacher -> six students -> results)
+#   make demo      install if needed, then run the main job on real data (teacher -> seven students -> results)
 #   make toy-demo  the same story in two minutes on generated data
 
 PYTHON ?= python3

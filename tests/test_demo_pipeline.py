@@ -229,7 +229,8 @@ class TestPieces(unittest.TestCase):
 
     def test_choosing_and_timing_among_other_students_are_done_again(self):
         """A ctranslate2 or timing stage finished before the demo had its present students (its marker lists
-        others, or none as before they were listed) runs again; one finished with them does not."""
+        others, or none as before they were listed) runs again, what it measured kept; one finished with
+        them does not."""
         out = os.path.join(self.tmp, "run")
         pipeline = Pipeline(out, "smoke")
         ran = []
@@ -244,9 +245,16 @@ class TestPieces(unittest.TestCase):
         for stage, marker in markers.items():
             with open(pipeline.done_marker(stage), "w") as f:
                 json.dump(marker, f)
+        os.makedirs(os.path.join(out, "timing"))
+        with open(os.path.join(out, "timing", "runs.json"), "w") as f:
+            f.write("the timing of six students")
         with quiet():
             pipeline.run()
         self.assertEqual(ran, list(ON_ALL_STUDENTS))
+        [kept] = os.listdir(os.path.join(out, "earlier"))
+        self.assertTrue(kept.startswith("students_before_"))
+        with open(os.path.join(out, "earlier", kept, "timing", "runs.json")) as f:
+            self.assertEqual(f.read(), "the timing of six students")
         for stage in ON_ALL_STUDENTS:
             with open(pipeline.done_marker(stage)) as f:
                 self.assertEqual(json.load(f)["students"], list(STUDENTS))
@@ -254,6 +262,7 @@ class TestPieces(unittest.TestCase):
         with quiet():
             pipeline.run()
         self.assertEqual(ran, [])
+        self.assertEqual(os.listdir(os.path.join(out, "earlier")), [kept])
 
     def test_a_raised_student_budget_keeps_what_was_measured_and_reopens_the_students_stages(self):
         out = os.path.join(self.tmp, "run")

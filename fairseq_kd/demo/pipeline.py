@@ -23,7 +23,8 @@ checkpoint_last.pt, or from its newest interval checkpoint when it stopped while
    model; sacreBLEU and chrF on detokenized text; sentences/s and tokens/s as fairseq-generate measures
    them; parameters and checkpoint size.
 8. ctranslate2: the student with the best *valid* BLEU converted to CTranslate2 int8, evaluated and timed
-   the same way; redone when a rerun finds other students than the ones it chose from (as is the timing).
+   the same way. It and the timing are done again when a rerun finds that the demo has other students than
+   when they were done (a run of an earlier version); what they measured is kept in OUT/earlier first.
 9. timing (``full`` preset, or ``--timing-rounds N``): every system translates the test split again, a few
    rounds by turns, each fairseq model in a fresh fairseq-generate; speeds become the medians
    (OUT/timing/runs.json).
@@ -152,13 +153,7 @@ class Pipeline:
         them is kept in OUT/earlier/student_max_update_BEFORE, and their stages (training, evaluation, the
         CTranslate2 model, the timing, the init ablation's students) are marked unfinished."""
         kept = self.path("earlier", f"{RAISABLE}_{before}")
-        os.makedirs(kept, exist_ok=True)
-        for name in ("results.json", "results.md", "bleu_vs_speed.png", "eval", "timing", "models"):
-            source = self.path(name)
-            if os.path.isdir(source):
-                shutil.copytree(source, os.path.join(kept, name), dirs_exist_ok=True)
-            elif os.path.exists(source):
-                shutil.copy2(source, kept)
+        self.keep_measurements(kept)
         stale = [f"student {n}" for n in STUDENTS] + [f"evaluate {n}" for n in STUDENTS] + ["ctranslate2", "timing"]
         markers = [self.done_marker(stage) for stage in stale]
         if os.path.isdir(self.path("stages")):
@@ -171,6 +166,37 @@ class Pipeline:
             f"are measured again; what was measured before is kept in {kept}"
         )
 
+    def reopen_for_other_students(self):
+        """The CTranslate2 choice and the timing of a run made when the demo had other students (a run of
+        an earlier version) are done again, with every student of today; what was measured before is kept in
+        OUT/earlier/students_before_TIME."""
+        stale = []
+        for stage in ON_ALL_STUDENTS:
+            marker = self.done_marker(stage)
+            if os.path.exists(marker):
+                with open(marker) as f:
+                    if json.load(f).get("students") != list(STUDENTS):
+                        stale.append(marker)
+        if stale:
+            kept = self.path("earlier", "students_before_" + time.strftime("%Y%m%d-%H%M%S"))
+            self.keep_measurements(kept)
+            for marker in stale:
+                os.remove(marker)
+            log(
+                f"the CTranslate2 choice and the timing were made with other students than "
+                f"{', '.join(STUDENTS)}: they are done again; what was measured before is kept in {kept}"
+            )
+
+    def keep_measurements(self, kept):
+        """A copy of what was measured (results, evaluations, timings, the exported models) in KEPT."""
+        os.makedirs(kept, exist_ok=True)
+        for name in ("results.json", "results.md", "bleu_vs_speed.png", "eval", "timing", "models"):
+            source = self.path(name)
+            if os.path.isdir(source):
+                shutil.copytree(source, os.path.join(kept, name), dirs_exist_ok=True)
+            elif os.path.exists(source):
+                shutil.copy2(source, kept)
+
     def done_marker(self, stage):
         return self.path("stages", stage.replace(" ", "_") + ".done")
 
@@ -180,16 +206,13 @@ class Pipeline:
             check_data_dir(self.data)
         os.makedirs(self.path("stages"), exist_ok=True)
         os.makedirs(self.path("logs"), exist_ok=True)
+        self.reopen_for_other_students()
         start = time.time()
         for i, (stage, fn) in enumerate(self.stages, 1):
             marker = self.done_marker(stage)
             if os.path.exists(marker):
-                with open(marker) as f:
-                    done = json.load(f)
-                if stage not in ON_ALL_STUDENTS or done.get("students") == list(STUDENTS):
-                    log(f"[{i}/{len(self.stages)}] {stage}: done earlier")
-                    continue
-                log(f"[{i}/{len(self.stages)}] {stage}: done earlier, with other students than today's: done again")
+                log(f"[{i}/{len(self.stages)}] {stage}: done earlier")
+                continue
             log(f"[{i}/{len(self.stages)}] {stage} ...")
             t = time.time()
             fn()
