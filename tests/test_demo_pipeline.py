@@ -22,6 +22,7 @@ from fairseq_kd.demo.pipeline import (
     Pipeline,
     check_data_dir,
     count_parameters,
+    label_offsets,
     read_generate_log,
     repair_last_checkpoint,
     results_table,
@@ -89,6 +90,27 @@ class TestPieces(unittest.TestCase):
         table = results_table([record, dict(record, name="word_kd")]).splitlines()
         self.assertEqual(len(table), 4)
         self.assertIn("| baseline | NLL on the references | 1.5 | 20.0 | 1.0 | 10.0 | 100.0 | 1,234,567 | 4.7 |", table)
+
+    def test_labels_of_close_points_do_not_overlap(self):
+        names = ["teacher", "seq_kd", "baseline", "interpolation", "distilbert", "hybrid", "word_kd", "ctranslate2_int8"]
+        # in points, as the full preset's table puts them: six students within 10 x 40 points
+        points = [(60, 300), (300, 130), (297, 124), (295, 95), (310, 85), (290, 82), (288, 76), (480, 170)]
+        bounds = (0, 0, 500, 320)
+        offsets = label_offsets(names, points, bounds, fontsize=8)
+        width, height = 0.62 * 8, 1.3 * 8
+        boxes = []
+        for name, (x, y), (dx, dy, align) in zip(names, points, offsets):
+            left = x + dx if align == "left" else x + dx - width * len(name)
+            boxes.append((left, y + dy, left + width * len(name), y + dy + height))
+        for i, a in enumerate(boxes):
+            self.assertTrue(bounds[0] <= a[0] and a[2] <= bounds[2] and bounds[1] <= a[1] and a[3] <= bounds[3], names[i])
+            for j, b in enumerate(boxes[:i]):
+                self.assertFalse(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3], (names[i], names[j]))
+            for x, y in points:
+                self.assertFalse(a[0] < x < a[2] and a[1] < y < a[3], (names[i], (x, y)))
+        # the label of the point at the right edge goes to its left
+        self.assertEqual(offsets[-1][2], "right")
+        self.assertEqual(offsets[0], (4, 4, "left"))
 
     def test_speeds_are_the_medians_of_the_timing_runs(self):
         out = os.path.join(self.tmp, "run")

@@ -626,7 +626,6 @@ def plot(records, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in records:
         ax.scatter(r["sentences_per_s"], r["bleu"], color="tab:red" if r["name"] == "teacher" else "tab:blue")
-        ax.annotate(r["name"], (r["sentences_per_s"], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     ax.set_xlabel("test sentences per second (log scale)")
@@ -634,8 +633,43 @@ def plot(records, path):
     ax.set_title("BLEU against translation speed")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    ax.autoscale_view()
+    to_points = 72 / fig.dpi
+    points = [tuple(v * to_points for v in ax.transData.transform((r["sentences_per_s"], r["bleu"]))) for r in records]
+    bounds = tuple(v * to_points for v in ax.bbox.extents)
+    for r, (dx, dy, align) in zip(records, label_offsets([r["name"] for r in records], points, bounds)):
+        arrow = dict(arrowstyle="-", color="0.6", lw=0.5) if dy < -20 else None  # a label placed further down
+        ax.annotate(r["name"], (r["sentences_per_s"], r["bleu"]), textcoords="offset points", xytext=(dx, dy),
+                    ha=align, fontsize=8, arrowprops=arrow)  # fmt: skip
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def label_offsets(names, points, bounds, fontsize=8):
+    """Where to write the labels NAMES of the points POINTS (positions in points; BOUNDS: the axes as
+    (x0, y0, x1, y1) in points) so that no label covers another label or a point or leaves the axes: each
+    label goes up and to the right of its point, else to its first free place among below right, up left,
+    below left and further down on the right (the labels of higher points are placed first). Returns
+    (dx, dy, horizontal alignment) per label, the offsets in points."""
+    width, height, gap, radius = 0.62 * fontsize, 1.3 * fontsize, 4, 4  # generous for a sans-serif font
+    taken = [(x - radius, y - radius, x + radius, y + radius) for x, y in points]
+    candidates = [(gap, gap), (gap, -gap - height), (-gap, gap), (-gap, -gap - height)]
+    candidates += [(gap, -gap - k * height) for k in range(2, 8)]
+
+    def box(x, y, w, dx, dy):
+        return (x + dx, y + dy, x + dx + w, y + dy + height) if dx > 0 else (x + dx - w, y + dy, x + dx, y + dy + height)
+
+    def free(b):
+        inside = bounds[0] <= b[0] and b[2] <= bounds[2] and bounds[1] <= b[1] and b[3] <= bounds[3]
+        return inside and not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)
+
+    offsets = [None] * len(names)
+    for i in sorted(range(len(names)), key=lambda i: -points[i][1]):
+        (x, y), w = points[i], width * len(names[i])
+        dx, dy = next((c for c in candidates if free(box(x, y, w, *c))), candidates[0])
+        taken.append(box(x, y, w, dx, dy))
+        offsets[i] = (dx, dy, "left" if dx > 0 else "right")
+    return offsets
 
 
 TRANSLATED = re.compile(
