@@ -330,18 +330,18 @@ class Pipeline:
             "--encoder-attention-heads", shape["heads"], "--decoder-attention-heads", shape["heads"],
         ]  # fmt: skip
 
-    def training(self, max_update, warmup_updates):
+    def training(self, max_update, warmup_updates, label_smoothing=0.1):
         p = self.preset
         return [
             "--user-dir", PLUGIN_DIR, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0",
             "--lr", p["lr"], "--lr-scheduler", "inverse_sqrt", "--warmup-updates", warmup_updates,
             "--max-tokens", p["max_tokens"], "--dropout", p["dropout"], "--max-update", max_update,
-            "--label-smoothing", "0.1", "--seed", "1", "--num-workers", "0", "--cpu",
+            "--label-smoothing", label_smoothing, "--seed", "1", "--num-workers", "0", "--cpu",
             "--log-format", "simple", "--log-interval", "25", "--no-epoch-checkpoints",
             "--best-checkpoint-metric", "nll_loss", "--save-interval-updates", "200", "--keep-interval-updates", "1",
         ]  # fmt: skip
 
-    def train(self, flags, save_dir, log_name, max_update, warmup_updates):
+    def train(self, flags, save_dir, log_name, max_update, warmup_updates, label_smoothing=0.1):
         """fairseq-train with FLAGS and the demo's training settings into SAVE_DIR, resuming what is there
         (a checkpoint_last.pt left truncated is repaired first). Nothing is run when checkpoint_last.pt has
         MAX_UPDATE updates already: fairseq-train, resumed there, would make one more before it stops."""
@@ -352,7 +352,7 @@ class Pipeline:
             return
         self.command(
             "fairseq-train",
-            flags + ["--save-dir", save_dir] + self.training(max_update, warmup_updates),
+            flags + ["--save-dir", save_dir] + self.training(max_update, warmup_updates, label_smoothing),
             log_name,
             progress_total=max_update,
         )
@@ -360,7 +360,8 @@ class Pipeline:
     def teacher(self):
         p = self.preset
         flags = [self.path("data-bin")] + self.arch(p["teacher"]) + ["--criterion", "label_smoothed_cross_entropy"]
-        self.train(flags, self.path("teacher"), "teacher", p["teacher_max_update"], p["warmup_updates"])
+        self.train(flags, self.path("teacher"), "teacher", p["teacher_max_update"], p["warmup_updates"],
+                   p["teacher_label_smoothing"])  # fmt: skip
         self.export(self.path("teacher", "checkpoint_best.pt"), self.path("models", "teacher.pt"))
 
     def teacher_checkpoint(self):

@@ -36,6 +36,9 @@ REAL_DATA = dict(
     # the pseudo-labelling: an undertrained model's runaway outputs then cost neither minutes nor BLEU
     max_len_a=1.5,
     max_len_b=10,
+    # the NeMo guide, "Hinton-style ... EXAMPLE": "Label-smoothing is not recommended when training the
+    # teacher or student when performing distillation [Muller et al. 2019]"
+    teacher_label_smoothing=0.0,
 )
 
 PRESETS = {
@@ -74,6 +77,7 @@ PRESETS = {
         eval_batch_size=64,
         max_len_a=0,
         max_len_b=20,
+        teacher_label_smoothing=0.0,
         timing_rounds=1,
     ),
 }
