@@ -2,7 +2,7 @@
 #
 #   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
 #   make test      install if needed, then run the whole test suite
-#   make demo      install if needed, then run the main job on real data (teacher -> seven students -> results)
+#   make demo      install if needed, then run the main job on real data (teacher -> students -> results)
 #   make toy-demo  the same story in two minutes on generated data
 
 PYTHON ?= python3
@@ -38,9 +38,12 @@ $(STAMP): setup.py requirements.txt
 test: install
 	$(PY) -m pytest -q tests
 
-# make demo [PRESET=default|full] [DATA=dir with {train,valid,test}.{de,en}] [OUT=dir]
+# make demo [PRESET=default|full] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
+#           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N]
 demo: install
-	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(if $(TIMING_ROUNDS),--timing-rounds $(TIMING_ROUNDS))
+	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(LOCALE),--locale $(LOCALE)) $(if $(DATA),--data $(DATA)) \
+		$(if $(SRC),--source-lang $(SRC)) $(if $(TGT),--target-lang $(TGT)) $(if $(METHODS),--methods $(METHODS)) \
+		$(if $(OUT),--out $(OUT)) $(if $(TIMING_ROUNDS),--timing-rounds $(TIMING_ROUNDS))
 
 toy-demo: install
 	PYTHON=$(PY) scripts/toy_demo.sh runs/toy

@@ -16,6 +16,7 @@ setup(
             "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
             "fairseq-kd-pseudolabel = fairseq_kd.cli.pseudolabel:cli_main",
             "fairseq-kd-cache-topk = fairseq_kd.cli.cache_topk:cli_main",
+            "fairseq-kd-evaluate = fairseq_kd.cli.evaluate:cli_main",
         ],
     },
 )

@@ -30,6 +30,8 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 
+from .io import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,7 +77,7 @@ def allow_fairseq_checkpoints():
         torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -17,10 +17,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .io import UserError
+
 _HYPOTHESIS = re.compile(r"^H-(\d+)\t(\S+)\t(.*)$")
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(UserError):
     pass
 
 

@@ -24,10 +24,12 @@ import os
 import numpy as np
 import torch
 
+from .io import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class TopKCacheError(ValueError):
+class TopKCacheError(UserError):
     pass
 
 

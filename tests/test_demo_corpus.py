@@ -120,7 +120,7 @@ class TestBuildCorpus(unittest.TestCase):
 
     def test_too_few_segments_or_no_catalogs_stop_with_a_clear_message(self):
         self.catalog("a", {"Open file": "Datei öffnen"})
-        with self.assertRaisesRegex(CorpusError, "only 1 German-English segments found .* `make demo DATA=dir`"):
+        with self.assertRaisesRegex(CorpusError, "only 1 de-English segments found .* `make demo DATA=dir`"):
             build_corpus(os.path.join(self.tmp.name, "out"), self.locale)
         self.assertFalse(os.path.exists(os.path.join(self.tmp.name, "out")))
         with self.assertRaisesRegex(CorpusError, "no gettext catalogs"):

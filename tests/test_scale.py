@@ -16,7 +16,7 @@ import torch
 
 import fairseq_kd  # noqa: F401
 from fairseq_kd.cli import cache_topk
-from fairseq_kd.demo.pipeline import repair_last_checkpoint
+from fairseq_kd.pipeline import repair_last_checkpoint
 from tests.utils import (
     KD_FLAGS,
     TINY_ARCH,

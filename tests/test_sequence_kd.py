@@ -115,7 +115,11 @@ class TestSequenceLevelKD(TeacherTestCase):
             "PYTHON": sys.executable, "DATA": self.data, "RAW": self.data, "TEACHER": self.teacher,
             "OUT": os.path.join(self.dir, "recipes"), "MAX_UPDATE": "3", "STUDENT_ARCH": " ".join(TINY_ARCH),
         }  # fmt: skip
-        for recipe in ("seq_kd", "seq_interpolation", "hybrid", "low_data"):
+        # recipe: (the pseudo-labels it trains on, or None; whether the teacher runs in training)
+        expected = {"seq_kd": ("teacher_train", False), "seq_interpolation": ("teacher_train", False),
+                    "hybrid": ("teacher_train", True), "low_data": ("teacher_mono", True), "word_kd": (None, True),
+                    "distilbert": (None, True)}  # fmt: skip
+        for recipe, (pseudo, teacher) in expected.items():
             with self.subTest(recipe):
                 result = subprocess.run(
                     ["bash", os.path.join(recipes, f"{recipe}.sh")], env={**os.environ, **env}, capture_output=True, text=True
@@ -123,9 +127,13 @@ class TestSequenceLevelKD(TeacherTestCase):
                 self.assertEqual(result.returncode, 0, result.stderr[-3000:])
                 state = torch.load(os.path.join(env["OUT"], recipe, "checkpoint_last.pt"), weights_only=True)
                 self.assertEqual(state["optimizer_history"][-1]["num_updates"], 3)
-                mixture = state["cfg"]["task"]["train_mixture"]
-                self.assertIn("teacher_mono" if recipe == "low_data" else "teacher_train", mixture)
-                self.assertEqual(bool(state["cfg"]["task"]["teacher_path"]), recipe in ("hybrid", "low_data"))
+                mixture = state["cfg"]["task"].get("train_mixture")
+                self.assertEqual(pseudo is None, mixture is None)
+                if pseudo:
+                    self.assertIn(pseudo, mixture)
+                self.assertEqual(bool(state["cfg"]["task"].get("teacher_path")), teacher)
+        model = state["cfg"]["model"]
+        self.assertEqual(model["arch"] if isinstance(model, dict) else model.arch, "transformer_student")  # distilbert's
         with open(os.path.join(env["OUT"], "low_data_raw", "train.in")) as f:
             self.assertEqual(len(f.read().splitlines()), 25)  # 5% of 500
 

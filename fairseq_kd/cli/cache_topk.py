@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from . import run
+
 logger = logging.getLogger("fairseq_kd.cache_topk")
 
 
@@ -82,10 +84,7 @@ def main(args):
 
 def cli_main():
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr)
-    try:
-        main(get_parser().parse_args())
-    except ValueError as e:
-        sys.exit(f"fairseq-kd-cache-topk: error: {e}")
+    sys.exit(run(lambda argv: main(get_parser().parse_args(argv)), "fairseq-kd-cache-topk"))
 
 
 if __name__ == "__main__":

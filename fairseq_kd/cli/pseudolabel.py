@@ -18,13 +18,14 @@ transfer set's order, filters, checks and binarizes:
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 
+from ..io import binarize, encode_lines, read_lines, sha256_file
+from . import run
 from ..pseudolabel import (
     Filters,
     PseudoLabelError,
@@ -147,58 +148,14 @@ def check_manifest(args, out_dir):
 
 def read_raw_input(path):
     """The lines of a UTF-8 text file, with a clear error for the first line that is not UTF-8."""
-    lines = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise PseudoLabelError(
-                    f"{path}, line {n}: not UTF-8 ({e.reason} at byte {e.start}); convert the file to UTF-8"
-                ) from None
+    lines = read_lines(path, "the transfer set")
     if not lines:
         raise PseudoLabelError(f"the transfer set {path} is empty")
     return lines
 
 
 def tokenize(lines, args):
-    if not (args.spm_model or args.bpe_codes):
-        return [" ".join(line.split()) for line in lines]
-    from fairseq.data import encoders
-
-    flag, path = ("--spm-model", args.spm_model) if args.spm_model else ("--bpe-codes", args.bpe_codes)
-    try:
-        if args.spm_model:
-            bpe = encoders.build_bpe(argparse.Namespace(bpe="sentencepiece", sentencepiece_model=args.spm_model))
-        else:
-            bpe = encoders.build_bpe(argparse.Namespace(bpe="subword_nmt", bpe_codes=args.bpe_codes, bpe_separator="@@"))
-    except (RuntimeError, OSError, ValueError) as e:
-        raise PseudoLabelError(f"cannot load {flag} {path!r}: {str(e).splitlines()[0]}") from None
-    return [bpe.encode(line) if line.strip() else "" for line in lines]
-
-
-def binarize(prefix, dest_dir, src, tgt, data_dir, only_source=False):
-    """fairseq-preprocess with the teacher's dictionaries, into *dest_dir* (replaced atomically)."""
-    from fairseq import options
-    from fairseq_cli import preprocess
-
-    tmp = dest_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    flags = ["--source-lang", src, "--trainpref", prefix, "--destdir", tmp, "--workers", "1"]
-    flags += ["--srcdict", os.path.join(data_dir, f"dict.{src}.txt")]
-    if only_source:
-        flags += ["--only-source"]
-    else:
-        flags += ["--target-lang", tgt, "--tgtdict", os.path.join(data_dir, f"dict.{tgt}.txt")]
-    preprocess.main(options.get_preprocessing_parser().parse_args(flags))
-    if only_source:
-        # fairseq names a source-only split train.SRC-None.SRC; generate looks for train.SRC-TGT.SRC
-        for ext in ("bin", "idx"):
-            os.replace(os.path.join(tmp, f"train.{src}-None.{src}.{ext}"), os.path.join(tmp, f"train.{src}-{tgt}.{src}.{ext}"))
-    for lang in (src, tgt):
-        shutil.copy(os.path.join(data_dir, f"dict.{lang}.txt"), os.path.join(tmp, f"dict.{lang}.txt"))
-    shutil.rmtree(dest_dir, ignore_errors=True)
-    os.replace(tmp, dest_dir)
+    return encode_lines(lines, args.spm_model, args.bpe_codes)
 
 
 def transfer_set(args, out_dir, src, tgt, sources=None):
@@ -357,24 +314,15 @@ def main(args):
         "kept": kept,
         "dropped": {reason: len(ids) for reason, ids in labels.dropped.items()},
         "data_bin": os.path.abspath(os.path.join(args.output, "data-bin")),
-        "sha256_of_targets": _sha256(f"{prefix}.{tgt}"),
+        "sha256_of_targets": sha256_file(f"{prefix}.{tgt}"),
     }
     write_summary(os.path.join(args.output, "summary.json"), summary)
     print(json.dumps(summary, indent=2))
 
 
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def cli_main():
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr)
-    args = get_parser().parse_args()
-    try:
-        main(args)
-    except (PseudoLabelError, ValueError) as e:
-        sys.exit(f"fairseq-kd-pseudolabel: error: {e}")
+    sys.exit(run(lambda argv: main(get_parser().parse_args(argv)), "fairseq-kd-pseudolabel"))
 
 
 if __name__ == "__main__":

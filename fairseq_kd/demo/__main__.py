@@ -1,3 +1,5 @@
-from .pipeline import main
+import sys
 
-main()
+from .pipeline import cli_main
+
+sys.exit(cli_main())

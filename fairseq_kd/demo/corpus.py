@@ -1,4 +1,4 @@
-"""The demo's built-in data: German->English segments from the gettext message catalogs installed on the
+"""The demo's built-in data: X->English segments (German by default, any locale with catalogs) from the gettext message catalogs installed on the
 machine (``/usr/share/locale/de/LC_MESSAGES/*.mo``: messages of git, coreutils, PostgreSQL, GnuPG, ...),
 human translations that need no network.
 
@@ -26,11 +26,13 @@ import struct
 import sys
 from collections import Counter
 
+from ..io import UserError
+
 LOCALE_DIR = "/usr/share/locale"
 MIN_PAIRS = 3000
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     pass
 
 
@@ -105,12 +107,16 @@ def split_of(german, valid_share, test_share):
 
 
 def build_corpus(out_dir, locale_dir=LOCALE_DIR, lang="de", valid_share=0.03, test_share=0.03, min_pairs=MIN_PAIRS):
-    """Writes OUT_DIR/{train,valid,test}.{de,en} and OUT_DIR/stats.json; returns the stats."""
+    """Writes OUT_DIR/{train,valid,test}.{LANG,en} (LANG: the catalogs' locale, the source side) and
+    OUT_DIR/stats.json; returns the stats."""
+    if not re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", lang) or lang.startswith("en"):
+        raise CorpusError(f"locale {lang!r}: give a gettext locale other than English, such as de, fr or pt_BR")
     paths = sorted(glob.glob(os.path.join(locale_dir, lang, "LC_MESSAGES", "*.mo")))
     if not paths:
+        have = sorted(d for d in os.listdir(locale_dir) if glob.glob(os.path.join(locale_dir, d, "LC_MESSAGES", "*.mo")))[:12] if os.path.isdir(locale_dir) else []
         raise CorpusError(
-            f"no gettext catalogs in {os.path.join(locale_dir, lang, 'LC_MESSAGES')}: this machine has no German message "
-            "catalogs; run the demo on your own corpus with `make demo DATA=dir` (files {train,valid,test}.{de,en})"
+            f"no gettext catalogs in {os.path.join(locale_dir, lang, 'LC_MESSAGES')}: choose a locale this machine has "
+            f"({', '.join(have) or 'none'}), or run the demo on your own corpus with `make demo DATA=dir`"
         )
     stats = Counter()
     seen = set()
@@ -133,12 +139,12 @@ def build_corpus(out_dir, locale_dir=LOCALE_DIR, lang="de", valid_share=0.03, te
     total = sum(len(v) for v in splits.values())
     if total < min_pairs:
         raise CorpusError(
-            f"only {total} German-English segments found in {len(paths)} catalogs under {locale_dir} (at least "
+            f"only {total} {lang}-English segments found in {len(paths)} catalogs under {locale_dir} (at least "
             f"{min_pairs} are needed): run the demo on your own corpus with `make demo DATA=dir`"
         )
     os.makedirs(out_dir, exist_ok=True)
     for split, pairs in splits.items():
-        for side, lang_code in ((0, "de"), (1, "en")):
+        for side, lang_code in ((0, lang), (1, "en")):
             path = os.path.join(out_dir, f"{split}.{lang_code}")
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(pair[side] + "\n" for pair in pairs)
@@ -153,9 +159,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--locale-dir", default=LOCALE_DIR)
+    parser.add_argument("--locale", default="de", help="the catalogs' language, the source side (default: de)")
     args = parser.parse_args(argv)
     try:
-        print(json.dumps(build_corpus(args.out_dir, args.locale_dir), indent=2))
+        print(json.dumps(build_corpus(args.out_dir, args.locale_dir, args.locale), indent=2))
     except CorpusError as e:
         sys.exit(f"error: {e}")
 

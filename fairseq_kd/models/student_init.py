@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from ..io import UserError
+
 logger = logging.getLogger(__name__)
 
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
@@ -47,7 +49,7 @@ MATCHING_SETTINGS = [
 ]
 
 
-class StudentInitError(ValueError):
+class StudentInitError(UserError):
     pass
 
 

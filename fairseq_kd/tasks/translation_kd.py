@@ -18,6 +18,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 from omegaconf import II
 
 from ..checkpoints import load_checkpoint
+from ..io import UserError
 from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
 from ..topk_cache import TopKCache, TopKCacheError, split_identity
 from ..utils import capture_encoder_out
@@ -69,7 +70,7 @@ class TranslationKDConfig(TranslationConfig):
     tpu: bool = II("common.tpu")
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError):
     pass
 
 

@@ -1,0 +1,74 @@
+"""fairseq-kd-evaluate: translation systems evaluated the same way, with sacreBLEU's paired bootstrap.
+
+    fairseq-kd-evaluate DATA_BIN --split test --references test.en NAME=PATH [NAME=PATH ...]
+        [--baseline NAME] [--timing-rounds N] [--out DIR]
+
+Each PATH is a fairseq checkpoint (written by fairseq-train or fairseq-kd-export) or a CTranslate2 model
+directory. See :mod:`fairseq_kd.evaluate` for what is measured and how.
+"""
+
+import argparse
+import logging
+import sys
+
+from . import run
+
+
+def get_parser():
+    from ..evaluate import Settings
+
+    d = Settings()
+    parser = argparse.ArgumentParser(prog="fairseq-kd-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", metavar="DATA_BIN", help="the data-bin the systems were trained with (its dictionaries)")
+    parser.add_argument("systems", metavar="NAME=PATH", nargs="+", help="a fairseq checkpoint or a CTranslate2 directory")
+    parser.add_argument("--references", required=True, help="the references of the split, raw text, one per line")
+    parser.add_argument("--split", default="test", help="the binarized split of DATA_BIN to translate (default: test)")
+    parser.add_argument("--source", help="raw source text to translate instead of a binarized split")
+    tokenize = parser.add_mutually_exclusive_group()
+    tokenize.add_argument("--spm-model", help="sentencepiece model that --source is encoded with")
+    tokenize.add_argument("--bpe-codes", help="subword-nmt BPE codes that --source is encoded with")
+    parser.add_argument("--source-lang", "-s", help="default: inferred from DATA_BIN")
+    parser.add_argument("--target-lang", "-t", help="default: inferred from DATA_BIN")
+    parser.add_argument("--baseline", help="compare every other system with this one (paired bootstrap)")
+    parser.add_argument("--timing-rounds", type=int, default=0, help="time every system N more times by turns (medians)")
+    parser.add_argument("--out", help="write results.json, results.md, bleu_vs_speed.png and translations here")
+    parser.add_argument("--beam", type=int, default=d.beam, help=f"beam size (default: {d.beam})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sentences per batch (default: {d.batch_size})")
+    parser.add_argument("--max-len-a", type=float, default=d.max_len_a, help="output length bound a * source length + b")
+    parser.add_argument("--max-len-b", type=int, default=d.max_len_b)
+    parser.add_argument(
+        "--post-process",
+        default=d.post_process,
+        choices=["sentencepiece", "subword_nmt", "none"],
+        help=f"how subword units become text, as fairseq's --post-process (default: {d.post_process})",
+    )
+    parser.add_argument("--threads", type=int, default=d.threads, help="CTranslate2 threads (default: every core)")
+    parser.add_argument("--bootstrap-samples", type=int, default=d.bootstrap_samples)
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr)
+    from ..evaluate import Settings, evaluate
+
+    settings = Settings(args.beam, args.batch_size, args.max_len_a, args.max_len_b, args.post_process, args.threads,
+                        args.bootstrap_samples)  # fmt: skip
+    records = evaluate(
+        args.systems, args.data, args.references, split=args.split, out_dir=args.out, baseline=args.baseline,
+        timing_rounds=args.timing_rounds, settings=settings, source_lang=args.source_lang,
+        target_lang=args.target_lang, source=args.source, spm_model=args.spm_model, bpe_codes=args.bpe_codes,
+    )  # fmt: skip
+    if not args.out:
+        from ..evaluate import results_table
+
+        print(results_table(records, args.baseline))
+    return 0
+
+
+def cli_main():
+    sys.exit(run(main, "fairseq-kd-evaluate"))
+
+
+if __name__ == "__main__":
+    cli_main()

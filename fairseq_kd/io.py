@@ -1,0 +1,106 @@
+"""Small file helpers shared by the console scripts and the pipeline: a user's-error type, digests,
+atomic JSON writes, UTF-8 text, subword encoding and binarizing text with given dictionaries."""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (a path, a number, a file's content): reported as one line."""
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path, value):
+    """Writes VALUE as JSON to PATH atomically: a reader sees the old file or the new one, never a part."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    """Writes TEXT to PATH atomically."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_lines(path, what="file"):
+    """The lines of a UTF-8 text file, without their line ends; the first line that is not UTF-8 is a
+    UserError naming it."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path!r} does not exist (or is not a file)")
+    lines = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{what} {path}, line {n}: not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8"
+                ) from None
+    return lines
+
+
+def encode_lines(lines, spm_model=None, bpe_codes=None):
+    """LINES in the subword units of a sentencepiece model or of subword-nmt BPE codes (fairseq's own
+    encoders); with neither, whitespace-normalised as they are. Empty lines stay empty."""
+    if not (spm_model or bpe_codes):
+        return [" ".join(line.split()) for line in lines]
+    from fairseq.data import encoders
+
+    flag, path = ("--spm-model", spm_model) if spm_model else ("--bpe-codes", bpe_codes)
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path!r} does not exist")
+    if bpe_codes:
+        try:
+            import subword_nmt  # noqa: F401
+        except ImportError:
+            raise UserError("--bpe-codes needs the subword-nmt package: pip install subword-nmt") from None
+    try:
+        if spm_model:
+            bpe = encoders.build_bpe(argparse.Namespace(bpe="sentencepiece", sentencepiece_model=spm_model))
+        else:
+            bpe = encoders.build_bpe(argparse.Namespace(bpe="subword_nmt", bpe_codes=bpe_codes, bpe_separator="@@"))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise UserError(f"cannot load {flag} {path!r}: {str(e).splitlines()[0]}") from None
+    return [bpe.encode(line) if line.strip() else "" for line in lines]
+
+
+def binarize(prefix, dest_dir, src, tgt, data_dir, only_source=False, split="train"):
+    """fairseq-preprocess of PREFIX.SRC (and PREFIX.TGT) as SPLIT with DATA_DIR's dictionaries, into
+    DEST_DIR (replaced atomically); the dictionaries are copied along."""
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    tmp = dest_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    flags = ["--source-lang", src, f"--{split}pref", prefix, "--destdir", tmp, "--workers", "1"]
+    flags += ["--srcdict", os.path.join(data_dir, f"dict.{src}.txt")]
+    if only_source:
+        flags += ["--only-source"]
+    else:
+        flags += ["--target-lang", tgt, "--tgtdict", os.path.join(data_dir, f"dict.{tgt}.txt")]
+    preprocess.main(options.get_preprocessing_parser().parse_args(flags))
+    if only_source:
+        # fairseq names a source-only split SPLIT.SRC-None.SRC; generate looks for SPLIT.SRC-TGT.SRC
+        for ext in ("bin", "idx"):
+            os.replace(
+                os.path.join(tmp, f"{split}.{src}-None.{src}.{ext}"), os.path.join(tmp, f"{split}.{src}-{tgt}.{src}.{ext}")
+            )
+    for lang in (src, tgt):
+        shutil.copy(os.path.join(data_dir, f"dict.{lang}.txt"), os.path.join(tmp, f"dict.{lang}.txt"))
+    shutil.rmtree(dest_dir, ignore_errors=True)
+    os.replace(tmp, dest_dir)

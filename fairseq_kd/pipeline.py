@@ -1,0 +1,667 @@
+"""Distilling a teacher you already have: pseudo-labels -> students -> export -> CTranslate2 -> evaluation.
+
+    python -m fairseq_kd.pipeline --teacher T.pt --data-bin DATA_BIN --references RAW_DIR --spm-model spm.model \
+        --methods baseline,seq_kd,init_seq_kd --out runs/distil [-s de -t en] [--transfer mono.de]
+
+The teacher is any fairseq translation checkpoint and DATA_BIN the data-bin it was trained with (its
+dictionaries, the training split the students learn from, valid and test); RAW_DIR holds the raw
+references ``valid.TGT`` and ``test.TGT`` that translations are scored against. Stages, each skipped when
+a rerun finds it finished (an interrupted fairseq-train resumes from its checkpoint):
+
+1. pseudo-labels: ``fairseq-kd-pseudolabel``, the teacher's beam-search translations of the training
+   sources (or of ``--transfer``, raw monolingual source text), binarized with its dictionaries; top-k
+   sampled ones and the teacher's top-k cache when a method needs them; the low-data regime's data.
+2. students: one ``fairseq-train`` per method of :mod:`fairseq_kd.methods` (all of one shape and budget),
+   each exported with ``fairseq-kd-export`` to an ordinary fairseq checkpoint (OUT/models/NAME.pt).
+3. evaluation on valid (:mod:`fairseq_kd.evaluate`); the student with the best valid BLEU converted to
+   CTranslate2 int8; with ``--seeds N`` the baseline and that student trained again with seeds 2..N.
+4. evaluation on valid and test with the paired bootstrap against the baseline and ``--timing-rounds``;
+   OUT/results.json, OUT/results.md and OUT/bleu_vs_speed.png.
+
+A run directory belongs to one set of settings: a rerun with others is refused before anything is done,
+except ``--methods`` (more students are added), ``--timing-rounds`` and ``--seeds``.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from . import methods as M
+from .evaluate import SIGNIFICANCE, Settings, evaluate
+from .io import UserError, read_lines, write_json, write_text
+
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+# settings a rerun may change: they decide what is measured, not how the models already made were made
+RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds"}
+
+
+class PipelineError(UserError):
+    pass
+
+
+def log(message=""):
+    print(message, flush=True)
+
+
+def minutes(seconds):
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+@dataclass
+class Shape:
+    encoder_layers: int
+    decoder_layers: int
+    embed_dim: int
+    ffn_dim: int
+    heads: int
+
+    def flags(self, arch="transformer"):
+        return [
+            "--arch", arch, "--share-all-embeddings",
+            "--encoder-layers", self.encoder_layers, "--decoder-layers", self.decoder_layers,
+            "--encoder-embed-dim", self.embed_dim, "--decoder-embed-dim", self.embed_dim,
+            "--encoder-ffn-embed-dim", self.ffn_dim, "--decoder-ffn-embed-dim", self.ffn_dim,
+            "--encoder-attention-heads", self.heads, "--decoder-attention-heads", self.heads,
+        ]  # fmt: skip
+
+
+@dataclass
+class Training:
+    """How every model of a run trains (fairseq-train's optimisation flags)."""
+
+    max_update: int
+    warmup_updates: int
+    lr: float = 0.002
+    max_tokens: int = 4096
+    dropout: float = 0.1
+    save_interval_updates: int = 200
+
+    def flags(self, seed=1):
+        return [
+            "--user-dir", PLUGIN_DIR, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0",
+            "--lr", self.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", self.warmup_updates,
+            "--max-tokens", self.max_tokens, "--dropout", self.dropout, "--max-update", self.max_update,
+            "--seed", seed, "--num-workers", "0", "--cpu",
+            "--log-format", "simple", "--log-interval", "25", "--no-epoch-checkpoints",
+            "--best-checkpoint-metric", "nll_loss", "--save-interval-updates", self.save_interval_updates,
+            "--keep-interval-updates", "1",
+        ]  # fmt: skip
+
+
+@dataclass
+class Config:
+    teacher: str
+    data_bin: str
+    references: str  # a directory with the raw valid.TGT and test.TGT
+    src: str
+    tgt: str
+    student: Shape
+    training: Training
+    methods: List[str] = field(default_factory=lambda: ["baseline", "seq_kd"])
+    seeds: int = 1
+    spm_model: Optional[str] = None
+    bpe_codes: Optional[str] = None
+    transfer: Optional[str] = None  # raw monolingual source text to pseudo-label instead of the training sources
+    pseudolabel_beam: int = 4
+    evaluation: Settings = field(default_factory=Settings)
+    timing_rounds: int = 0
+    chrf_floor: Optional[float] = None  # the table leaves out systems below it (they do not translate)
+
+
+def check_settings(config: Config):
+    """Every check of the settings alone: before any work, even before a teacher is made."""
+    if not config.methods:
+        raise PipelineError("--methods is empty: name one or more of " + ", ".join(M.METHODS))
+    for name in config.methods:
+        M.get(name)
+    if len(set(config.methods)) != len(config.methods):
+        raise PipelineError(f"--methods names a method twice: {','.join(config.methods)}")
+    if "baseline" not in config.methods:
+        raise PipelineError("--methods must include baseline: every student is compared with it")
+    if config.seeds < 1 or config.timing_rounds < 0:
+        raise PipelineError(f"--seeds must be at least 1 and --timing-rounds at least 0 (got {config.seeds}, {config.timing_rounds})")
+    if config.training.max_update < 1:
+        raise PipelineError(f"the students' budget must be at least 1 update (got {config.training.max_update})")
+    if config.transfer and not (config.spm_model or config.bpe_codes):
+        raise PipelineError("--transfer is raw text: give the tokenizer the data was made with (--spm-model or --bpe-codes)")
+    config.evaluation.check()
+
+
+def check_inputs(config: Config):
+    """Every check of the files a run starts from: before anything is written."""
+    check_settings(config)
+    if not os.path.isfile(config.teacher):
+        raise PipelineError(f"--teacher {config.teacher!r} does not exist (give the teacher's fairseq checkpoint)")
+    if not os.path.isdir(config.data_bin):
+        raise PipelineError(f"--data-bin {config.data_bin!r} is not a directory (give the teacher's data-bin)")
+    for split in ("train", "valid", "test"):
+        for lang in (config.src, config.tgt):
+            if not os.path.isfile(os.path.join(config.data_bin, f"{split}.{config.src}-{config.tgt}.{lang}.idx")):
+                raise PipelineError(
+                    f"--data-bin {config.data_bin} has no binarized {split} split for {config.src}-{config.tgt} "
+                    f"(no {split}.{config.src}-{config.tgt}.{lang}.idx): check -s/-t"
+                )
+    for split in ("valid", "test"):
+        path = os.path.join(config.references, f"{split}.{config.tgt}")
+        if not os.path.isfile(path):
+            raise PipelineError(f"--references {config.references} has no {split}.{config.tgt} (the raw references)")
+    for flag, path in (("--spm-model", config.spm_model), ("--bpe-codes", config.bpe_codes), ("--transfer", config.transfer)):
+        if path and not os.path.isfile(path):
+            raise PipelineError(f"{flag} {path!r} does not exist")
+
+
+def config_record(config: Config):
+    """The run's settings as they are written to (and compared with) OUT/pipeline.json."""
+    record = dataclasses.asdict(config)
+    for key in ("teacher", "data_bin", "references", "spm_model", "bpe_codes", "transfer"):
+        if record[key]:
+            record[key] = os.path.abspath(record[key])
+    return json.loads(json.dumps(record))
+
+
+class Pipeline:
+    """The stages of a distillation run in OUT, for the teacher and data of CONFIG."""
+
+    def __init__(self, out, config: Config):
+        self.out, self.config = out, config
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.out, *parts)
+
+    def check_run_dir(self):
+        """A run directory belongs to one set of settings: a rerun with others (but for RERUN_MAY_CHANGE) is
+        refused, and nothing in it is touched."""
+        os.makedirs(self.out, exist_ok=True)
+        path = self.path("pipeline.json")
+        record = config_record(self.config)
+        if os.path.exists(path):
+            with open(path) as f:
+                earlier = json.load(f)
+            earlier, now = flatten(earlier), flatten(record)
+            changed = sorted(k for k in set(earlier) | set(now) if k not in RERUN_MAY_CHANGE and earlier.get(k) != now.get(k))
+            if changed:
+                raise PipelineError(
+                    f"{self.out} holds a run made with other "
+                    + ", ".join(f"{k} ({_short(earlier.get(k))}, now {_short(now.get(k))})" for k in changed)
+                    + f": its finished stages would not match; give another output directory or remove {self.out} to start over"
+                )
+        check_settings(self.config)
+        write_json(path, record)
+
+    def done_marker(self, stage):
+        return self.path("stages", re.sub(r"[^\w.-]+", "_", stage) + ".done")
+
+    def stage(self, name, fn, *args, key=None):
+        """Runs FN(*ARGS) unless a rerun finds stage NAME finished (with the same KEY, when one is given:
+        what the stage's result depends on besides the run's settings)."""
+        marker = self.done_marker(name)
+        if os.path.exists(marker):
+            with open(marker) as f:
+                if json.load(f).get("key") == key:
+                    log(f"{name}: done earlier")
+                    return
+            log(f"{name}: done earlier with other inputs ({_short(key)} now): done again")
+        log(f"{name} ...")
+        start = time.time()
+        fn(*args)
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        write_json(marker, {"seconds": round(time.time() - start, 1), "key": key})
+        log(f"{name}: finished in {minutes(time.time() - start)}")
+
+    def command(self, name, args, log_name, progress_total=None):
+        """Runs a console script of this environment, its output appended to OUT/logs/LOG_NAME.log; shows
+        the number of updates every 30 s when PROGRESS_TOTAL is given; fails with the log's tail."""
+        os.makedirs(self.path("logs"), exist_ok=True)
+        log_path = self.path("logs", log_name + ".log")
+        cmd = [os.path.join(BIN, name)] + [str(a) for a in args]
+        with open(log_path, "a") as f:
+            f.write("\n$ " + " ".join(cmd) + "\n")
+            f.flush()
+            process = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            start, shown, next_report = time.time(), None, time.time() + 30
+            while process.poll() is None:
+                time.sleep(1)
+                if progress_total and time.time() >= next_report:
+                    next_report += 30
+                    updates = last_update(log_path)
+                    if updates is not None and updates != shown:
+                        log(f"    {log_name}: {updates}/{progress_total} updates, {minutes(time.time() - start)}")
+                        shown = updates
+        if process.returncode != 0:
+            with open(log_path, errors="replace") as f:
+                text = f.read()
+            if name == "fairseq-train" and process.returncode < 0 and "done training in" in text[text.rfind("\n$ ") :]:
+                # fairseq-train can abort while the interpreter shuts down, after it saved its last checkpoint
+                log(f"    note: fairseq-train finished training, then died of signal {-process.returncode} at exit")
+                return log_path
+            raise RuntimeError(f"{name} failed (exit status {process.returncode}); the end of {log_path}:\n{text[-3000:]}")
+        return log_path
+
+    def run(self):
+        check_inputs(self.config)
+        self.check_run_dir()
+        start = time.time()
+        self.data_stages()
+        for name in self.config.methods:
+            self.stage(f"student {name}", self.student, name, 1)
+        # the CTranslate2 model is the best of the students there are
+        self.stage("ctranslate2", self.ctranslate2, key=list(self.config.methods))
+        for seed in range(2, self.config.seeds + 1):
+            for name in self.seeded_methods():
+                self.stage(f"student {name}.seed{seed}", self.student, name, seed)
+        self.report()
+        log(f"done in {minutes(time.time() - start)}")
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def needs(self, *kinds):
+        return any(M.get(name).data in kinds for name in self.config.methods)
+
+    def data_stages(self):
+        if self.needs(M.TEACHER, M.MIXTURE, M.LOW_DATA):
+            self.stage("pseudolabels", self.pseudolabels, "pseudolabels", [])
+        if self.needs(M.TEACHER_SAMPLED):
+            k = {M.get(n).sampling_topk for n in self.config.methods if M.get(n).sampling_topk}
+            self.stage("pseudolabels sampled", self.pseudolabels, "pseudolabels-sampled", ["--sampling-topk", min(k)])
+        if any(M.get(n).teacher == M.TOPK_CACHE for n in self.config.methods):
+            self.stage("topk cache", self.topk_cache)
+        if self.needs(M.LOW_DATA, M.LOW_DATA_REFERENCES):
+            self.stage("low-data split", self.low_data)
+
+    def pseudolabels(self, name, extra):
+        c = self.config
+        args = ["--teacher", c.teacher, "--data", c.data_bin, "--output", self.path(name), "--beam", c.pseudolabel_beam,
+                "--max-tokens", "8000", "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"] + extra  # fmt: skip
+        if c.transfer:
+            args += ["--input", c.transfer] + (["--spm-model", c.spm_model] if c.spm_model else ["--bpe-codes", c.bpe_codes])
+        else:
+            args += ["--subset", "train"]
+        self.command("fairseq-kd-pseudolabel", args, name.replace("-", "_"))
+        with open(self.path(name, "summary.json")) as f:
+            summary = json.load(f)
+        log("    " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+
+    def topk_cache(self):
+        k = {M.get(n).kd_topk for n in self.config.methods if M.get(n).kd_topk}
+        c = self.config
+        self.command(
+            "fairseq-kd-cache-topk",
+            ["--teacher", c.teacher, "--data", c.data_bin, "--k", min(k), "--output", self.path("topk-cache"),
+             "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"],
+            "topk_cache",
+        )  # fmt: skip
+
+    def low_data(self):
+        """The low-data regime's data: the references of LOW_DATA_SHARE of the training pairs (those whose
+        source's SHA-1 says so: deterministic, independent of order), and the teacher's translations of the
+        other sources (of --transfer when given)."""
+        c = self.config
+        keep = low_data_selector()
+        pairs = read_pairs(c.data_bin, "train", c.src, c.tgt)
+        labelled = [p for p in pairs if keep(p[0])]
+        self.binarize_pairs(labelled, "low-data-references")
+        pseudo = read_pairs(self.path("pseudolabels", "data-bin"), "train", c.src, c.tgt)
+        unlabelled = pseudo if c.transfer else [p for p in pseudo if not keep(p[0])]
+        self.binarize_pairs(unlabelled, "low-data-pseudolabels")
+        write_json(self.path("low-data.json"), {"references": len(labelled), "pseudolabels": len(unlabelled),
+                                                 "training_pairs": len(pairs)})  # fmt: skip
+        log(f"    {len(labelled)} of {len(pairs)} labelled pairs kept; {len(unlabelled)} teacher-labelled pairs")
+
+    def binarize_pairs(self, pairs, name):
+        from .io import binarize
+
+        c = self.config
+        prefix = self.path(name + "-tokens", "train")
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        for side, lang in ((0, c.src), (1, c.tgt)):
+            write_text(f"{prefix}.{lang}", "".join(p[side] + "\n" for p in pairs))
+        binarize(prefix, self.path(name), c.src, c.tgt, c.data_bin)
+
+    def method_paths(self):
+        c = self.config
+        return M.MethodPaths(
+            data=c.data_bin,
+            teacher=c.teacher,
+            pseudo=self.path("pseudolabels", "data-bin"),
+            sampled=self.path("pseudolabels-sampled", "data-bin"),
+            topk_cache=self.path("topk-cache"),
+            low_references=self.path("low-data-references"),
+            low_pseudo=self.path("low-data-pseudolabels"),
+        )
+
+    # ---- students --------------------------------------------------------------------------------
+
+    def student(self, name, seed):
+        method = M.get(name)
+        c = self.config
+        run = name if seed == 1 else f"{name}.seed{seed}"
+        arch = c.student.flags("transformer_student" if method.init_from_teacher else "transformer")
+        flags = method.flags(self.method_paths()) + arch + ["--source-lang", c.src, "--target-lang", c.tgt]
+        save_dir = self.path("students", run)
+        self.train(flags + c.training.flags(seed), save_dir, run, c.training.max_update)
+        # the same budget for every student: its last checkpoint
+        self.export(os.path.join(save_dir, "checkpoint_last.pt"), self.path("models", f"{run}.pt"))
+
+    def train(self, flags, save_dir, log_name, max_update):
+        """fairseq-train with FLAGS into SAVE_DIR, resuming what is there (a checkpoint_last.pt left truncated
+        is repaired first). Nothing is run when checkpoint_last.pt has MAX_UPDATE updates already: fairseq-train,
+        resumed there, would make one more before it stops."""
+        repair_last_checkpoint(save_dir)
+        done = checkpoint_updates(os.path.join(save_dir, "checkpoint_last.pt"))
+        if done is not None and done >= max_update:
+            log(f"    {log_name}: {save_dir}/checkpoint_last.pt has {done} updates already: not trained again")
+            return
+        self.command("fairseq-train", flags + ["--save-dir", save_dir], log_name, progress_total=max_update)
+
+    def export(self, checkpoint, output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        self.command("fairseq-kd-export", [checkpoint, output, "--overwrite"], "export")
+
+    # ---- evaluation ------------------------------------------------------------------------------
+
+    def systems(self):
+        """{name: model} of every system made so far: the teacher, the students, CTranslate2."""
+        found = {"teacher": self.config.teacher}
+        names = list(self.config.methods)
+        names += [f"{n}.seed{s}" for s in range(2, self.config.seeds + 1) for n in self.seeded_methods(required=False)]
+        for name in names:
+            if os.path.exists(self.path("models", f"{name}.pt")):
+                found[name] = self.path("models", f"{name}.pt")
+        if os.path.isdir(self.path("models", "ctranslate2_int8")):
+            found["ctranslate2_int8"] = self.path("models", "ctranslate2_int8")
+        return found
+
+    def evaluate(self, split, timing_rounds=0, systems=None):
+        c = self.config
+        return evaluate(
+            systems or self.systems(), c.data_bin, os.path.join(c.references, f"{split}.{c.tgt}"), split=split,
+            out_dir=self.path("eval", split), baseline="baseline", timing_rounds=timing_rounds,
+            settings=c.evaluation, source_lang=c.src, target_lang=c.tgt, quiet=True,
+        )  # fmt: skip
+
+    def best_student(self, required=True):
+        """The student (seed 1) with the best valid BLEU: the test split chooses nothing."""
+        path = self.path("eval", "valid", "results.json")
+        if not os.path.exists(path):
+            if required:
+                raise RuntimeError("the students have not been evaluated on valid yet")
+            return None
+        with open(path) as f:
+            records = [r for r in json.load(f)["systems"] if r["name"] in self.config.methods]
+        students = [r for r in records if r["name"] != "baseline"] or records
+        return max(students, key=lambda r: r["bleu"])["name"]
+
+    def seeded_methods(self, required=True):
+        best = self.best_student(required)
+        return ["baseline"] + ([best] if best and best != "baseline" else [])
+
+    def ctranslate2(self):
+        """The student with the best valid BLEU, in CTranslate2 int8."""
+        from .checkpoints import export_ctranslate2
+
+        students = {n: p for n, p in self.systems().items() if n in self.config.methods}
+        self.evaluate("valid", systems=students)
+        best = self.best_student()
+        output = self.path("models", "ctranslate2_int8")
+        shutil.rmtree(output, ignore_errors=True)
+        export_ctranslate2(self.path("models", f"{best}.pt"), self.config.data_bin, output + ".tmp", "int8",
+                           self.config.src, self.config.tgt)  # fmt: skip
+        os.replace(output + ".tmp", output)
+        write_json(self.path("models", "ctranslate2_int8.json"), {"student": best})
+        log(f"    {best} (best valid BLEU) converted to CTranslate2 int8")
+
+    # ---- report ----------------------------------------------------------------------------------
+
+    def report(self):
+        systems = self.systems()
+        valid = {r.name: r for r in self.evaluate("valid", systems=systems)}
+        test = self.evaluate("test", self.config.timing_rounds, systems=systems)
+        ct2_source = None
+        if os.path.exists(self.path("models", "ctranslate2_int8.json")):
+            with open(self.path("models", "ctranslate2_int8.json")) as f:
+                ct2_source = json.load(f)["student"]
+        records = []
+        for r in test:
+            record = r.as_dict()
+            record["method"] = describe(r.name, ct2_source)
+            record["valid_bleu"] = valid[r.name].bleu
+            record["valid_significance"] = valid[r.name].significance
+            if r.name == "ctranslate2_int8" and ct2_source:
+                record["params"] = next(x.params for x in test if x.name == ct2_source)
+            records.append(record)
+        seeds = seed_summary(records)
+        floor = self.config.chrf_floor
+        shown = [r for r in records if floor is None or r["chrf"] >= floor]
+        below = [r["name"] for r in records if r not in shown]
+        write_json(self.path("results.json"), {"settings": config_record(self.config), "systems": records,
+                                               "seeds": seeds, "chrf_floor": floor, "below_chrf_floor": below})  # fmt: skip
+        with open(self.path("eval", "test", "results.json")) as f:
+            note = json.load(f)["note"]
+        table = results_table(shown, {m: v for m, v in seeds.items() if m in {r["name"] for r in shown}})
+        if below:
+            table += f"\nNot shown, test chrF below {floor} (they do not translate at this budget): {', '.join(below)}.\n"
+        write_text(self.path("results.md"), f"{note}.\n\n{table}")
+        from .evaluate import plot
+
+        plot([_as_record(r) for r in shown], self.path("bleu_vs_speed.png"))
+        log("\n" + table)
+        log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
+
+
+def flatten(record, prefix=""):
+    """{"training.lr": 0.002, ...}: a nested settings record with one key per value."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(name, ct2_source=None):
+    if name == "teacher":
+        return "the teacher"
+    if name == "ctranslate2_int8":
+        return f"{ct2_source} in CTranslate2 int8"
+    base, _, seed = name.partition(".seed")
+    summary = M.get(base).summary
+    return f"{summary}, seed {seed}" if seed else summary
+
+
+def seed_summary(records):
+    """{method: {seeds, bleu_mean, bleu_std, chrf_mean, chrf_std}} of every method trained with several seeds."""
+    by_method = {}
+    for r in records:
+        base, _, seed = r["name"].partition(".seed")
+        if r["name"] in ("teacher", "ctranslate2_int8"):
+            continue
+        by_method.setdefault(base, []).append(r)
+    out = {}
+    for method, runs in by_method.items():
+        if len(runs) > 1:
+            out[method] = {"seeds": len(runs)}
+            for key in ("bleu", "chrf"):
+                values = [r[key] for r in runs]
+                out[method][f"{key}_mean"] = round(statistics.mean(values), 2)
+                out[method][f"{key}_std"] = round(statistics.stdev(values), 2)
+    return out
+
+
+def results_table(records, seeds=None):
+    """The run's table: test BLEU with its 95% interval and paired-bootstrap p against the baseline, chrF,
+    valid BLEU, speed and size; then the seed spread of the methods trained with several seeds."""
+    head = ["system", "method", "BLEU", "vs baseline", "p", "chrF", "valid BLEU", "valid p", "sentences/s", "params", "MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = next((r for r in records if r["name"] == "baseline"), None)
+    for r in records:
+        sig, vsig = r["significance"].get("bleu", {}), r.get("valid_significance", {}).get("bleu", {})
+        if r["name"] == "baseline" or not sig or base is None:
+            versus, p, vp = "", "", ""
+        else:
+            versus = f"{r['bleu'] - base['bleu']:+.2f} ({sig['verdict']})"
+            p, vp = f"{sig['p_value']:.4f}", f"{vsig.get('p_value', float('nan')):.4f}"
+        bleu = f"{r['bleu']:.2f} ± {sig['ci']:.2f}" if sig else f"{r['bleu']:.2f}"
+        cells = [r["name"], r["method"], bleu, versus, p, f"{r['chrf']:.2f}", f"{r['valid_bleu']:.2f}", vp,
+                 f"{r['sentences_per_s']:.1f}", f"{r['params']:,}" if r.get("params") else "-", str(r["size_mb"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if seeds:
+        text += "\n| method | seeds | BLEU mean ± std | chrF mean ± std |\n|---|---|---|---|\n"
+        for method, s in seeds.items():
+            text += f"| {method} | {s['seeds']} | {s['bleu_mean']:.2f} ± {s['bleu_std']:.2f} | {s['chrf_mean']:.2f} ± {s['chrf_std']:.2f} |\n"
+    text += f"\n± is sacreBLEU's 95% bootstrap interval; a difference is a gain or a loss only when p < {SIGNIFICANCE}.\n"
+    return text
+
+
+def _as_record(r):
+    from .evaluate import Record
+
+    fields = {f.name for f in dataclasses.fields(Record)}
+    return Record(**{k: v for k, v in r.items() if k in fields})
+
+
+# ---- data helpers ---------------------------------------------------------------------------------
+
+
+def low_data_selector(share=M.LOW_DATA_SHARE):
+    """A predicate on source lines: True for the SHARE of them that the low-data regime keeps labelled."""
+    buckets = round(1 / share)
+
+    def keep(source_line):
+        return int(hashlib.sha1(source_line.encode("utf-8")).hexdigest(), 16) % buckets == 0
+
+    return keep
+
+
+def read_pairs(data_bin, split, src, tgt):
+    """[(source tokens, target tokens)] of a binarized split, as text."""
+    from fairseq.data import Dictionary, data_utils
+
+    pairs = []
+    columns = []
+    for lang in (src, tgt):
+        dictionary = Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt"))
+        dataset = data_utils.load_indexed_dataset(os.path.join(data_bin, f"{split}.{src}-{tgt}.{lang}"), dictionary)
+        if dataset is None:
+            raise PipelineError(f"{data_bin} has no binarized {split} split for {src}-{tgt}")
+        columns.append([dictionary.string(dataset[i]) for i in range(len(dataset))])
+    pairs = list(zip(*columns))
+    return pairs
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+
+def repair_last_checkpoint(save_dir):
+    """fairseq writes its first checkpoint of a save atomically but *copies* it to checkpoint_last.pt: a run
+    stopped during that copy leaves a truncated checkpoint_last.pt, from which fairseq-train cannot resume.
+    Such a file is moved aside to checkpoint_last.pt.incomplete and replaced by the newest complete interval
+    checkpoint of SAVE_DIR, so that the rerun resumes from there; without one, training starts again.
+    Returns the checkpoint resumed from, or None."""
+    last = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.exists(last) or zipfile.is_zipfile(last):
+        return None
+    os.replace(last, last + ".incomplete")
+    interval = []
+    for name in os.listdir(save_dir):
+        match = re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", name)
+        if match and zipfile.is_zipfile(os.path.join(save_dir, name)):
+            interval.append((int(match.group(1)), name))
+    if not interval:
+        log(f"    note: {last} was incomplete (the run stopped while fairseq was writing it) and there is no")
+        log(f"    complete interval checkpoint to resume from: training starts again (the file is kept as {last}.incomplete)")
+        return None
+    source = os.path.join(save_dir, max(interval)[1])
+    shutil.copyfile(source, last + ".tmp")
+    os.replace(last + ".tmp", last)
+    log(f"    note: {last} was incomplete (the run stopped while fairseq was writing it; kept as")
+    log(f"    {last}.incomplete): resuming from {os.path.basename(source)} instead")
+    return source
+
+
+def checkpoint_updates(path):
+    """The number of updates a fairseq checkpoint was saved at, or None without one."""
+    from .checkpoints import load_checkpoint
+
+    if not os.path.exists(path):
+        return None
+    return load_checkpoint(path)["optimizer_history"][-1]["num_updates"]
+
+
+def last_update(log_path):
+    with open(log_path, errors="replace") as f:
+        found = re.findall(r"num_updates[=\s](\d+)", f.read()[-20000:])
+    return int(found[-1]) if found else None
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser):
+    """The options of a run with a given teacher (the demo adds its corpus and teacher stages in front)."""
+    parser.add_argument("--methods", default="baseline,seq_kd,init_seq_kd",
+                        help="comma-separated methods of fairseq_kd.methods (python -m fairseq_kd.methods lists them)")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=1, help="train the baseline and the best student with N seeds")
+    parser.add_argument("--timing-rounds", type=int, default=0, help="time every system N more times, by turns")
+    parser.add_argument("--out", required=True, help="output directory; a rerun resumes in it")
+
+
+def main(argv=None):
+    import logging
+
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
+    parser = argparse.ArgumentParser(prog="python -m fairseq_kd.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True, help="the teacher's fairseq checkpoint")
+    parser.add_argument("--data-bin", required=True, help="the data-bin the teacher was trained with")
+    parser.add_argument("--references", required=True, help="directory with the raw valid.TGT and test.TGT references")
+    parser.add_argument("--source-lang", "-s", required=True)
+    parser.add_argument("--target-lang", "-t", required=True)
+    tokenize = parser.add_mutually_exclusive_group()
+    tokenize.add_argument("--spm-model", help="the sentencepiece model the data was encoded with")
+    tokenize.add_argument("--bpe-codes", help="the subword-nmt BPE codes the data was encoded with")
+    parser.add_argument("--transfer", help="raw monolingual source text for the teacher to translate (default: the training sources)")
+    parser.add_argument("--student", default="2,1,128,512,4", help="encoder layers, decoder layers, width, FFN width, heads")
+    parser.add_argument("--max-update", type=int, default=4200)
+    parser.add_argument("--warmup-updates", type=int, default=400)
+    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        shape = Shape(*(int(x) for x in args.student.split(",")))
+    except (TypeError, ValueError):
+        raise PipelineError(f"--student {args.student!r}: give five integers, e.g. 2,1,128,512,4") from None
+    config = Config(
+        args.teacher, args.data_bin, args.references, args.source_lang, args.target_lang, shape,
+        Training(args.max_update, args.warmup_updates, args.lr, args.max_tokens, args.dropout),
+        methods=[m for m in args.methods.split(",") if m], seeds=args.seeds, spm_model=args.spm_model,
+        bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
+    )  # fmt: skip
+    Pipeline(args.out, config).run()
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    sys.exit(run(main, "python -m fairseq_kd.pipeline"))

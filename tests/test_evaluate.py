@@ -1,0 +1,150 @@
+"""fairseq_kd.evaluate's pieces: the significance fields against sacreBLEU's own command line, the verdict
+rule, the table, and every bad input refused before any translation. (A whole evaluation of real models,
+fairseq and CTranslate2, with timing rounds, runs in tests/test_demo_pipeline.py on the smoke run.)"""
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+
+from fairseq_kd.evaluate import (
+    EvaluationError,
+    Record,
+    Settings,
+    evaluate,
+    paired_bootstrap,
+    parse_generate_output,
+    parse_systems,
+    results_table,
+    verdict,
+)
+from fairseq_kd.io import UserError
+
+BIN = os.path.dirname(sys.executable)
+
+
+def noisy(references, keep, rng):
+    words = sorted({w for r in references for w in r.split()})
+    return [" ".join(w if rng.random() < keep else rng.choice(words) for w in r.split()) for r in references]
+
+
+class TestSignificance(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        rng = random.Random(0)
+        words = "the a cat dog sat on mat and ran far away home".split()
+        cls.references = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
+        cls.baseline = noisy(cls.references, 0.6, rng)
+        cls.better = noisy(cls.references, 0.7, rng)
+        cls.same = noisy(cls.references, 0.6, rng)
+
+    def test_the_paired_bootstrap_is_sacrebleus(self):
+        """p-values and intervals equal what sacreBLEU's own command line prints for the same files."""
+        tests, signatures = paired_bootstrap(("baseline", self.baseline), {"better": self.better}, self.references)
+        with tempfile.TemporaryDirectory() as d:
+            for name, lines in (("ref", self.references), ("baseline", self.baseline), ("better", self.better)):
+                with open(os.path.join(d, name), "w") as f:
+                    f.write("\n".join(lines) + "\n")
+            result = subprocess.run(
+                [os.path.join(BIN, "sacrebleu"), "ref", "-i", "baseline", "better", "--paired-bs", "-m", "bleu", "chrf",
+                 "-f", "text"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True,
+            )  # fmt: skip
+        intervals = re.findall(r"\(([\d.]+) ± ([\d.]+)\)", result.stdout)  # baseline BLEU, chrF; better BLEU, chrF
+        p_values = [float(p) for p in re.findall(r"\(p = ([\d.]+)\)", result.stdout)]
+        self.assertEqual(len(intervals), 4)
+        for i, metric in enumerate(("bleu", "chrf")):
+            self.assertAlmostEqual(tests["baseline"][metric]["mean"], float(intervals[i][0]), places=1)
+            self.assertAlmostEqual(tests["baseline"][metric]["ci"], float(intervals[i][1]), places=1)
+            self.assertAlmostEqual(tests["better"][metric]["mean"], float(intervals[2 + i][0]), places=1)
+            self.assertAlmostEqual(tests["better"][metric]["ci"], float(intervals[2 + i][1]), places=1)
+            self.assertAlmostEqual(tests["better"][metric]["p_value"], p_values[i], places=4)
+            self.assertEqual(tests["better"][metric]["verdict"], "gain")
+        self.assertIn("bs:1000", signatures["BLEU"])
+
+    def test_a_system_like_the_baseline_is_no_gain(self):
+        tests, _ = paired_bootstrap(("baseline", self.baseline), {"same": self.same, "baseline": self.baseline}, self.references)
+        self.assertEqual(list(tests), ["baseline", "same"])
+        self.assertGreater(tests["same"]["bleu"]["p_value"], 0.05)
+        self.assertEqual(tests["same"]["bleu"]["verdict"], "no significant difference")
+        worse, _ = paired_bootstrap(("better", self.better), {"baseline": self.baseline}, self.references)
+        self.assertEqual(worse["baseline"]["bleu"]["verdict"], "loss")
+
+    def test_verdict_needs_p_below_005(self):
+        self.assertEqual(verdict(2.0, 0.049), "gain")
+        self.assertEqual(verdict(-2.0, 0.01), "loss")
+        self.assertEqual(verdict(5.0, 0.05), "no significant difference")
+        self.assertEqual(verdict(-5.0, 0.3), "no significant difference")
+
+
+class TestPieces(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="fairseq_kd_evaluate_")
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def test_generate_output_in_corpus_order(self):
+        text = (
+            "S-2\tdrei\nH-2\t-0.5\t▁three\nD-2\t-0.5\tthree\nD-0\t-0.1\tone two\nD-1\t-0.2\t\n"
+            "2026-11-25 | INFO | fairseq_cli.generate | Translated 3 sentences (9 tokens) in 0.5s (6.00 sentences/s, 18.00 tokens/s)\n"
+        )
+        hypotheses, speed = parse_generate_output(text, 3)
+        self.assertEqual(hypotheses, ["one two", "", "three"])
+        self.assertEqual(speed, {"sentences_per_s": 6.0, "tokens_per_s": 18.0, "seconds": 0.5})
+        with self.assertRaisesRegex(RuntimeError, "no translation of 1 sentences"):
+            parse_generate_output(text, 4)
+        with self.assertRaisesRegex(RuntimeError, "Translated"):
+            parse_generate_output("D-0\t0\tx\n", 1)
+
+    def test_bad_systems_are_refused_before_any_work(self):
+        ct2 = os.path.join(self.tmp, "not_ct2")
+        os.makedirs(ct2)
+        text = os.path.join(self.tmp, "notes.txt")
+        with open(text, "w") as f:
+            f.write("not a checkpoint\n")
+        truncated = os.path.join(self.tmp, "truncated.pt")
+        torch.save({"model": {}}, truncated)
+        with open(truncated, "r+b") as f:
+            f.truncate(40)
+        for specs, message in [
+            (["a=x.pt", "a=y.pt"], "two systems are named 'a'"),
+            (["student.pt"], "is not NAME=PATH"),
+            (["a=" + os.path.join(self.tmp, "missing.pt")], "does not exist"),
+            (["a=" + ct2], "is a directory but not a CTranslate2 model"),
+            (["a=" + text], "could not be read as a fairseq checkpoint"),
+            (["a=" + truncated], "could not be read as a fairseq checkpoint"),
+            (["a b=x.pt"], "use letters, digits"),
+            ([], "no system to evaluate"),
+        ]:
+            with self.subTest(message), self.assertRaisesRegex(UserError, message):
+                parse_systems(specs)
+
+    def test_bad_settings(self):
+        for settings, message in [(Settings(beam=0), "--beam"), (Settings(max_len_b=0), "--max-len-b"),
+                                  (Settings(bootstrap_samples=10), "--bootstrap-samples")]:  # fmt: skip
+            with self.subTest(message), self.assertRaisesRegex(EvaluationError, message):
+                evaluate({"a": "x.pt"}, self.tmp, "refs", settings=settings)
+        with self.assertRaisesRegex(EvaluationError, "--baseline 'b' is not one of the systems"):
+            evaluate({"a": os.path.join(self.tmp, "not_there.pt")}, self.tmp, "refs", baseline="b")
+        with self.assertRaisesRegex(EvaluationError, "--timing-rounds must be 0 or more"):
+            evaluate({"a": "x.pt"}, self.tmp, "refs", timing_rounds=-1)
+
+    def test_table_marks_gains_only_with_significance(self):
+        def record(name, bleu, significance):
+            return Record(name, name + ".pt", "fairseq", bleu, 50.0, 100.0, 1000.0, 1234567, 4.5, significance=significance)
+
+        base = record("baseline", 30.0, {"bleu": {"mean": 30.0, "ci": 1.0}})
+        gain = record("kd", 32.5, {"bleu": {"mean": 32.5, "ci": 1.1, "p_value": 0.001, "verdict": "gain"}})
+        same = record("other", 30.4, {"bleu": {"mean": 30.4, "ci": 1.0, "p_value": 0.3, "verdict": "no significant difference"}})
+        table = results_table([base, gain, same], "baseline").splitlines()
+        self.assertEqual(len(table), 5)
+        self.assertIn("| kd | 32.50 ± 1.10 | 50.00 | +2.50 (gain) | 0.0010 | 100.0 | 1000 | 1,234,567 | 4.5 |", table)
+        self.assertIn("+0.40 (no significant difference) | 0.3000", table[4])
+
+
+if __name__ == "__main__":
+    unittest.main()
