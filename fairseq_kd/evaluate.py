@@ -104,7 +104,9 @@ def inspect_system(name, path) -> System:
         if not os.path.isfile(os.path.join(path, "model.bin")):
             raise EvaluationError(f"{name}: {path} is a directory but not a CTranslate2 model (it has no model.bin)")
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-        return System(name, path, "ctranslate2", size_mb=round(size / 2**20, 2), digest=sha256_file(os.path.join(path, "model.bin")))
+        return System(
+            name, path, "ctranslate2", size_mb=round(size / 2**20, 2), digest=sha256_file(os.path.join(path, "model.bin"))
+        )
     if not os.path.exists(path):
         raise EvaluationError(f"{name}: {path} does not exist (give a fairseq checkpoint or a CTranslate2 model directory)")
     from .checkpoints import load_checkpoint
@@ -135,8 +137,6 @@ def inspect_system(name, path) -> System:
         size_mb=round(os.path.getsize(path) / 2**20, 2),
         digest=sha256_file(path),
     )
-
-
 
 
 def count_parameters(model_state) -> int:
@@ -292,7 +292,9 @@ def translate_fairseq(system, source, settings, log_path):
     with open(log_path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     if code != 0:
-        raise RuntimeError(f"{system.name}: fairseq-generate failed (exit status {code}); the end of {log_path}:\n{text[-2000:]}")
+        raise RuntimeError(
+            f"{system.name}: fairseq-generate failed (exit status {code}); the end of {log_path}:\n{text[-2000:]}"
+        )
     return parse_generate_output(text, len(source.tokens), system.name)
 
 
@@ -308,7 +310,9 @@ def parse_generate_output(text, num_sentences, name="system"):
         raise RuntimeError(f"{name}: fairseq-generate printed no 'Translated ... sentences' line")
     missing = [i for i in range(num_sentences) if i not in hypotheses]
     if missing:
-        raise RuntimeError(f"{name}: fairseq-generate gave no translation of {len(missing)} sentences (the first: {missing[0]})")
+        raise RuntimeError(
+            f"{name}: fairseq-generate gave no translation of {len(missing)} sentences (the first: {missing[0]})"
+        )
     speed = {"sentences_per_s": float(match[4]), "tokens_per_s": float(match[5]), "seconds": float(match[3])}
     return [hypotheses[i] for i in range(num_sentences)], speed
 

@@ -131,7 +131,9 @@ def check_settings(config: Config):
     if "baseline" not in config.methods:
         raise PipelineError("--methods must include baseline: every student is compared with it")
     if config.seeds < 1 or config.timing_rounds < 0:
-        raise PipelineError(f"--seeds must be at least 1 and --timing-rounds at least 0 (got {config.seeds}, {config.timing_rounds})")
+        raise PipelineError(
+            f"--seeds must be at least 1 and --timing-rounds at least 0 (got {config.seeds}, {config.timing_rounds})"
+        )
     if config.training.max_update < 1:
         raise PipelineError(f"the students' budget must be at least 1 update (got {config.training.max_update})")
     if config.transfer and not (config.spm_model or config.bpe_codes):
@@ -639,7 +641,9 @@ def main(argv=None):
     tokenize = parser.add_mutually_exclusive_group()
     tokenize.add_argument("--spm-model", help="the sentencepiece model the data was encoded with")
     tokenize.add_argument("--bpe-codes", help="the subword-nmt BPE codes the data was encoded with")
-    parser.add_argument("--transfer", help="raw monolingual source text for the teacher to translate (default: the training sources)")
+    parser.add_argument(
+        "--transfer", help="raw monolingual source text for the teacher to translate (default: the training sources)"
+    )
     parser.add_argument("--student", default="2,1,128,512,4", help="encoder layers, decoder layers, width, FFN width, heads")
     parser.add_argument("--max-update", type=int, default=4200)
     parser.add_argument("--warmup-updates", type=int, default=400)

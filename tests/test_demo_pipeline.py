@@ -130,7 +130,9 @@ class TestPieces(unittest.TestCase):
             before = f.read()
         changed = Demo(out, "smoke")
         changed.config.training.lr = 0.01
-        with self.assertRaisesRegex(PipelineError, r"made with other training.lr \(0.005, now 0.01\): .*give another output directory"):
+        with self.assertRaisesRegex(
+            PipelineError, r"made with other training.lr \(0.005, now 0.01\): .*give another output directory"
+        ):
             changed.pipeline.check_run_dir()
         with open(os.path.join(out, "pipeline.json"), "rb") as f:
             self.assertEqual(f.read(), before)

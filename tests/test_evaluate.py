@@ -68,7 +68,9 @@ class TestSignificance(unittest.TestCase):
         self.assertIn("bs:1000", signatures["BLEU"])
 
     def test_a_system_like_the_baseline_is_no_gain(self):
-        tests, _ = paired_bootstrap(("baseline", self.baseline), {"same": self.same, "baseline": self.baseline}, self.references)
+        tests, _ = paired_bootstrap(
+            ("baseline", self.baseline), {"same": self.same, "baseline": self.baseline}, self.references
+        )
         self.assertEqual(list(tests), ["baseline", "same"])
         self.assertGreater(tests["same"]["bleu"]["p_value"], 0.05)
         self.assertEqual(tests["same"]["bleu"]["verdict"], "no significant difference")
@@ -139,7 +141,9 @@ class TestPieces(unittest.TestCase):
 
         base = record("baseline", 30.0, {"bleu": {"mean": 30.0, "ci": 1.0}})
         gain = record("kd", 32.5, {"bleu": {"mean": 32.5, "ci": 1.1, "p_value": 0.001, "verdict": "gain"}})
-        same = record("other", 30.4, {"bleu": {"mean": 30.4, "ci": 1.0, "p_value": 0.3, "verdict": "no significant difference"}})
+        same = record(
+            "other", 30.4, {"bleu": {"mean": 30.4, "ci": 1.0, "p_value": 0.3, "verdict": "no significant difference"}}
+        )
         table = results_table([base, gain, same], "baseline").splitlines()
         self.assertEqual(len(table), 5)
         self.assertIn("| kd | 32.50 ± 1.10 | 50.00 | +2.50 (gain) | 0.0010 | 100.0 | 1000 | 1,234,567 | 4.5 |", table)

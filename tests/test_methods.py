@@ -28,7 +28,8 @@ EXPECTED = {
     "interpolation": "D --task translation_kd --train-mixture D,P --train-mixture-probs 0.66,0.34 " + NLL.format(ls=0),
     "hybrid": "D --task translation_kd --train-mixture D,P --train-mixture-probs 0.66,0.34 --teacher-path T.pt "
     + KD.format(nll=1),
-    "distilbert": "D --task translation_kd --teacher-path T.pt --init-from-teacher " + KD.format(nll=1)
+    "distilbert": "D --task translation_kd --teacher-path T.pt --init-from-teacher "
+    + KD.format(nll=1)
     + " --cosine-weight 1 --cosine-encoder",
     "init_seq_kd": "D --task translation_kd --train-mixture P --teacher-path T.pt --init-from-teacher " + NLL.format(ls=0),
     "low_data": "D --task translation_kd --train-mixture L,LP --train-mixture-probs 0.333333,0.666667 --teacher-path T.pt "

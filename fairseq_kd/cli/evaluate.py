@@ -49,7 +49,9 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr
+    )
     from ..evaluate import Settings, evaluate
 
     settings = Settings(args.beam, args.batch_size, args.max_len_a, args.max_len_b, args.post_process, args.threads,

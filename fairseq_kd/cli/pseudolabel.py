@@ -25,7 +25,6 @@ import shutil
 import sys
 
 from ..io import binarize, encode_lines, read_lines, sha256_file
-from . import run
 from ..pseudolabel import (
     Filters,
     PseudoLabelError,
@@ -36,6 +35,7 @@ from ..pseudolabel import (
     write_pseudolabels,
     write_summary,
 )
+from . import run
 
 logger = logging.getLogger("fairseq_kd.pseudolabel")
 

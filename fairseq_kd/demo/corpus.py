@@ -113,7 +113,11 @@ def build_corpus(out_dir, locale_dir=LOCALE_DIR, lang="de", valid_share=0.03, te
         raise CorpusError(f"locale {lang!r}: give a gettext locale other than English, such as de, fr or pt_BR")
     paths = sorted(glob.glob(os.path.join(locale_dir, lang, "LC_MESSAGES", "*.mo")))
     if not paths:
-        have = sorted(d for d in os.listdir(locale_dir) if glob.glob(os.path.join(locale_dir, d, "LC_MESSAGES", "*.mo")))[:12] if os.path.isdir(locale_dir) else []
+        have = (
+            sorted(d for d in os.listdir(locale_dir) if glob.glob(os.path.join(locale_dir, d, "LC_MESSAGES", "*.mo")))[:12]
+            if os.path.isdir(locale_dir)
+            else []
+        )
         raise CorpusError(
             f"no gettext catalogs in {os.path.join(locale_dir, lang, 'LC_MESSAGES')}: choose a locale this machine has "
             f"({', '.join(have) or 'none'}), or run the demo on your own corpus with `make demo DATA=dir`"

@@ -78,7 +78,8 @@ class Demo:
             if changed:
                 raise DemoError(
                     f"{self.out} holds a demo run of preset {earlier.get('preset')!r} on {earlier.get('data')} "
-                    f"({earlier.get('languages')}) that differs in " + ", ".join(changed)
+                    f"({earlier.get('languages')}) that differs in "
+                    + ", ".join(changed)
                     + f": give another output directory (OUT=...) or remove {self.out} to start over"
                 )
         write_json(path, record)
@@ -102,10 +103,18 @@ class Demo:
             for split in SPLITS:
                 for lang in (self.src, self.tgt):
                     shutil.copyfile(os.path.join(self.data, f"{split}.{lang}"), os.path.join(raw, f"{split}.{lang}"))
-            log("    " + ", ".join(f"{s}: {len(read_lines(os.path.join(raw, f'{s}.{self.src}')))}" for s in SPLITS) + " segments")
+            log(
+                "    "
+                + ", ".join(f"{s}: {len(read_lines(os.path.join(raw, f'{s}.{self.src}')))}" for s in SPLITS)
+                + " segments"
+            )
         else:
             stats = build_corpus(raw, lang=self.src)
-            log(f"    {stats['catalogs']} catalogs -> " + ", ".join(f"{s}: {stats[s + ' segments']}" for s in SPLITS) + " segments")
+            log(
+                f"    {stats['catalogs']} catalogs -> "
+                + ", ".join(f"{s}: {stats[s + ' segments']}" for s in SPLITS)
+                + " segments"
+            )
 
     def sentencepiece(self):
         import sentencepiece as spm

@@ -47,7 +47,8 @@ PRESETS = {
         student_training=Training(max_update=500, warmup_updates=100),
         methods=["baseline", "init_seq_kd"],
         seeds=1,
-        timing_rounds=3,
+        # each system's speed is that of its scoring translation: 20 minutes leave no room for more rounds
+        timing_rounds=0,
         chrf_floor=30.0,
     ),
     "full": dict(

@@ -18,8 +18,8 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 from omegaconf import II
 
 from ..checkpoints import load_checkpoint
-from ..io import UserError
 from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
+from ..io import UserError
 from ..topk_cache import TopKCache, TopKCacheError, split_identity
 from ..utils import capture_encoder_out
 
