@@ -453,7 +453,8 @@ class Pipeline:
                                                "seeds": seeds, "chrf_floor": floor, "below_chrf_floor": below})  # fmt: skip
         with open(self.path("eval", "test", "results.json")) as f:
             note = json.load(f)["note"]
-        table = results_table(shown, {m: v for m, v in seeds.items() if m in {r["name"] for r in shown}})
+        baseline = next(r for r in records if r["name"] == "baseline")
+        table = results_table(shown, {m: v for m, v in seeds.items() if m in {r["name"] for r in shown}}, baseline)
         if below:
             table += f"\nNot shown, test chrF below {floor} (they do not translate at this budget): {', '.join(below)}.\n"
         write_text(self.path("results.md"), f"{note}.\n\n{table}")
@@ -509,12 +510,13 @@ def seed_summary(records):
     return out
 
 
-def results_table(records, seeds=None):
-    """The run's table: test BLEU with its 95% interval and paired-bootstrap p against the baseline, chrF,
-    valid BLEU, speed and size; then the seed spread of the methods trained with several seeds."""
+def results_table(records, seeds=None, baseline=None):
+    """The run's table: test BLEU with its 95% interval and paired-bootstrap p against the baseline (BASELINE,
+    or the record named so), chrF, valid BLEU, speed and size; then the seed spread of the methods trained
+    with several seeds."""
     head = ["system", "method", "BLEU", "vs baseline", "p", "chrF", "valid BLEU", "valid p", "sentences/s", "params", "MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = next((r for r in records if r["name"] == "baseline"), None)
+    base = baseline or next((r for r in records if r["name"] == "baseline"), None)
     for r in records:
         sig, vsig = r["significance"].get("bleu", {}), r.get("valid_significance", {}).get("bleu", {})
         if r["name"] == "baseline" or not sig or base is None:
@@ -631,16 +633,17 @@ def add_arguments(parser):
 def main(argv=None):
     import logging
 
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, force=True)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # the in-process evaluation's data loading
     parser = argparse.ArgumentParser(prog="python -m fairseq_kd.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="the teacher's fairseq checkpoint")
     parser.add_argument("--data-bin", required=True, help="the data-bin the teacher was trained with")
     parser.add_argument("--references", required=True, help="directory with the raw valid.TGT and test.TGT references")
     parser.add_argument("--source-lang", "-s", required=True)
     parser.add_argument("--target-lang", "-t", required=True)
-    tokenize = parser.add_mutually_exclusive_group()
-    tokenize.add_argument("--spm-model", help="the sentencepiece model the data was encoded with")
-    tokenize.add_argument("--bpe-codes", help="the subword-nmt BPE codes the data was encoded with")
+    from .cli import add_tokenizer_arguments
+
+    add_tokenizer_arguments(parser, "the data (and --transfer)")
     parser.add_argument(
         "--transfer", help="raw monolingual source text for the teacher to translate (default: the training sources)"
     )

@@ -16,7 +16,6 @@ Training at temperature T uses the top-k distribution renormalised at T:
 the teacher's softmax(z / T).
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -24,21 +23,13 @@ import os
 import numpy as np
 import torch
 
-from .io import UserError
+from .io import UserError, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
 
 class TopKCacheError(UserError):
     pass
-
-
-def _sha256(path, chunk=1 << 22):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_identity(data_dir, split, src, tgt):
@@ -51,14 +42,8 @@ def split_identity(data_dir, split, src, tgt):
         path = os.path.join(data_dir, name)
         if not os.path.isfile(path):
             raise TopKCacheError(f"{path} does not exist: the cache is made for a binarized split with both sides")
-        identity[name] = _sha256(path)
+        identity[name] = sha256_file(path)
     return identity
-
-
-def _write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def read_meta(cache_dir):
@@ -154,7 +139,7 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
         np.lib.format.open_memmap(
             os.path.join(cache_dir, "lprobs.npy"), mode="w+", dtype=np.float16, shape=(int(offsets[-1]), k)
         ).flush()
-        _write_json(meta_path, meta)
+        write_json(meta_path, meta)
     ids_out = np.load(os.path.join(cache_dir, "ids.npy"), mmap_mode="r+")
     lprobs_out = np.load(os.path.join(cache_dir, "lprobs.npy"), mmap_mode="r+")
 
@@ -191,5 +176,5 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
             f.write("done\n")
         logger.info(f"{cache_dir}: shard {shard + 1} of {num_shards} done")
     meta["complete"] = True
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     return meta

@@ -126,6 +126,28 @@ class TestBuildCorpus(unittest.TestCase):
         with self.assertRaisesRegex(CorpusError, "no gettext catalogs"):
             build_corpus(os.path.join(self.tmp.name, "out"), os.path.join(self.tmp.name, "nowhere"))
 
+    def test_another_locale_names_its_files_by_that_language(self):
+        os.makedirs(os.path.join(self.locale, "fr", "LC_MESSAGES"))
+        write_mo(
+            os.path.join(self.locale, "fr", "LC_MESSAGES", "a.mo"), {f"message {i}": f"le message {i}" for i in range(50)}
+        )
+        out = os.path.join(self.tmp.name, "fr")
+        build_corpus(out, self.locale, lang="fr", valid_share=0.1, test_share=0.1, min_pairs=10)
+        self.assertEqual(
+            sorted(os.listdir(out)),
+            sorted([f"{s}.{l}" for s in ("train", "valid", "test") for l in ("fr", "en")] + ["stats.json"]),
+        )
+        pairs = dict(zip(self.read(out, "train", "fr"), self.read(out, "train", "en")))
+        self.assertTrue(pairs)
+        self.assertEqual({pairs[fr] for fr in pairs}, {fr.replace("le ", "") for fr in pairs})
+        for lang, message in [
+            ("en", "other than English"),
+            ("../de", "give a gettext locale"),
+            ("sv", "choose a locale this machine has \\(fr\\)"),
+        ]:
+            with self.subTest(lang), self.assertRaisesRegex(CorpusError, message):
+                build_corpus(os.path.join(self.tmp.name, "x"), self.locale, lang=lang)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -322,6 +322,30 @@ class TestSmokeRun(unittest.TestCase):
             self.assertEqual(result.returncode, 2)
             self.assertEqual(len(result.stdout.strip().splitlines()), 1, result.stdout)
             self.assertIn(message, result.stdout)
+        # raw source text, encoded with the run's sentencepiece model: the same translations as the binarized split
+        result = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "fairseq-kd-evaluate"), os.path.join(self.out, "data-bin"),
+             "--references", os.path.join(self.data, f"test.{TGT}"), "--source", os.path.join(self.data, f"test.{SRC}"),
+             "--spm-model", os.path.join(self.out, "spm.model"), f"baseline={models}/baseline.pt", "--beam", "2",
+             "--max-len-a", "0", "--max-len-b", "20", "--out", os.path.join(self.tmp, "raw_source")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        with open(os.path.join(self.tmp, "raw_source", "results.json")) as f:
+            self.assertEqual(json.load(f)["systems"][0]["bleu"], systems["baseline"]["bleu"])
+        # a data-bin with other dictionaries than the model's
+        other = os.path.join(self.tmp, "other-bin")
+        shutil.copytree(os.path.join(self.out, "data-bin"), other)
+        for lang in (SRC, TGT):
+            with open(os.path.join(other, f"dict.{lang}.txt"), "a") as f:
+                f.write("zzz 1\n")
+        result = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "fairseq-kd-evaluate"), other,
+             "--references", os.path.join(self.data, f"test.{TGT}"), f"a={models}/baseline.pt"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 2, result.stdout[-2000:])
+        self.assertIn("the model was trained with other dictionaries", result.stdout)
         short = os.path.join(self.tmp, "short.ref")
         with open(short, "w") as f:
             f.write("one line\n")

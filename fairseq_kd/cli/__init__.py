@@ -14,3 +14,11 @@ def run(main, prog, argv=None):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return status or 0
+
+
+def add_tokenizer_arguments(parser, applies_to):
+    """--spm-model | --bpe-codes: the subword model that raw text (APPLIES_TO) is encoded with."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--spm-model", help=f"sentencepiece model that {applies_to} is encoded with")
+    group.add_argument("--bpe-codes", help=f"subword-nmt BPE codes that {applies_to} is encoded with")
+    return group

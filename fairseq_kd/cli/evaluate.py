@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import run
+from . import add_tokenizer_arguments, run
 
 
 def get_parser():
@@ -24,9 +24,7 @@ def get_parser():
     parser.add_argument("--references", required=True, help="the references of the split, raw text, one per line")
     parser.add_argument("--split", default="test", help="the binarized split of DATA_BIN to translate (default: test)")
     parser.add_argument("--source", help="raw source text to translate instead of a binarized split")
-    tokenize = parser.add_mutually_exclusive_group()
-    tokenize.add_argument("--spm-model", help="sentencepiece model that --source is encoded with")
-    tokenize.add_argument("--bpe-codes", help="subword-nmt BPE codes that --source is encoded with")
+    add_tokenizer_arguments(parser, "--source")
     parser.add_argument("--source-lang", "-s", help="default: inferred from DATA_BIN")
     parser.add_argument("--target-lang", "-t", help="default: inferred from DATA_BIN")
     parser.add_argument("--baseline", help="compare every other system with this one (paired bootstrap)")

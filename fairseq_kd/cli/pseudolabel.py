@@ -35,7 +35,7 @@ from ..pseudolabel import (
     write_pseudolabels,
     write_summary,
 )
-from . import run
+from . import add_tokenizer_arguments, run
 
 logger = logging.getLogger("fairseq_kd.pseudolabel")
 
@@ -68,9 +68,7 @@ def get_parser():
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--subset", help="translate this binarized split of --data (e.g. train)")
     source.add_argument("--input", help="translate this raw source text, one sentence per line (UTF-8)")
-    tokenize = parser.add_mutually_exclusive_group()
-    tokenize.add_argument("--spm-model", help="sentencepiece model that --input is encoded with")
-    tokenize.add_argument("--bpe-codes", help="subword-nmt BPE codes that --input is encoded with")
+    add_tokenizer_arguments(parser, "--input")
     parser.add_argument("--source-lang", "-s", help="default: inferred from --data")
     parser.add_argument("--target-lang", "-t", help="default: inferred from --data")
     parser.add_argument("--beam", type=int, default=4, help="beam size (default: 4)")

@@ -189,7 +189,8 @@ def check_data_dir(data, src="de", tgt="en"):
 
 
 def main(argv=None):
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, force=True)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # the in-process evaluation's data loading
     parser = argparse.ArgumentParser(prog="python -m fairseq_kd.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
     parser.add_argument("--locale", default="de", help="the gettext catalogs' language, translated into English (default: de)")
