@@ -364,7 +364,8 @@ class TestSmokeRun(unittest.TestCase):
         out = os.path.join(self.tmp, "distil")
         args = ["-m", "fairseq_kd.pipeline", "--teacher", os.path.join(self.out, "teacher", "checkpoint_best.pt"),
                 "--data-bin", os.path.join(self.out, "data-bin"), "--references", self.data, "-s", SRC, "-t", TGT,
-                "--spm-model", os.path.join(self.out, "spm.model"), "--transfer", mono, "--methods", "baseline,seq_kd",
+                "--spm-model", os.path.join(self.out, "spm.model"), "--transfer", mono,
+                "--methods", "baseline,seq_kd_sampled,word_kd_topk,low_data",
                 "--student", "1,1,32,64,2", "--max-update", "8", "--warmup-updates", "4", "--max-tokens", "2048",
                 "--out", out]  # fmt: skip
         result = run(args)
@@ -373,8 +374,19 @@ class TestSmokeRun(unittest.TestCase):
             self.assertEqual(json.load(f)["transfer_sentences"], 300)
         with open(os.path.join(out, "results.json")) as f:
             systems = {r["name"]: r for r in json.load(f)["systems"]}
-        self.assertEqual(set(systems), {"teacher", "baseline", "seq_kd", "ctranslate2_int8"})
-        self.assertIn("p_value", systems["seq_kd"]["significance"]["bleu"])
+        self.assertEqual(
+            set(systems), {"teacher", "baseline", "seq_kd_sampled", "word_kd_topk", "low_data", "ctranslate2_int8"}
+        )
+        self.assertIn("p_value", systems["low_data"]["significance"]["bleu"])
+        # each method's data: sampled pseudo-labels, the teacher's top-8 cache, the low-data split
+        with open(os.path.join(out, "pseudolabels-sampled", "pseudolabel.json")) as f:
+            self.assertEqual(json.load(f)["sampling_topk"], 10)
+        with open(os.path.join(out, "logs", "word_kd_topk.log")) as f:
+            self.assertIn(f"--teacher-topk-cache {os.path.join(out, 'topk-cache')}", f.read())
+        with open(os.path.join(out, "low-data.json")) as f:
+            split = json.load(f)
+        self.assertEqual(split["pseudolabels"], 300)  # the whole transfer set: it has no references
+        self.assertAlmostEqual(split["references"] / split["training_pairs"], 0.05, delta=0.03)
         # a bad input is one line, before any work
         result = run(args[:-1] + [os.path.join(self.tmp, "other")] + ["--methods", "baseline,hinton"])
         self.assertEqual(result.returncode, 2)
