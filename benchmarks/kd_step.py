@@ -171,7 +171,7 @@ def main(argv=None):
         nll_task.train_step(dict(batch), student, nll_criterion, optimizer, 0)
 
     def teacher_forward():
-        kd_task.teacher_forward(dict(batch), student, kd_criterion)
+        kd_task.add_teacher_targets(dict(batch), student, kd_criterion)
 
     def kd_step():
         student.zero_grad(set_to_none=True)

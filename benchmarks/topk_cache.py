@@ -6,7 +6,9 @@ On the fixed batch of kd_step.py, time and peak memory of:
   (b) the teacher's forward alone
   (c) a KD step with the live teacher, full vocabulary
   (d) a KD step with the live teacher restricted to its top-k (--kd-topk)
-  (e) a KD step from a top-k cache on disk (--teacher-topk-cache; the lookup included), no teacher
+  (e) a KD step from a top-k cache on disk (--teacher-topk-cache; the lookup included, which in training
+      runs in the data loader: TopKCacheDataset's collater), no teacher
+  (f) the cache lookup of the batch alone
 
 and the ratios time(e) / time(a) (target <= 1.15), time(e) / time(c), peak(e) / peak(a), peak(d) / peak(c),
 plus the cache's bytes per target token.
@@ -92,7 +94,7 @@ def main(argv=None):
         live_task.teachers = topk_task.teachers = [teacher]
         batch = make_batch(d, args.sentences, args.length)
         cache_bytes = write_cache(tmp, teacher, batch, args.k, d.pad())
-        cache_task.topk_cache = TopKCache(tmp)
+        cache = TopKCache(tmp)
         for criterion in (nll_criterion, live_criterion, topk_criterion, cache_criterion):
             criterion.eps = 0.1
         optimizer = _Backward()
@@ -104,12 +106,19 @@ def main(argv=None):
 
             return run
 
+        def cached_step():
+            # what the data loader does (TopKCacheDataset.collater), then the training step
+            student.zero_grad(set_to_none=True)
+            with_rows = dict(batch, teacher_topk=cache.lookup(batch["id"], batch["target"], d.pad()))
+            cache_task.train_step(with_rows, student, cache_criterion, optimizer, 0)
+
         steps = {
             "a_nll_step": step(nll_task, nll_criterion),
-            "b_teacher_forward": lambda: live_task.teacher_forward(dict(batch), student, live_criterion),
+            "b_teacher_forward": lambda: live_task.add_teacher_targets(dict(batch), student, live_criterion),
             "c_live_kd_step": step(live_task, live_criterion),
             "d_live_topk_kd_step": step(topk_task, topk_criterion),
-            "e_cached_topk_kd_step": step(cache_task, cache_criterion),
+            "e_cached_topk_kd_step": cached_step,
+            "f_cache_lookup": lambda: cache.lookup(batch["id"], batch["target"], d.pad()),
         }
         student.train()
         results = {}
@@ -117,7 +126,7 @@ def main(argv=None):
             fn()
             results[name] = {"seconds": measure_time(fn, device, args.repeats), "peak_bytes": measure_peak(fn, device)}
     target_tokens = int(batch["ntokens"])
-    a, b, c, dd, e = (results[k] for k in steps)
+    a, b, c, dd, e, _ = (results[k] for k in steps)
     report = {
         "config": dict(
             vars(args), target_tokens=target_tokens, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count()

@@ -88,7 +88,7 @@ def load_checkpoint(path, what="checkpoint"):
         raise CheckpointError(f"{what} {path!r} does not exist (or is not a file)")
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
         raise CheckpointError(
             f"{what} {path!r} could not be read as a fairseq checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Is the file complete, and was it written by "
@@ -100,6 +100,21 @@ def load_checkpoint(path, what="checkpoint"):
             "(checkpoints from fairseq < 0.10 must be upgraded by loading and saving them with fairseq first)"
         )
     return state
+
+
+def check_dictionaries(model_state, data_bin, src, tgt, what="the model"):
+    """Raises CheckpointError unless the model's encoder and decoder embeddings have as many rows as
+    DATA_BIN's dict.SRC.txt and dict.TGT.txt have symbols: a model trained with other dictionaries."""
+    from fairseq.data import Dictionary
+
+    for prefix, lang in (("encoder", src), ("decoder", tgt)):
+        key = f"{prefix}.embed_tokens.weight"
+        size = len(Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt")))
+        if key in model_state and model_state[key].shape[0] != size:
+            raise CheckpointError(
+                f"{what}: its {prefix} has {model_state[key].shape[0]} embeddings but {data_bin}'s dict.{lang}.txt "
+                f"{size} symbols: the model was trained with other dictionaries"
+            )
 
 
 def _plain(value):

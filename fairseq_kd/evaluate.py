@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -222,17 +221,15 @@ def check_dictionaries(system: System, source: Source):
                     f"{source.data_bin}'s dict.{lang}.txt ({len(symbols)}): evaluate it with the data-bin it was converted from"
                 )
         return
+    from .checkpoints import CheckpointError
+    from .checkpoints import check_dictionaries as check_embeddings
     from .checkpoints import load_checkpoint
 
-    state = load_checkpoint(system.path, what=f"{system.name}:")
-    model = state["model"]
-    for prefix, lang in (("encoder", source.src), ("decoder", source.tgt)):
-        key = f"{prefix}.embed_tokens.weight"
-        if key in model and model[key].shape[0] != len(dicts[lang]):
-            raise EvaluationError(
-                f"{system.name}: its {prefix} has {model[key].shape[0]} embeddings but {source.data_bin}'s dict.{lang}.txt "
-                f"{len(dicts[lang])} symbols: the model was trained with other dictionaries"
-            )
+    try:
+        check_embeddings(load_checkpoint(system.path, what=f"{system.name}:")["model"], source.data_bin,
+                         source.src, source.tgt, what=system.name)  # fmt: skip
+    except CheckpointError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def _ct2_vocabularies(path):
@@ -318,37 +315,27 @@ def parse_generate_output(text, num_sentences, name="system"):
 
 
 def translate_ctranslate2(system, source, settings):
-    """CTranslate2 beam search under fairseq-generate's conditions: batches of sentences of similar length
-    (fairseq's order, by source length) and fairseq's length bound per batch, max_len_a * the batch's
-    longest source (with its </s>) + max_len_b tokens, plus </s>. Timed from the first batch to the
-    last, as fairseq-generate times its loop. The translator is freed afterwards: its threads must not
-    compete with what runs next."""
+    """CTranslate2 beam search under fairseq-generate's conditions (:func:`fairseq_kd.ct2.translate`):
+    its batches and its length bound. Timed over the ``translate_batch`` calls only, as fairseq-generate
+    times its inference steps. The translator is freed afterwards: its threads must not compete with what
+    runs next."""
     import ctranslate2
     from fairseq.data import data_utils
+
+    from . import ct2
 
     translator = ctranslate2.Translator(
         system.path, device="cpu", compute_type="default", intra_threads=settings.threads or (os.cpu_count() or 1)
     )
-    sources = source.tokens
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs = [None] * len(sources)
-    start = time.perf_counter()
-    for b in range(0, len(order), settings.batch_size):
-        batch = order[b : b + settings.batch_size]
-        longest = max(len(sources[i]) for i in batch) + 1
-        results = translator.translate_batch(
-            [sources[i] for i in batch],
-            beam_size=settings.beam,
-            max_batch_size=settings.batch_size,
-            max_decoding_length=int(settings.max_len_a * longest + settings.max_len_b) + 1,
-        )
-        for i, result in zip(batch, results):
-            outputs[i] = result.hypotheses[0]
-    seconds = time.perf_counter() - start
+    results, seconds = ct2.translate(
+        translator, source.tokens, beam=settings.beam, batch_size=settings.batch_size,
+        max_len_a=settings.max_len_a, max_len_b=settings.max_len_b,
+    )  # fmt: skip
     del translator
+    outputs = [r.tokens[0] for r in results]
     tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
     speed = {
-        "sentences_per_s": round(len(sources) / seconds, 2),
+        "sentences_per_s": round(len(outputs) / seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2),
         "seconds": round(seconds, 3),
     }
@@ -445,11 +432,13 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
         raise EvaluationError(f"--timing-rounds must be 0 or more, not {timing_rounds}")
     parsed = parse_systems(specs)
     work = out_dir or tempfile.mkdtemp(prefix="fairseq-kd-evaluate-")
-    os.makedirs(os.path.join(work, "translations"), exist_ok=True)
-    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+    if source:  # raw text is binarized into the work directory
+        os.makedirs(work, exist_ok=True)
     src = load_source(data_bin, split, references, source_lang, target_lang, source, spm_model, bpe_codes, work)
     for system in parsed:
         check_dictionaries(system, src)
+    os.makedirs(os.path.join(work, "translations"), exist_ok=True)  # every input checked: the work starts
+    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
     say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
 
     translations, speeds = {}, {}

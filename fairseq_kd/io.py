@@ -2,6 +2,8 @@
 atomic JSON writes, UTF-8 text, subword encoding and binarizing text with given dictionaries."""
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +20,47 @@ def sha256_file(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HELD = {}  # lock path -> (open file, depth): the locks this process holds
+
+
+@contextlib.contextmanager
+def run_lock(out_dir, what, shared=False, name=".lock"):
+    """Holds OUT_DIR/NAME (.lock) for a run into OUT_DIR: a second run of WHAT into it is refused while this one runs
+    (exclusive), or, with SHARED, only runs that want it exclusively are (the shards of one pseudo-labelling).
+    The lock is the kernel's (flock): a run that is killed leaves none behind. Reentrant within a process."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.realpath(os.path.join(out_dir, name))
+    if path in _HELD:
+        f, depth = _HELD[path]
+        _HELD[path] = (f, depth + 1)
+        try:
+            yield
+        finally:
+            _HELD[path] = (f, _HELD[path][1] - 1)
+        return
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(
+            f"{out_dir} is in use by a running {what} ({holder}): wait for it to finish, or choose another output directory"
+        ) from None
+    if not shared:
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+    _HELD[path] = (f, 1)
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def write_json(path, value):
@@ -51,7 +94,22 @@ def read_lines(path, what="file"):
                 raise UserError(
                     f"{what} {path}, line {n}: not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8"
                 ) from None
+            if "\x00" in lines[-1]:
+                raise UserError(f"{what} {path}, line {n}: holds a NUL byte: is it a text file?")
     return lines
+
+
+def check_output_path(flag, path, file_expected=False):
+    """A path that a run will write: refused when it is a file where a directory is meant (or a directory
+    where a file is), or when the nearest existing directory above it is a file, before any work."""
+    if os.path.exists(path) and os.path.isdir(path) == file_expected:
+        kind = "a directory" if file_expected else "a file"
+        raise UserError(f"{flag} {path} is {kind}: give {'a file' if file_expected else 'a directory'} path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path} cannot be made: {parent} is a file")
 
 
 def encode_lines(lines, spm_model=None, bpe_codes=None):

@@ -39,12 +39,14 @@ from typing import List, Optional
 
 from . import methods as M
 from .evaluate import SIGNIFICANCE, Settings, evaluate
-from .io import UserError, read_lines, write_json, write_text
+from .io import UserError, run_lock, write_json, write_text
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 # settings a rerun may change: they decide what is measured, not how the models already made were made
 RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds"}
+# settings added after runs were made: a run directory without them was made with these values
+SINCE_ADDED = {"pseudolabel_engine": "fairseq"}
 
 
 class PipelineError(UserError):
@@ -115,6 +117,7 @@ class Config:
     bpe_codes: Optional[str] = None
     transfer: Optional[str] = None  # raw monolingual source text to pseudo-label instead of the training sources
     pseudolabel_beam: int = 4
+    pseudolabel_engine: str = "fairseq"  # or "ctranslate2" (the teacher converted at float32)
     evaluation: Settings = field(default_factory=Settings)
     timing_rounds: int = 0
     chrf_floor: Optional[float] = None  # the table leaves out systems below it (they do not translate)
@@ -193,7 +196,7 @@ class Pipeline:
         if os.path.exists(path):
             with open(path) as f:
                 earlier = json.load(f)
-            earlier, now = flatten(earlier), flatten(record)
+            earlier, now = {**SINCE_ADDED, **flatten(earlier)}, flatten(record)
             changed = sorted(k for k in set(earlier) | set(now) if k not in RERUN_MAY_CHANGE and earlier.get(k) != now.get(k))
             if changed:
                 raise PipelineError(
@@ -255,6 +258,10 @@ class Pipeline:
 
     def run(self):
         check_inputs(self.config)
+        with run_lock(self.out, "pipeline"):
+            self.run_stages()
+
+    def run_stages(self):
         self.check_run_dir()
         start = time.time()
         self.data_stages()
@@ -287,7 +294,8 @@ class Pipeline:
     def pseudolabels(self, name, extra):
         c = self.config
         args = ["--teacher", c.teacher, "--data", c.data_bin, "--output", self.path(name), "--beam", c.pseudolabel_beam,
-                "--max-tokens", "8000", "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"] + extra  # fmt: skip
+                "--max-tokens", "8000", "--source-lang", c.src, "--target-lang", c.tgt, "--cpu",
+                "--engine", c.pseudolabel_engine] + extra  # fmt: skip
         if c.transfer:
             args += ["--input", c.transfer] + (["--spm-model", c.spm_model] if c.spm_model else ["--bpe-codes", c.bpe_codes])
         else:
@@ -295,7 +303,9 @@ class Pipeline:
         self.command("fairseq-kd-pseudolabel", args, name.replace("-", "_"))
         with open(self.path(name, "summary.json")) as f:
             summary = json.load(f)
-        log("    " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+        speed = summary.get("decoding", {}).get("sentences_per_s")
+        log("    " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list)) and k != "data_bin")
+            + (f", {speed} sentences/s decoding" if speed else ""))  # fmt: skip
 
     def topk_cache(self):
         k = {M.get(n).kd_topk for n in self.config.methods if M.get(n).kd_topk}
@@ -561,7 +571,6 @@ def read_pairs(data_bin, split, src, tgt):
     """[(source tokens, target tokens)] of a binarized split, as text."""
     from fairseq.data import Dictionary, data_utils
 
-    pairs = []
     columns = []
     for lang in (src, tgt):
         dictionary = Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt"))
@@ -569,8 +578,7 @@ def read_pairs(data_bin, split, src, tgt):
         if dataset is None:
             raise PipelineError(f"{data_bin} has no binarized {split} split for {src}-{tgt}")
         columns.append([dictionary.string(dataset[i]) for i in range(len(dataset))])
-    pairs = list(zip(*columns))
-    return pairs
+    return list(zip(*columns))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
@@ -653,6 +661,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--pseudolabel-engine", choices=("fairseq", "ctranslate2"), default="fairseq",
+                        help="the teacher's decoder for pseudo-labels (default: fairseq)")  # fmt: skip
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -664,6 +674,7 @@ def main(argv=None):
         Training(args.max_update, args.warmup_updates, args.lr, args.max_tokens, args.dropout),
         methods=[m for m in args.methods.split(",") if m], seeds=args.seeds, spm_model=args.spm_model,
         bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
+        pseudolabel_engine=args.pseudolabel_engine,
     )  # fmt: skip
     Pipeline(args.out, config).run()
 

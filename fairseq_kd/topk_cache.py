@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 import torch
+from fairseq.data import BaseWrapperDataset
 
 from .io import UserError, sha256_file, write_json
 
@@ -70,27 +71,60 @@ class TopKCache:
             )
         self.dir = cache_dir
         self.k = meta["k"]
-        self.ids = np.load(os.path.join(cache_dir, "ids.npy"), mmap_mode="r")
-        self.lprobs = np.load(os.path.join(cache_dir, "lprobs.npy"), mmap_mode="r")
-        self.offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
+        self._open()
+
+    def _open(self):
+        self.ids = np.load(os.path.join(self.dir, "ids.npy"), mmap_mode="r")
+        self.lprobs = np.load(os.path.join(self.dir, "lprobs.npy"), mmap_mode="r")
+        self.offsets = np.load(os.path.join(self.dir, "offsets.npy"))
+
+    def __getstate__(self):
+        # a data-loader worker reopens the memory maps rather than receiving a copy of the whole cache
+        return {"dir": self.dir, "k": self.k}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
 
     def lookup(self, sample_ids, target, pad):
         """(ids, log-probabilities) for a collated batch, each B x T x k (zeros at padding), with
         *target* the batch's B x T right-padded targets and *sample_ids* their sentence ids."""
         B, T = target.shape
+        sentences = sample_ids.cpu().numpy()
+        lengths = target.ne(pad).sum(1).cpu().numpy()
+        starts = self.offsets[sentences]
+        stored = self.offsets[sentences + 1] - starts
+        wrong = np.flatnonzero(stored != lengths)
+        if len(wrong):
+            s, row = int(sentences[wrong[0]]), wrong[0]
+            raise TopKCacheError(
+                f"sentence {s} has {lengths[row]} target tokens but {stored[row]} in the top-k cache {self.dir!r}: "
+                "the cache does not belong to this data"
+            )
+        # the cache rows of every target token, batch row by batch row
+        rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        present = torch.arange(T) < torch.from_numpy(lengths)[:, None]  # B x T
         ids = torch.zeros(B, T, self.k, dtype=torch.long)
         lprobs = torch.zeros(B, T, self.k, dtype=torch.float32)
-        lengths = target.ne(pad).sum(1).tolist()
-        for row, (s, length) in enumerate(zip(sample_ids.tolist(), lengths)):
-            start, end = self.offsets[s], self.offsets[s + 1]
-            if end - start != length:
-                raise TopKCacheError(
-                    f"sentence {s} has {length} target tokens but {end - start} in the top-k cache {self.dir!r}: "
-                    "the cache does not belong to this data"
-                )
-            ids[row, :length] = torch.from_numpy(self.ids[start:end].astype(np.int64))
-            lprobs[row, :length] = torch.from_numpy(self.lprobs[start:end].astype(np.float32))
+        ids[present] = torch.from_numpy(self.ids[rows].astype(np.int64))
+        lprobs[present] = torch.from_numpy(self.lprobs[rows].astype(np.float32))
         return ids.to(target.device), lprobs.to(target.device)
+
+
+class TopKCacheDataset(BaseWrapperDataset):
+    """A training split whose collated batches carry their cache rows, ``batch["teacher_topk"]`` = (ids,
+    log-probabilities), each B x T x k: the lookup runs in the data loader (its workers, with
+    ``--num-workers``), not in the training step."""
+
+    def __init__(self, dataset, cache: TopKCache, pad):
+        super().__init__(dataset)
+        self.cache, self.pad = cache, pad
+
+    def collater(self, samples):
+        batch = self.dataset.collater(samples)
+        if batch and batch.get("target") is not None:
+            batch["teacher_topk"] = self.cache.lookup(batch["id"], batch["target"], self.pad)
+        return batch
 
 
 def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens=4096, data_dir=None, teacher_path=None):
@@ -117,6 +151,33 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
         "max_tokens": max_tokens,
         "complete": False,
     }
+    meta_path = os.path.join(cache_dir, "meta.json")
+    if _start_or_resume(cache_dir, meta, offsets, vocab):
+        logger.info(f"{cache_dir}: complete already")
+        return read_meta(cache_dir)
+    ids_out = np.load(os.path.join(cache_dir, "ids.npy"), mmap_mode="r+")
+    lprobs_out = np.load(os.path.join(cache_dir, "lprobs.npy"), mmap_mode="r+")
+    teacher.eval()
+    num_shards = (len(dataset) + shard_size - 1) // shard_size
+    for shard in range(num_shards):
+        marker = os.path.join(cache_dir, "shards", f"{shard:05d}.done")
+        if os.path.isfile(marker):
+            continue
+        indices = np.arange(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
+        _write_rows(task, teacher, dataset, indices, offsets, k, max_tokens, ids_out, lprobs_out)
+        ids_out.flush()
+        lprobs_out.flush()
+        with open(marker, "w") as f:
+            f.write("done\n")
+        logger.info(f"{cache_dir}: shard {shard + 1} of {num_shards} done")
+    meta["complete"] = True
+    write_json(meta_path, meta)
+    return meta
+
+
+def _start_or_resume(cache_dir, meta, offsets, vocab):
+    """Creates the cache's files, or checks that the existing ones were made with META's settings; True when
+    that cache is complete."""
     os.makedirs(os.path.join(cache_dir, "shards"), exist_ok=True)
     meta_path = os.path.join(cache_dir, "meta.json")
     if os.path.isfile(meta_path):
@@ -127,54 +188,31 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
                 f"{cache_dir!r} holds a top-k cache built with other settings or data ({', '.join(different)}): "
                 "rerun with the same settings to resume, or choose another output directory"
             )
-        if recorded.get("complete"):
-            logger.info(f"{cache_dir}: complete already")
-            return recorded
-    else:
-        id_dtype = np.uint16 if vocab < 2**16 else np.int32
-        np.save(os.path.join(cache_dir, "offsets.npy"), offsets)
-        np.lib.format.open_memmap(
-            os.path.join(cache_dir, "ids.npy"), mode="w+", dtype=id_dtype, shape=(int(offsets[-1]), k)
-        ).flush()
-        np.lib.format.open_memmap(
-            os.path.join(cache_dir, "lprobs.npy"), mode="w+", dtype=np.float16, shape=(int(offsets[-1]), k)
-        ).flush()
-        write_json(meta_path, meta)
-    ids_out = np.load(os.path.join(cache_dir, "ids.npy"), mmap_mode="r+")
-    lprobs_out = np.load(os.path.join(cache_dir, "lprobs.npy"), mmap_mode="r+")
+        return bool(recorded.get("complete"))
+    rows, k = int(offsets[-1]), meta["k"]
+    np.save(os.path.join(cache_dir, "offsets.npy"), offsets)
+    id_dtype = np.uint16 if vocab < 2**16 else np.int32
+    np.lib.format.open_memmap(os.path.join(cache_dir, "ids.npy"), mode="w+", dtype=id_dtype, shape=(rows, k)).flush()
+    np.lib.format.open_memmap(os.path.join(cache_dir, "lprobs.npy"), mode="w+", dtype=np.float16, shape=(rows, k)).flush()
+    write_json(meta_path, meta)
+    return False
 
-    teacher.eval()
+
+def _write_rows(task, teacher, dataset, indices, offsets, k, max_tokens, ids_out, lprobs_out):
+    """The teacher's top-k log-probabilities at every target token of the sentences INDICES, into the cache."""
     device = next(teacher.parameters()).device
     pad = task.target_dictionary.pad()
-    num_shards = (len(dataset) + shard_size - 1) // shard_size
-    for shard in range(num_shards):
-        marker = os.path.join(cache_dir, "shards", f"{shard:05d}.done")
-        if os.path.isfile(marker):
-            continue
-        indices = np.arange(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
-        indices = indices[
-            np.argsort(
-                dataset.num_tokens_vec(indices) if hasattr(dataset, "num_tokens_vec") else sizes[indices], kind="stable"
-            )
-        ]
-        batches = dataset.batch_by_size(indices, max_tokens=max_tokens)
-        for batch_indices in batches:
-            sample = dataset.collater([dataset[i] for i in batch_indices])
-            net_input = {key: value.to(device) for key, value in sample["net_input"].items()}
-            with torch.no_grad():
-                logits, _ = teacher(**net_input)
-                values, top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)  # B x T x k
-            for row, s in enumerate(sample["id"].tolist()):
-                start, end = offsets[s], offsets[s + 1]
-                length = int(sample["target"][row].ne(pad).sum())
-                assert length == end - start, (s, length, end - start)
-                ids_out[start:end] = top[row, :length].cpu().numpy().astype(ids_out.dtype)
-                lprobs_out[start:end] = values[row, :length].cpu().numpy().astype(np.float16)
-        ids_out.flush()
-        lprobs_out.flush()
-        with open(marker, "w") as f:
-            f.write("done\n")
-        logger.info(f"{cache_dir}: shard {shard + 1} of {num_shards} done")
-    meta["complete"] = True
-    write_json(meta_path, meta)
-    return meta
+    sizes = dataset.num_tokens_vec(indices) if hasattr(dataset, "num_tokens_vec") else offsets[indices + 1] - offsets[indices]
+    indices = indices[np.argsort(sizes, kind="stable")]
+    for batch_indices in dataset.batch_by_size(indices, max_tokens=max_tokens):
+        sample = dataset.collater([dataset[i] for i in batch_indices])
+        net_input = {key: value.to(device) for key, value in sample["net_input"].items()}
+        with torch.no_grad():
+            logits, _ = teacher(**net_input)
+            values, top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)  # B x T x k
+        for row, s in enumerate(sample["id"].tolist()):
+            start, end = offsets[s], offsets[s + 1]
+            length = int(sample["target"][row].ne(pad).sum())
+            assert length == end - start, (s, length, end - start)
+            ids_out[start:end] = top[row, :length].cpu().numpy().astype(ids_out.dtype)
+            lprobs_out[start:end] = values[row, :length].cpu().numpy().astype(np.float16)

@@ -59,7 +59,7 @@ class KDCriterionTestCase(unittest.TestCase):
         model = model or self.student
         sample = copy.copy(sample or self.sample)
         model.train(training)
-        self.task._add_teacher_output(sample, model, criterion)
+        self.task.add_teacher_targets(sample, model, criterion)
         return criterion(model, sample, reduce=reduce)
 
     def student_and_teacher_logits(self, sample=None):

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 import fairseq_kd  # noqa: F401
 from fairseq_kd.criterions import fused_kd
 from fairseq_kd.criterions.fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
+from fairseq_kd.models.student_init import spread_layers
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     hidden_cosine_loss,
     kd_kl_loss,
     kd_kl_loss_topk,
-    pair_layers,
     tempered_log_probs,
     topk_log_probs,
 )
@@ -134,14 +134,14 @@ class TestHiddenCosineLoss(unittest.TestCase):
 
 class TestPairLayers(unittest.TestCase):
     def test_last_layer_of_each_block(self):
-        self.assertEqual(pair_layers(3, 6), [1, 3, 5])
-        self.assertEqual(pair_layers(3, 24), [7, 15, 23])
-        self.assertEqual(pair_layers(2, 2), [0, 1])
-        self.assertEqual(pair_layers(1, 4), [3])
-        self.assertEqual(pair_layers(2, 3), [1, 2])
+        self.assertEqual(spread_layers(6, 3), [1, 3, 5])
+        self.assertEqual(spread_layers(24, 3), [7, 15, 23])
+        self.assertEqual(spread_layers(2, 2), [0, 1])
+        self.assertEqual(spread_layers(4, 1), [3])
+        self.assertEqual(spread_layers(3, 2), [1, 2])
 
     def test_deeper_student_repeats_teacher_layers(self):
-        self.assertEqual(pair_layers(4, 2), [0, 0, 1, 1])
+        self.assertEqual(spread_layers(2, 4), [0, 0, 1, 1])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tests.utils import (
     KD_FLAGS,
     TINY_ARCH,
     TeacherTestCase,
+    build_task_and_model,
     preprocess_translation_data,
     quiet,
     train_meters,
@@ -111,6 +112,36 @@ class TestScale(TeacherTestCase):
                 )
             first[name] = train_meters(os.path.join(self.dir, name, "checkpoint_last.pt"))["kd_loss"]
         self.assertAlmostEqual(first["cached"], first["live"], delta=2e-3 * max(1.0, first["live"]))
+
+    def test_cache_rows_come_with_the_batches_from_the_data_loader(self):
+        from fairseq_kd.topk_cache import TopKCacheDataset
+
+        cache = self.build_cache(os.path.join(self.dir, "cache"))
+        _, task, _ = build_task_and_model(self.data, extra_flags=["--teacher-topk-cache", cache] + KD_FLAGS)
+        task.load_dataset("train")
+        task.load_dataset("valid")
+        self.assertIsInstance(task.dataset("train"), TopKCacheDataset)
+        self.assertNotIsInstance(task.dataset("valid"), TopKCacheDataset)  # the cache covers training only
+        ids, lprobs = (np.load(os.path.join(cache, f"{name}.npy")) for name in ("ids", "lprobs"))
+        offsets = np.load(os.path.join(cache, "offsets.npy"))
+        pad = task.target_dictionary.pad()
+        # batches made in a worker process (the cache is reopened there), each row checked against the files
+        batches = task.get_batch_iterator(task.dataset("train"), max_tokens=300, num_workers=1).next_epoch_itr(shuffle=True)
+        seen = 0
+        for batch in batches:
+            got_ids, got_lprobs = batch["teacher_topk"]
+            for row, s in enumerate(batch["id"].tolist()):
+                n = int(batch["target"][row].ne(pad).sum())
+                rows = slice(offsets[s], offsets[s + 1])
+                self.assertTrue(torch.equal(got_ids[row, :n], torch.from_numpy(ids[rows].astype(np.int64))))
+                self.assertTrue(torch.equal(got_lprobs[row, :n], torch.from_numpy(lprobs[rows].astype(np.float32))))
+                self.assertFalse(got_ids[row, n:].any() or got_lprobs[row, n:].any())  # zeros at padding
+                seen += 1
+        self.assertEqual(seen, len(task.dataset("train")))
+        # a batch of another data's sentence lengths is refused, naming the sentence
+        stored = int(offsets[1] - offsets[0])
+        with self.assertRaisesRegex(ValueError, f"sentence 0 has {stored + 1} target tokens but {stored} in the top-k cache"):
+            task.topk_cache.lookup(torch.tensor([0]), torch.tensor([[5] * (stored + 1) + [pad]]), pad)
 
     def test_cache_for_other_data_is_refused(self):
         cache = self.build_cache(os.path.join(self.dir, "cache"))

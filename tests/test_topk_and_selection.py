@@ -14,6 +14,7 @@ from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     select_top_tokens,
     topk_log_probs,
 )
+from fairseq_kd.teacher import TeacherTargets
 from tests.test_kd_criterion import KDCriterionTestCase
 
 
@@ -131,7 +132,7 @@ class TestCriterionTopKAndSelection(KDCriterionTestCase):
         _, t, _, _ = self.student_and_teacher_logits()
         ids, cached = topk_log_probs(F.log_softmax(t, -1), k)  # what the cache stores (at T=1)
         sample = copy.copy(self.sample)
-        sample["teacher_topk"] = (ids, cached.half())
+        sample["teacher"] = TeacherTargets(topk_ids=ids, topk_scores=cached.half())
         self.student.train()
         _, _, log = criterion(self.student, sample)
         live = self.run_criterion(self.build(kd_weight=1.0, kd_temperature=T, kd_topk=k))[2]

@@ -40,11 +40,15 @@ def main(args):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    from ..io import check_output_path, run_lock
     from ..topk_cache import TopKCacheError, build_cache
 
     if args.k < 1 or args.shard_size < 1 or args.max_tokens < 1:
         raise TopKCacheError("--k, --shard-size and --max-tokens must be >= 1")
+    if not os.path.isdir(args.data):
+        raise TopKCacheError(f"--data {args.data!r} is not a directory (give the data-bin of the split)")
     output = args.output or os.path.join(args.data, f"topk-{args.subset}-k{args.k}")
+    check_output_path("--output", output)
     flags = [args.data, "--task", "translation_kd", "--teacher-path", args.teacher, "--arch", "transformer"]
     if args.source_lang and args.target_lang:
         flags += ["--source-lang", args.source_lang, "--target-lang", args.target_lang]
@@ -54,6 +58,9 @@ def main(args):
         os.path.join(args.data, f"{args.subset}.{task.cfg.source_lang}-{task.cfg.target_lang}.{task.cfg.target_lang}.idx")
     ):
         raise TopKCacheError(f"{args.data} has no binarized {args.subset} split with targets to run the teacher on")
+    vocab = len(task.target_dictionary)
+    if args.k > vocab:
+        raise TopKCacheError(f"--k must be in 1..{vocab} (the target vocabulary), got {args.k}")
     # checks the teacher's dictionaries and direction against the data, like training does
     teacher = task.load_teacher(args.teacher)
     task.load_dataset(args.subset)
@@ -61,17 +68,9 @@ def main(args):
         teacher = teacher.cuda()
     if args.fp16:
         teacher = teacher.half()
-    meta = build_cache(
-        task,
-        teacher,
-        args.subset,
-        output,
-        args.k,
-        args.shard_size,
-        args.max_tokens,
-        data_dir=args.data,
-        teacher_path=args.teacher,
-    )
+    with run_lock(output, "fairseq-kd-cache-topk"):
+        meta = build_cache(task, teacher, args.subset, output, args.k, args.shard_size, args.max_tokens,
+                           data_dir=args.data, teacher_path=args.teacher)  # fmt: skip
     size = sum(os.path.getsize(os.path.join(output, name)) for name in ("ids.npy", "lprobs.npy", "offsets.npy"))
     print(
         f"wrote the top-{args.k} cache {output}: {meta['sentences']:,} sentences, {meta['tokens']:,} target tokens, "

@@ -22,26 +22,25 @@ def get_parser():
     return parser
 
 
-def cli_main(argv=None):
+def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
     from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student
+    from fairseq_kd.ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
+    from fairseq_kd.io import check_output_path
 
     if args.ctranslate2 and not args.data:
-        print("fairseq-kd-export: error: --ctranslate2 needs --data DATA_BIN (its dictionaries)", file=sys.stderr)
-        return 2
+        raise CheckpointError("--ctranslate2 needs --data DATA_BIN (its dictionaries)")
     if args.ctranslate2 and os.path.exists(args.ctranslate2) and not args.overwrite:
-        print(f"fairseq-kd-export: error: {args.ctranslate2} exists (give --overwrite to replace it)", file=sys.stderr)
-        return 2
-    try:
-        state = export_student(args.student, args.output, overwrite=args.overwrite)
-        if args.ctranslate2:
-            export_ctranslate2(args.output, args.data, args.ctranslate2, args.quantization)
-            print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization})")
-    except CheckpointError as e:
-        print(f"fairseq-kd-export: error: {e}", file=sys.stderr)
-        return 2
+        raise CheckpointError(f"{args.ctranslate2} exists (give --overwrite to replace it)")
+    if args.ctranslate2 and args.quantization not in CT2_WEIGHT_TYPES:
+        raise CheckpointError(f"--quantization {args.quantization!r} is not one of {', '.join(CT2_WEIGHT_TYPES)}")
+    check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)
+    state = export_student(args.student, args.output, overwrite=args.overwrite)
+    if args.ctranslate2:
+        export_ctranslate2(args.output, args.data, args.ctranslate2, args.quantization)
+        print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization})")
     cfg = state["cfg"]
     num_params = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
     print(
@@ -50,6 +49,12 @@ def cli_main(argv=None):
         f"run it with: fairseq-generate {cfg['task'].get('data') or 'DATA_BIN'} --path {args.output}"
     )
     return 0
+
+
+def cli_main(argv=None):
+    from . import run
+
+    return run(main, "fairseq-kd-export", argv)
 
 
 if __name__ == "__main__":

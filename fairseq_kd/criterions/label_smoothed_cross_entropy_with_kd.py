@@ -13,6 +13,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
+from ..models.student_init import spread_layers
 from ..utils import capture_encoder_out
 from .fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
 
@@ -231,11 +232,27 @@ def hidden_mse_loss(student_states, teacher_states, ignore_mask=None, reduce=Tru
 HIDDEN_LOSSES = {"cosine": hidden_cosine_loss, "mse": hidden_mse_loss}
 
 
-def pair_layers(num_student_layers, num_teacher_layers):
-    """Teacher layer (0-based) matched to each student layer: student layer i takes the last
-    teacher layer of the i-th of *num_student_layers* equal blocks, ceil((i+1) * L_t / L_s) - 1, so
-    the two stacks' final layers are always paired (e.g. 3 of 6 teacher layers: 1, 3, 5)."""
-    return [-(-(i + 1) * num_teacher_layers // num_student_layers) - 1 for i in range(num_student_layers)]
+def check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
+                   kd_selection_ratio, kd_selection_queue_size):  # fmt: skip
+    """Every check of the criterion's own settings; raises ValueError naming the flag."""
+    for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
+        if not value >= 0 or math.isinf(value):
+            raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+    if nll_weight == kd_weight == cosine_weight == 0:
+        raise ValueError("--nll-weight, --kd-weight and --cosine-weight are all 0: nothing would be trained")
+    if not 0 < kd_temperature < math.inf:
+        raise ValueError(f"--kd-temperature must be > 0 and finite, got {kd_temperature}")
+    if kd_topk < 0:
+        raise ValueError(f"--kd-topk must be >= 0 (0: the whole vocabulary), got {kd_topk}")
+    if kd_selection != "none":
+        if kd_weight == 0:
+            raise ValueError(f"--kd-selection {kd_selection} selects tokens for word-level KD, but --kd-weight is 0")
+        if not 0 < kd_selection_ratio <= 1:
+            raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
+        if kd_selection == "global" and kd_selection_queue_size < 1:
+            raise ValueError(f"--kd-selection-queue-size must be >= 1, got {kd_selection_queue_size}")
+    if cosine_encoder and cosine_weight == 0:
+        raise ValueError("--cosine-encoder has no effect with --cosine-weight 0: set a cosine weight or drop it")
 
 
 @register_criterion("label_smoothed_cross_entropy_with_kd", dataclass=LabelSmoothedCrossEntropyWithKDCriterionConfig)
@@ -254,8 +271,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     summed per-token ``1 - cos(W h_student, h_teacher)`` (or the mean squared error with
     ``--hidden-loss mse``) of the decoder's layer outputs, plus the same for the encoder (over
     non-padding source tokens) with ``--cosine-encoder``. Layers are paired as the student was
-    initialised from the teacher, else by :func:`pair_layers`. W is the identity when the widths
-    are equal, else a learned linear map (no bias) from the student's width to the teacher's: a
+    initialised from the teacher, else evenly (``student_init.spread_layers``). W is the identity when
+    the widths are equal, else a learned linear map (no bias) from the student's width to the teacher's: a
     parameter of this criterion, trained with the student and saved in its checkpoints (fairseq
     saves a criterion's parameters), never part of the student model. Hidden states are matched
     against the first teacher of an ensemble.
@@ -264,9 +281,9 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; the KL at
     T=1 and the cosine loss are logged beside it when a teacher ran.
 
-    The teacher's output comes in ``sample["teacher_output"]`` (put there by the
-    ``translation_kd`` task): a list with one ``(logits, extra)`` decoder output per teacher,
-    ``extra["encoder_out"]`` holding its encoder output when encoder states are needed.
+    The teacher's output comes in ``sample["teacher"]``, a :class:`~fairseq_kd.teacher.TeacherTargets` that
+    the ``translation_kd`` task builds (from a live teacher or ensemble, or from the top-k cache's rows that
+    the data loader attached to the batch); :meth:`teacher_request` says what a live teacher must give.
     """
 
     def __init__(
@@ -288,34 +305,17 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         kd_selection_queue_size=30000,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if nll_weight == kd_weight == cosine_weight == 0:
-            raise ValueError("--nll-weight, --kd-weight and --cosine-weight are all 0: nothing would be trained")
-        if not kd_temperature > 0:
-            raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
-        if kd_topk < 0:
-            raise ValueError(f"--kd-topk must be >= 0 (0: the whole vocabulary), got {kd_topk}")
         kd_selection = str(kd_selection)
-        if kd_selection != "none":
-            if kd_weight == 0:
-                raise ValueError(f"--kd-selection {kd_selection} selects tokens for word-level KD, but --kd-weight is 0")
-            if not 0 < kd_selection_ratio <= 1:
-                raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
-            if kd_selection == "global" and kd_selection_queue_size < 1:
-                raise ValueError(f"--kd-selection-queue-size must be >= 1, got {kd_selection_queue_size}")
-        if cosine_encoder and cosine_weight == 0:
-            raise ValueError("--cosine-encoder has no effect with --cosine-weight 0: set a cosine weight or drop it")
-        task_cfg = getattr(task, "cfg", None)
-        cache = getattr(task_cfg, "teacher_topk_cache", None)
-        if (kd_weight > 0 or cosine_weight > 0) and not (getattr(task_cfg, "teacher_path", None) or cache):
+        check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
+                       kd_selection_ratio, kd_selection_queue_size)  # fmt: skip
+        teacher = getattr(task, "teacher_kind", None)  # "live", "topk_cache" or None: what the task can give
+        if (kd_weight > 0 or cosine_weight > 0) and teacher is None:
             raise ValueError(
                 f"--kd-weight {kd_weight} / --cosine-weight {cosine_weight} need a teacher: train with "
                 "--task translation_kd --teacher-path TEACHER.pt, or --teacher-topk-cache DIR for word-level KD "
                 "(or set both weights to 0)"
             )
-        if cache and cosine_weight > 0:
+        if teacher == "topk_cache" and cosine_weight > 0:
             raise ValueError("--cosine-weight needs the teacher's hidden states, which a --teacher-topk-cache does not hold")
         self.nll_weight = nll_weight
         self.kd_weight = kd_weight
@@ -358,75 +358,73 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     def needs_encoder_states(self):
         return self.cosine_weight > 0 and self.cosine_encoder
 
-    def forward(self, model, sample, reduce=True):
-        """Compute the loss for the given sample.
+    def teacher_request(self):
+        """What a live teacher must give for each batch (see :func:`fairseq_kd.teacher.run_teachers`), or None."""
+        if not self.needs_teacher:
+            return None
+        return dict(topk=self.kd_topk, hidden_states=self.cosine_weight > 0, encoder_states=self.needs_encoder_states)
 
-        Returns a tuple with three elements:
-        1) the loss
-        2) the sample size, which is used as the denominator for the gradient
-        3) logging outputs to display while training
-        """
-        # popped so that the teacher's vocabulary-sized logits are freed as soon as they are used
-        teacher_output = sample.pop("teacher_output", None)
-        teacher_topk = sample.pop("teacher_topk", None)  # (ids, log-probs at T=1), each B x T x k, from a cache
-        if model.training and self.needs_teacher and teacher_output is None and teacher_topk is None:
+    def forward(self, model, sample, reduce=True):
+        """(loss, sample size, logging outputs) of SAMPLE, whose ``sample["teacher"]`` (a
+        :class:`~fairseq_kd.teacher.TeacherTargets`, put there by the ``translation_kd`` task) is popped:
+        the teacher's vocabulary-sized logits are freed as soon as they are used."""
+        teacher = sample.pop("teacher", None)
+        if model.training and self.needs_teacher and teacher is None:
             raise RuntimeError("the KD criterion got no teacher output: train with --task translation_kd --teacher-path ...")
-        with capture_encoder_out(model, enabled=teacher_output is not None and self.needs_encoder_states) as enc:
+        with capture_encoder_out(model, enabled=teacher is not None and self.needs_encoder_states) as enc:
             net_output = model(**sample["net_input"])
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)  # (B * T) x V, (B * T)
         ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
-
         T = self.kd_temperature if model.training else 1.0
-        kd_loss = hidden_loss = kd_tokens = None
-        has_teacher = teacher_output is not None or teacher_topk is not None
-        if has_teacher and (self.kd_weight > 0 or not model.training):
+        kd_loss = kd_tokens = hidden_loss = None
+        if teacher is not None and (self.kd_weight > 0 or not model.training):
             ignore = target.eq(self.padding_idx)
             if model.training and self.kd_selection != "none":
                 ignore = ignore | ~self.select_tokens(lprobs, target, ignore)
                 kd_tokens = int((~ignore).sum())
-            # (B * T') x V; the fused losses take logits and compute the tempered softmax themselves
-            student_logits = self._flat_logits(net_output[0])
-            if teacher_topk is not None:
-                # the cached top-k at T=1, renormalised at temperature T: softmax(log q_i / T) over the k
-                ids, cached = (self._flat_logits(x) for x in teacher_topk)
-                q = F.log_softmax(cached.float() / T, dim=-1)
-                kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
-            elif teacher_output[0][0] is None:
-                # the task kept only the teacher's top-k logits: renormalised at T, softmax(z_topk / T)
-                ids, values = (self._flat_logits(x) for x in teacher_output[0][1]["topk"])
-                q = F.log_softmax(values.float() / T, dim=-1)
-                kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
-            elif len(teacher_output) == 1 and self.kd_topk == 0:
-                # from the student's log-probs, which the NLL term keeps anyway (softmax(lprobs / T) equals
-                # softmax(z / T)); the teacher's logits, popped from the sample, become the gradient's buffer
-                teacher_logits = self._flat_logits(teacher_output[0][0])
-                kd_loss = tempered_kl_from_logits(lprobs, teacher_logits, T, ignore, reduce, overwrite_teacher=True)
-                del teacher_logits
-            else:
-                teacher_lprobs = tempered_log_probs([self._flat_logits(out[0]) for out in teacher_output], T)
-                if self.kd_topk > 0:
-                    ids, q = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
-                    kd_loss = tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
-                else:
-                    kd_loss = kd_kl_loss(tempered_log_probs(student_logits, T), teacher_lprobs, ignore, reduce)
-                del teacher_lprobs
-        if teacher_output is not None and self.cosine_weight > 0:
-            hidden_loss = self.compute_hidden_loss(net_output, enc.get("encoder_out"), teacher_output[0], sample, reduce)
-        del teacher_output
+            kd_loss = self.compute_kd_loss(lprobs, net_output[0], teacher, T, ignore, reduce)
+        if teacher is not None and self.cosine_weight > 0 and teacher.decoder_states is not None:
+            hidden_loss = self.compute_hidden_loss(net_output, enc.get("encoder_out"), teacher, sample, reduce)
+        del teacher
         if not reduce:
             kd_loss, hidden_loss = (x.view_as(ls_loss) if x is not None else None for x in (kd_loss, hidden_loss))
-
+        loss = ls_loss
         if model.training:
             loss = self.nll_weight * ls_loss
-            if kd_loss is not None:
-                loss = loss + self.kd_weight * T**2 * kd_loss
-            if hidden_loss is not None:
-                loss = loss + self.cosine_weight * hidden_loss
-        else:
-            loss = ls_loss
-
+            loss = loss + self.kd_weight * T**2 * kd_loss if kd_loss is not None else loss
+            loss = loss + self.cosine_weight * hidden_loss if hidden_loss is not None else loss
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
+        logging_output = self.logging_output(model, net_output, sample, sample_size, loss, nll_loss, kd_loss, hidden_loss)
+        if kd_tokens is not None:
+            logging_output["kd_tokens"] = kd_tokens
+        return loss, sample_size, logging_output
+
+    def compute_kd_loss(self, lprobs, student_logits, teacher, T, ignore, reduce=True):
+        """KL(q^T || p^T) over the positions not in IGNORE (without the T^2 factor), for each form of TEACHER.
+
+        Args:
+            lprobs (Tensor): (B * T') x V, the student's log-probabilities at T = 1
+            student_logits (Tensor): B x T x V
+            teacher (TeacherTargets): full logits (one per teacher) or top-k ids and scores
+        """
+        student_logits = self._flat(student_logits)
+        if teacher.topk_ids is not None:
+            # renormalised at T: softmax(scores / T) over the k tokens (the fused loss takes the student's logits)
+            q = F.log_softmax(self._flat(teacher.topk_scores).float() / T, dim=-1)
+            return tempered_topk_kl_from_logits(student_logits, self._flat(teacher.topk_ids), q, T, ignore, reduce)
+        if len(teacher.logits) == 1 and self.kd_topk == 0:
+            # from the student's log-probs, which the NLL term keeps anyway (softmax(lprobs / T) equals
+            # softmax(z / T)); the teacher's logits, popped, become the gradient's buffer
+            return tempered_kl_from_logits(lprobs, self._flat(teacher.logits.pop()), T, ignore, reduce, overwrite_teacher=True)
+        teacher_lprobs = tempered_log_probs([self._flat(x) for x in teacher.logits], T)  # an ensemble's mean
+        teacher.logits = None
+        if self.kd_topk > 0:
+            ids, q = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
+            return tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
+        return kd_kl_loss(tempered_log_probs(student_logits, T), teacher_lprobs, ignore, reduce)
+
+    def logging_output(self, model, net_output, sample, sample_size, loss, nll_loss, kd_loss, hidden_loss):
+        out = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
             "ntokens": sample["ntokens"],
@@ -434,16 +432,14 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             "sample_size": sample_size,
         }
         if kd_loss is not None:
-            logging_output["kd_loss"] = kd_loss.data
-        if kd_tokens is not None:
-            logging_output["kd_tokens"] = kd_tokens
+            out["kd_loss"] = kd_loss.data
         if hidden_loss is not None:
-            logging_output["cos_loss" if self.hidden_loss == "cosine" else "mse_loss"] = hidden_loss.data
+            out["cos_loss" if self.hidden_loss == "cosine" else "mse_loss"] = hidden_loss.data
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
-        return loss, sample_size, logging_output
+            out["n_correct"] = utils.item(n_correct.data)
+            out["total"] = utils.item(total.data)
+        return out
 
     def select_tokens(self, lprobs, target, ignore_mask):
         """The target positions that get the KD loss under --kd-selection: those where the student's
@@ -453,16 +449,16 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             return select_top_tokens(token_nll, ignore_mask, self.kd_selection_ratio)
         return self.selection_queue.select(token_nll, ignore_mask, self.kd_selection_ratio)
 
-    def _flat_logits(self, logits):
-        # B x T x V -> (B * T') x V, aligned with get_lprobs_and_target's output
+    def _flat(self, x):
+        # B x T x V (or x k) -> (B * T') x V, aligned with get_lprobs_and_target's output
         if self.ignore_prefix_size > 0:
-            logits = logits[:, self.ignore_prefix_size :, :]
-        return logits.reshape(-1, logits.size(-1))
+            x = x[:, self.ignore_prefix_size :, :]
+        return x.reshape(-1, x.size(-1))
 
-    def compute_hidden_loss(self, net_output, encoder_out, teacher_output, sample, reduce=True):
+    def compute_hidden_loss(self, net_output, encoder_out, teacher, sample, reduce=True):
         # decoder layer outputs: T x B x C each, entry 0 being the embeddings -> B x T' x C
         student_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in net_output[1]["inner_states"][1:]]
-        teacher_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in teacher_output[1]["inner_states"][1:]]
+        teacher_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in teacher.decoder_states[1:]]
         target_pad = sample["target"][:, self.ignore_prefix_size :].eq(self.padding_idx)  # B x T'
         loss = self._paired_loss("decoder", student_states, teacher_states, target_pad, reduce)
         if self.cosine_encoder:
@@ -470,7 +466,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 raise ValueError("--cosine-encoder has no per-target-token value: use reduce=True")
             # S x B x C each, entry 0 being the embeddings, as for the decoder
             student_enc = encoder_out["encoder_states"][1:]
-            teacher_enc = teacher_output[1]["encoder_out"]["encoder_states"][1:]
+            teacher_enc = teacher.encoder_states[1:]
             source_pad = sample["net_input"]["src_tokens"].eq(self.padding_idx).transpose(0, 1)  # S x B
             loss = loss + self._paired_loss("encoder", student_enc, teacher_enc, source_pad, reduce)
         return loss
@@ -481,7 +477,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 f"the hidden-state loss found no per-layer {stack} states (a transformer encoder returns them only "
                 "with return_all_hiddens=True)"
             )
-        pairs = self.layer_pairs[stack] if self.layer_pairs else pair_layers(len(student_states), len(teacher_states))
+        pairs = self.layer_pairs[stack] if self.layer_pairs else spread_layers(len(teacher_states), len(student_states))
         if len(pairs) != len(student_states) or max(pairs) >= len(teacher_states):
             raise ValueError(
                 f"{stack} layer pairs {pairs} do not fit a student with {len(student_states)} layers and a teacher "

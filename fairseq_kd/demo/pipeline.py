@@ -20,9 +20,8 @@ import json
 import logging
 import os
 import shutil
-import sys
 
-from ..io import UserError, read_lines, write_json, write_text
+from ..io import UserError, read_lines, run_lock, write_json, write_text
 from ..pipeline import Config, Pipeline, PipelineError, log
 from .corpus import build_corpus
 from .presets import PRESETS
@@ -49,7 +48,7 @@ class Demo:
             training=dataclasses.replace(p["student_training"]),
             methods=list(methods or p["methods"]), seeds=p["seeds"], spm_model=self.path("spm.model"),
             timing_rounds=p["timing_rounds"] if timing_rounds is None else timing_rounds, chrf_floor=p["chrf_floor"],
-            pseudolabel_beam=p["beam"],
+            pseudolabel_beam=p["beam"], pseudolabel_engine=p.get("pseudolabel_engine", "fairseq"),
         )  # fmt: skip
         self.config.evaluation.beam, self.config.evaluation.batch_size = p["beam"], p["eval_batch_size"]
         self.config.evaluation.max_len_a, self.config.evaluation.max_len_b = p["max_len_a"], p["max_len_b"]
@@ -87,6 +86,10 @@ class Demo:
     def run(self):
         if self.data:
             check_data_dir(self.data, self.src, self.tgt)
+        with run_lock(self.out, "demo"):
+            self.run_stages()
+
+    def run_stages(self):
         self.check_run_dir()
         self.pipeline.check_run_dir()  # the pipeline's settings, checked before the teacher is trained
         for name, fn in (("corpus", self.corpus), ("sentencepiece", self.sentencepiece), ("binarize", self.binarize),

@@ -69,18 +69,17 @@ def select_layers(num_teacher_layers, num_student_layers, stack="encoder"):
             f"cannot take 1 of every n {stack} layers: the teacher's {num_teacher_layers} {stack} layers are not "
             f"divisible by the student's {num_student_layers}. Choose a student depth that divides "
             f"{num_teacher_layers}, or give the layers explicitly with --init-{stack}-layers "
-            f"(e.g. --init-{stack}-layers {','.join(str(i) for i in _spread(num_teacher_layers, num_student_layers))})"
+            f"(e.g. --init-{stack}-layers {','.join(str(i) for i in spread_layers(num_teacher_layers, num_student_layers))})"
         )
-    n = num_teacher_layers // num_student_layers
-    return [(i + 1) * n - 1 for i in range(num_student_layers)]
+    return spread_layers(num_teacher_layers, num_student_layers)
 
 
-def _spread(num_teacher_layers, num_student_layers):
-    # an even spread ending on the last layer, valid for any counts (an example for error messages)
-    return [
-        min(num_teacher_layers - 1, -(-(i + 1) * num_teacher_layers // num_student_layers) - 1)
-        for i in range(num_student_layers)
-    ]
+def spread_layers(num_teacher_layers, num_student_layers):
+    """The teacher layer (0-based) of each student layer, spread evenly for any counts: student layer i takes
+    the last teacher layer of the i-th of *num_student_layers* equal blocks, ceil((i + 1) * L_t / L_s) - 1, so
+    the two stacks' final layers are always paired (3 of 6: 1, 3, 5; 1 of every n when L_s divides L_t).
+    The default of the initialisation, and of the hidden-state loss's pairing when no map is given."""
+    return [-(-(i + 1) * num_teacher_layers // num_student_layers) - 1 for i in range(num_student_layers)]
 
 
 def parse_layer_map(spec, num_teacher_layers, num_student_layers, stack="encoder"):

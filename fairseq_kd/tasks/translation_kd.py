@@ -18,10 +18,10 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 from omegaconf import II
 
 from ..checkpoints import load_checkpoint
-from ..criterions.label_smoothed_cross_entropy_with_kd import pair_layers
 from ..io import UserError
-from ..topk_cache import TopKCache, TopKCacheError, split_identity
-from ..utils import capture_encoder_out
+from ..models.student_init import spread_layers
+from ..teacher import TeacherTargets, run_teachers
+from ..topk_cache import TopKCache, TopKCacheDataset, TopKCacheError, split_identity
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class TranslationKDTask(TranslationTask):
     The teacher is loaded when the student is built for training, kept on the task (never inside
     the student, so it is not saved in checkpoints, not wrapped for data parallelism and not seen by
     the optimizer), run in eval mode without gradients on each batch, and its output handed to the
-    criterion as ``sample["teacher_output"]``. It follows the student's device and dtype.
+    criterion as ``sample["teacher"]`` (:class:`~fairseq_kd.teacher.TeacherTargets`). It follows the
+    student's device and dtype. With ``--teacher-topk-cache`` the training split's batches carry the cache's
+    top-k rows instead, looked up by the data loader.
 
     Args:
         src_dict (~fairseq.data.Dictionary): dictionary for the source language
@@ -171,19 +173,30 @@ class TranslationKDTask(TranslationTask):
         self._student_init_layers = None
         _destroy_process_group_at_exit()
 
+    @property
+    def teacher_kind(self):
+        """What this task gives a KD criterion: "live" (--teacher-path), "topk_cache" or None."""
+        return "live" if self.cfg.teacher_path else "topk_cache" if self.cfg.teacher_topk_cache else None
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         """Loads a split; with ``--train-mixture``, the training split is a
         :class:`~fairseq.data.multilingual.sampled_multi_dataset.SampledMultiDataset` that draws each
         epoch's examples from the mixture's corpora with the given probabilities."""
-        if split == self.cfg.train_subset and self.cfg.teacher_topk_cache and self.topk_cache is None:
-            paths = utils.split_paths(self.cfg.data)
-            if len(paths) > 1:
-                raise TopKCacheError("--teacher-topk-cache covers one data-bin; the data is split over several")
-            identity = split_identity(paths[0], split, self.cfg.source_lang, self.cfg.target_lang)
-            self.topk_cache = TopKCache(self.cfg.teacher_topk_cache, identity)
-            logger.info(
-                f"word-level KD against the top-{self.topk_cache.k} cache {self.cfg.teacher_topk_cache} (no teacher in memory)"
-            )
+        if split == self.cfg.train_subset and self.cfg.teacher_topk_cache:
+            if self.topk_cache is None:
+                paths = utils.split_paths(self.cfg.data)
+                if len(paths) > 1:
+                    raise TopKCacheError("--teacher-topk-cache covers one data-bin; the data is split over several")
+                identity = split_identity(paths[0], split, self.cfg.source_lang, self.cfg.target_lang)
+                self.topk_cache = TopKCache(self.cfg.teacher_topk_cache, identity)
+                logger.info(
+                    f"word-level KD against the top-{self.topk_cache.k} cache {self.cfg.teacher_topk_cache} (no teacher in memory)"
+                )
+            super().load_dataset(split, epoch, combine, **kwargs)
+            # the batches carry their cache rows, looked up by the data loader (the cache covers training only:
+            # validation reports the NLL without a KD term)
+            self.datasets[split] = TopKCacheDataset(self.datasets[split], self.topk_cache, self.tgt_dict.pad())
+            return
         if split != self.cfg.train_subset or self.mixture is None:
             return super().load_dataset(split, epoch, combine, **kwargs)
         paths, probs = self.mixture
@@ -337,7 +350,7 @@ class TranslationKDTask(TranslationTask):
     def build_criterion(self, cfg, from_checkpoint=False):
         """Builds the criterion and checks that it and the teacher fit each other."""
         criterion = super().build_criterion(cfg, from_checkpoint)
-        if self.cfg.teacher_topk_cache and not from_checkpoint and not getattr(criterion, "kd_weight", 0) > 0:
+        if self.cfg.teacher_topk_cache and not from_checkpoint and not getattr(criterion, "needs_teacher", False):
             raise ValueError(
                 "--teacher-topk-cache is set but the criterion does not use it: use --criterion "
                 "label_smoothed_cross_entropy_with_kd with --kd-weight > 0 (or drop the cache)"
@@ -367,7 +380,7 @@ class TranslationKDTask(TranslationTask):
                     f"{'teacher' if teacher_layers is None else 'student'} has no encoder/decoder layer stacks"
                 )
             layer_pairs = self._student_init_layers or {
-                stack: pair_layers(student_layers[stack], teacher_layers[stack]) for stack in ("encoder", "decoder")
+                stack: spread_layers(teacher_layers[stack], student_layers[stack]) for stack in ("encoder", "decoder")
             }
             criterion.setup_hidden_matching(self._student_hidden_sizes, hidden_sizes(teacher), layer_pairs)
             for stack, pairs in criterion.layer_pairs.items():
@@ -381,46 +394,29 @@ class TranslationKDTask(TranslationTask):
                 )
         return criterion
 
-    @torch.no_grad()
-    def teacher_forward(self, sample, student, criterion, optimizer=None):
-        """One ``(logits, extra)`` decoder output per teacher on the sample's inputs, with
-        ``extra["encoder_out"]`` when the criterion needs encoder states.
-
-        With ``--kd-topk K`` and a single teacher, only the teacher's K largest logits are kept, as
-        ``extra["topk"] = (ids, logits)`` with ``logits`` None: the vocabulary-sized logits are freed
-        before the student runs (the top-K of softmax(z / T) are the top-K logits, at any T)."""
-        p = next(student.parameters())
-        with_encoder = getattr(criterion, "needs_encoder_states", False)
-        topk = getattr(criterion, "kd_topk", 0) if len(self.teachers) == 1 else 0
-        outputs = []
-        for teacher in self.teachers:
-            t = next(teacher.parameters())
-            if (t.device, t.dtype) != (p.device, p.dtype):
-                teacher.to(device=p.device, dtype=p.dtype)
-            with torch.autocast(p.device.type, enabled=isinstance(optimizer, AMPOptimizer)):
-                with capture_encoder_out(teacher, enabled=with_encoder) as captured:
-                    logits, extra = teacher(**sample["net_input"])
-            if with_encoder:
-                extra["encoder_out"] = captured["encoder_out"]
-            if topk > 0:
-                values, ids = logits.topk(min(topk, logits.size(-1)), dim=-1)
-                extra["topk"], logits = (ids, values), None
-            outputs.append((logits, extra))
-        return outputs
-
-    def _add_teacher_output(self, sample, model, criterion, optimizer=None):
-        if self.teachers and getattr(criterion, "needs_teacher", False):
-            sample["teacher_output"] = self.teacher_forward(sample, model, criterion, optimizer)
-        elif self.topk_cache is not None and model.training:
-            # the cache holds the training split only: validation reports the NLL without a KD term
-            sample["teacher_topk"] = self.topk_cache.lookup(sample["id"], sample["target"], self.tgt_dict.pad())
+    def add_teacher_targets(self, sample, model, criterion, optimizer=None):
+        """Puts the batch's :class:`~fairseq_kd.teacher.TeacherTargets` in ``sample["teacher"]``: the live
+        teachers' output, in the student's device and dtype, as the criterion requests it; or the cache rows
+        that the data loader attached."""
+        request = criterion.teacher_request() if self.teachers and hasattr(criterion, "teacher_request") else None
+        if request is not None:
+            p = next(model.parameters())
+            for teacher in self.teachers:
+                t = next(teacher.parameters())
+                if (t.device, t.dtype) != (p.device, p.dtype):
+                    teacher.to(device=p.device, dtype=p.dtype)
+            autocast = isinstance(optimizer, AMPOptimizer)
+            sample["teacher"] = run_teachers(self.teachers, sample["net_input"], autocast=autocast, **request)
+        elif "teacher_topk" in sample:
+            ids, scores = sample.pop("teacher_topk")
+            sample["teacher"] = TeacherTargets(topk_ids=ids, topk_scores=scores)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        self._add_teacher_output(sample, model, criterion, optimizer)
+        self.add_teacher_targets(sample, model, criterion, optimizer)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
-        self._add_teacher_output(sample, model, criterion)
+        self.add_teacher_targets(sample, model, criterion)
         return super().valid_step(sample, model, criterion)
 
 

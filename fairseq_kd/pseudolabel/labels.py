@@ -1,23 +1,16 @@
-"""Teacher pseudo-labels for sequence-level KD (Kim & Rush, 2016, https://arxiv.org/abs/1606.07947).
+"""Pseudo-labels as a training corpus: reading a decoder's n-best lists back into the transfer set's
+order, merging shards, choosing one hypothesis per sentence, filtering, and the integrity check.
 
-The teacher's beam-search translations of a transfer set become the student's training targets.
-``fairseq-generate`` does the search. This module turns its output into a training corpus:
-
-* it reads a generate log (ids come out sorted by length, each with ``--nbest`` hypotheses) back into
-  the transfer set's order;
-* it merges the logs of several shards and checks that each id appears exactly once;
-* it filters empty, runaway and badly proportioned outputs and counts what it dropped;
-* it checks the final files (line counts, ids, alignment with the sources) before they are binarized
-  with the teacher's dictionaries.
+Both engines (:mod:`fairseq_kd.pseudolabel.engines`) write fairseq-generate's ``H-ID\tSCORE\tTOKENS``
+lines, n-best per id and best first, in any order of ids.
 """
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .io import UserError
+from ..io import UserError
 
 _HYPOTHESIS = re.compile(r"^H-(\d+)\t(\S+)\t(.*)$")
 
@@ -32,15 +25,35 @@ class Hypothesis:
     text: str  # space-separated target tokens (subword units) of the teacher's dictionary
 
 
-def read_hypotheses(lines) -> Dict[int, Hypothesis]:
-    """{sentence id: best hypothesis} from fairseq-generate output lines. With ``--nbest k``
-    generate prints k hypotheses per id, best first; the first is kept."""
-    best = {}
+def read_nbest(lines) -> Dict[int, List[Hypothesis]]:
+    """{sentence id: its hypotheses, best first} from fairseq-generate output lines (``--nbest k``
+    prints k hypotheses per id, best first)."""
+    nbest = {}
     for line in lines:
         match = _HYPOTHESIS.match(line.rstrip("\n"))
-        if match and int(match[1]) not in best:
-            best[int(match[1])] = Hypothesis(float(match[2]), match[3].strip())
-    return best
+        if match:
+            nbest.setdefault(int(match[1]), []).append(Hypothesis(float(match[2]), match[3].strip()))
+    return nbest
+
+
+def read_hypotheses(lines) -> Dict[int, Hypothesis]:
+    """{sentence id: best-scored hypothesis} from fairseq-generate output lines."""
+    return {i: hypotheses[0] for i, hypotheses in read_nbest(lines).items()}
+
+
+def chrf_scores(nbest: Dict[int, List[Hypothesis]], references: List[str], detokenize) -> Dict[int, List[float]]:
+    """{sentence id: the sentence chrF (sacreBLEU's) of each of its hypotheses against the reference}, on
+    text that DETOKENIZE made of the token lines. An empty reference scores every hypothesis 0."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    scores = {}
+    for i, hypotheses in nbest.items():
+        reference = detokenize(references[i])
+        scores[i] = [
+            chrf.sentence_score(detokenize(h.text), [reference]).score if reference.strip() else 0.0 for h in hypotheses
+        ]
+    return scores
 
 
 def merge_shards(shard_hypotheses: List[Dict[int, Hypothesis]], num_sentences: int, skipped=()) -> Dict[int, Hypothesis]:
@@ -154,9 +167,3 @@ def check_pseudolabels(prefix, src, tgt, sources: List[str], filters: Filters):
         if hyp_len == 0 or max(hyp_len / src_len, src_len / hyp_len) > filters.max_length_ratio:
             raise PseudoLabelError(f"{where}: empty or out-of-ratio translation {target!r}")
     return counts[src]
-
-
-def write_summary(path, summary):
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)

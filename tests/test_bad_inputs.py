@@ -1,0 +1,424 @@
+"""The bad-input sweep: every console script and option class (paths, numbers, lists, data), each case a
+one-line error that says what is wrong, before any work and without writing its output.
+
+The table CASES is the catalogue: ``python -m tests.test_bad_inputs`` prints it as Markdown, and
+docs/errors.md holds that print between its markers (a test compares them).
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+from fairseq_kd.cli import run
+
+from .utils import TeacherTestCase, tiny_teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = "<!-- bad-input sweep: begin -->", "<!-- bad-input sweep: end -->"
+
+
+@dataclass
+class Case:
+    command: str  # the console script
+    what: str  # the class and the mistake
+    argv: Callable[["Files"], List[str]]
+    message: str  # a regular expression the one-line error must match
+
+
+class Files:
+    """The files the cases point at: the tiny teacher and its data, and broken variants of them."""
+
+    def __init__(self, root):
+        self.root = root
+        self.data, self.teacher = tiny_teacher()
+        self.out = os.path.join(root, "out")  # every case's output: it must not exist afterwards
+        self.text = self.write("notes.txt", "not a checkpoint\n")
+        self.empty = self.write("empty.in", "")
+        self.latin1 = self.write("latin1.in", b"a b\n\xe9t\xe9 c\n")
+        self.crlf = self.write("crlf.in", "a b\r\nc d\r\n")
+        self.nul = self.write("nul.in", "a b\n\x00c\n")
+        with open(self.teacher, "rb") as f:
+            self.truncated = self.write("truncated.pt", f.read()[:5000])
+        state = torch.load(self.teacher, map_location="cpu", weights_only=False)
+        state["model"] = {k: (v[:-3] if "embed_tokens" in k else v) for k, v in state["model"].items()}
+        self.other_dicts = os.path.join(root, "other_dicts.pt")
+        torch.save(state, self.other_dicts)
+        self.a_dir = os.path.join(root, "a_dir")
+        os.makedirs(self.a_dir)
+        self.refs_short = self.write("short.out", "x\n")
+        self.unequal = os.path.join(root, "unequal")
+        os.makedirs(self.unequal)
+        for split in ("train", "valid", "test"):
+            self.write(f"unequal/{split}.de", "a\nb\n")
+            self.write(f"unequal/{split}.en", "a\n" if split == "valid" else "a\nb\n")
+
+    def write(self, name, content):
+        path = os.path.join(self.root, name)
+        with open(path, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+        return path
+
+    def pseudo(self, *flags):
+        return ["--teacher", self.teacher, "--data", self.data, "--output", self.out, "--cpu"] + list(flags)
+
+    def cache(self, *flags):
+        return ["--teacher", self.teacher, "--data", self.data, "--output", self.out, "--cpu"] + list(flags)
+
+    def pipeline(self, *flags, teacher=None):
+        base = ["--teacher", teacher or self.teacher, "--data-bin", self.data, "--references", self.data,
+                "-s", "in", "-t", "out", "--out", self.out]  # fmt: skip
+        return base + list(flags)
+
+    def evaluate(self, *flags, systems=None):
+        return (
+            [self.data, "--references", os.path.join(self.data, "test.out"), "--out", self.out]
+            + list(systems or [f"teacher={self.teacher}"])
+            + list(flags)
+        )
+
+
+P, C, E, V, L, D = "fairseq-kd-pseudolabel", "fairseq-kd-cache-topk", "fairseq-kd-export", "fairseq-kd-evaluate", \
+    "python -m fairseq_kd.pipeline", "python -m fairseq_kd.demo"  # fmt: skip
+NOT_A_CHECKPOINT = "could not be read as a fairseq checkpoint"
+
+CASES = [
+    # ---- fairseq-kd-pseudolabel ----
+    Case(
+        P,
+        "path: teacher missing",
+        lambda f: f.pseudo("--subset", "train", "--teacher", "none.pt"),
+        "--teacher 'none.pt' does not exist",
+    ),
+    Case(
+        P,
+        "path: teacher is a directory",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f.a_dir),
+        "does not exist \\(or is not a file\\)",
+    ),
+    Case(
+        P, "file kind: teacher is a text file", lambda f: f.pseudo("--subset", "train", "--teacher", f.text), NOT_A_CHECKPOINT
+    ),
+    Case(
+        P,
+        "file kind: teacher is a truncated zip",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f.truncated),
+        NOT_A_CHECKPOINT,
+    ),
+    Case(
+        P,
+        "file kind: teacher of other dictionaries",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f.other_dicts),
+        "trained with other dictionaries",
+    ),
+    Case(
+        P,
+        "list: ensemble member missing",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f"{f.teacher}:none.pt"),
+        "--teacher 'none.pt' does not exist",
+    ),
+    Case(
+        P,
+        "list: ensemble member empty",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f"{f.teacher}:"),
+        "--teacher '' does not exist",
+    ),
+    Case(
+        P, "path: data missing", lambda f: f.pseudo("--subset", "train", "--data", "none"), "--data 'none' is not a directory"
+    ),
+    Case(P, "path: data is a file", lambda f: f.pseudo("--subset", "train", "--data", f.text), "is not a directory"),
+    Case(P, "path: split missing", lambda f: f.pseudo("--subset", "valid2"), "has no binarized valid2 split"),
+    Case(
+        P,
+        "path: language without a dictionary",
+        lambda f: f.pseudo("--subset", "train", "-s", "xx", "-t", "out"),
+        "has no dict.xx.txt",
+    ),
+    Case(P, "path: output is a file", lambda f: f.pseudo("--subset", "train", "--output", f.text), "--output .* is a file"),
+    Case(
+        P,
+        "path: output under a file",
+        lambda f: f.pseudo("--subset", "train", "--output", os.path.join(f.text, "x")),
+        "--output .* cannot be made: .* is a file",
+    ),
+    Case(P, "path: input missing", lambda f: f.pseudo("--input", "none.in"), "--input 'none.in' does not exist"),
+    Case(P, "data: input empty", lambda f: f.pseudo("--input", f.empty), "is empty"),
+    Case(P, "data: input not UTF-8", lambda f: f.pseudo("--input", f.latin1), "latin1.in, line 2: not UTF-8"),
+    Case(P, "data: input with NUL bytes", lambda f: f.pseudo("--input", f.nul), "nul.in, line 2: holds a NUL byte"),
+    Case(
+        P,
+        "path: spm model missing",
+        lambda f: f.pseudo("--input", f.crlf, "--spm-model", "none.model"),
+        "--spm-model 'none.model' does not exist",
+    ),
+    Case(
+        P,
+        "file kind: spm model is text",
+        lambda f: f.pseudo("--input", f.crlf, "--spm-model", f.text),
+        "cannot load --spm-model",
+    ),
+    Case(P, "number: beam 0", lambda f: f.pseudo("--subset", "train", "--beam", "0"), "--beam must be >= 1, got 0"),
+    Case(P, "number: beam negative", lambda f: f.pseudo("--subset", "train", "--beam", "-2"), "--beam must be >= 1, got -2"),
+    Case(
+        P,
+        "number: beam a string",
+        lambda f: f.pseudo("--subset", "train", "--beam", "four"),
+        "argument --beam: invalid int value: 'four'",
+    ),
+    Case(P, "number: nbest 0", lambda f: f.pseudo("--subset", "train", "--nbest", "0"), "--nbest must be >= 1"),
+    Case(P, "number: max tokens 0", lambda f: f.pseudo("--subset", "train", "--max-tokens", "0"), "--max-tokens must be >= 1"),
+    Case(P, "number: shards 0", lambda f: f.pseudo("--subset", "train", "--num-shards", "0"), "--num-shards must be >= 1"),
+    Case(
+        P,
+        "number: shard id out of range",
+        lambda f: f.pseudo("--subset", "train", "--num-shards", "2", "--shard-id", "2"),
+        "--shard-id 2 is not in 0..1",
+    ),
+    Case(P, "number: length bound NaN", lambda f: f.pseudo("--subset", "train", "--max-len-a", "nan"), "--max-len-a nan"),
+    Case(P, "number: length bound infinite", lambda f: f.pseudo("--subset", "train", "--max-len-a", "inf"), "--max-len-a inf"),
+    Case(
+        P,
+        "number: length ratio below 1",
+        lambda f: f.pseudo("--subset", "train", "--max-length-ratio", "0.5"),
+        "--max-length-ratio must be >= 1",
+    ),
+    Case(
+        P,
+        "number: min score NaN",
+        lambda f: f.pseudo("--subset", "train", "--min-score", "nan"),
+        "--min-score must be a number",
+    ),
+    Case(
+        P,
+        "number: sampling top-k 0",
+        lambda f: f.pseudo("--subset", "train", "--sampling-topk", "0"),
+        "--sampling-topk must be >= 1",
+    ),
+    Case(
+        P,
+        "number: sampling top-k beyond the vocabulary",
+        lambda f: f.pseudo("--subset", "train", "--sampling-topk", "100000"),
+        "--sampling-topk 100000 is larger than the target vocabulary",
+    ),
+    Case(
+        P,
+        "setting: chrF selection of one hypothesis",
+        lambda f: f.pseudo("--subset", "train", "--select", "chrf"),
+        "give --nbest 2 or more",
+    ),
+    Case(
+        P,
+        "setting: chrF selection without references",
+        lambda f: f.pseudo("--input", f.crlf, "--nbest", "2", "--select", "chrf"),
+        "--select chrf needs references",
+    ),
+    Case(
+        P,
+        "setting: CTranslate2 weight type",
+        lambda f: f.pseudo("--subset", "train", "--engine", "ctranslate2", "--quantization", "int3"),
+        "--quantization 'int3' is not one of",
+    ),
+    Case(
+        P,
+        "setting: CTranslate2 ensemble",
+        lambda f: f.pseudo("--subset", "train", "--engine", "ctranslate2", "--teacher", f"{f.teacher}:{f.teacher}"),
+        "CTranslate2 decodes one model",
+    ),
+    Case(
+        P,
+        "setting: unknown engine",
+        lambda f: f.pseudo("--subset", "train", "--engine", "marian"),
+        "argument --engine: invalid choice: 'marian'",
+    ),
+    # ---- fairseq-kd-cache-topk ----
+    Case(C, "path: teacher missing", lambda f: f.cache("--teacher", "none.pt"), "teacher checkpoint 'none.pt' does not exist"),
+    Case(C, "file kind: teacher is a text file", lambda f: f.cache("--teacher", f.text), NOT_A_CHECKPOINT),
+    Case(C, "path: data missing", lambda f: f.cache("--data", "none"), "--data 'none' is not a directory"),
+    Case(C, "number: k 0", lambda f: f.cache("--k", "0"), "--k, --shard-size and --max-tokens must be >= 1"),
+    Case(
+        C,
+        "number: k beyond the vocabulary",
+        lambda f: f.cache("--k", "100000"),
+        "--k must be in 1..\\d+ \\(the target vocabulary\\), got 100000",
+    ),
+    Case(C, "number: shard size negative", lambda f: f.cache("--shard-size", "-1"), "must be >= 1"),
+    Case(C, "path: split missing", lambda f: f.cache("--subset", "valid2"), "has no binarized valid2 split"),
+    Case(C, "path: output is a file", lambda f: f.cache("--output", f.text), "--output .* is a file"),
+    # ---- fairseq-kd-export ----
+    Case(E, "path: student missing", lambda f: ["none.pt", f.out], "student checkpoint 'none.pt' does not exist"),
+    Case(E, "file kind: student is a text file", lambda f: [f.text, f.out], NOT_A_CHECKPOINT),
+    Case(E, "file kind: student truncated", lambda f: [f.truncated, f.out], NOT_A_CHECKPOINT),
+    Case(
+        E,
+        "path: output is the input",
+        lambda f: [f.teacher, f.teacher],
+        "the output path must differ from the student checkpoint",
+    ),
+    Case(E, "path: output exists", lambda f: [f.teacher, f.text], "already exists; remove it or pass --overwrite"),
+    Case(E, "path: output under a file", lambda f: [f.teacher, os.path.join(f.text, "x.pt")], "cannot be made: .* is a file"),
+    Case(
+        E,
+        "setting: CTranslate2 without dictionaries",
+        lambda f: [f.teacher, f.out, "--ctranslate2", f.out + ".ct2"],
+        "--ctranslate2 needs --data DATA_BIN",
+    ),
+    Case(
+        E,
+        "setting: CTranslate2 weight type",
+        lambda f: [f.teacher, f.out, "--ctranslate2", f.out + ".ct2", "--data", f.data, "--quantization", "int3"],
+        "--quantization 'int3' is not one of",
+    ),
+    # ---- fairseq-kd-evaluate ----
+    Case(V, "list: system without a name", lambda f: f.evaluate(systems=[f.teacher]), "is not NAME=PATH"),
+    Case(
+        V,
+        "list: two systems of one name",
+        lambda f: f.evaluate(systems=[f"a={f.teacher}", f"a={f.teacher}"]),
+        "two systems are named 'a'",
+    ),
+    Case(V, "path: system missing", lambda f: f.evaluate(systems=["a=none.pt"]), "does not exist"),
+    Case(V, "file kind: system is a text file", lambda f: f.evaluate(systems=[f"a={f.text}"]), NOT_A_CHECKPOINT),
+    Case(
+        V,
+        "file kind: directory that is not CTranslate2",
+        lambda f: f.evaluate(systems=[f"a={f.a_dir}"]),
+        "not a CTranslate2 model",
+    ),
+    Case(
+        V,
+        "data: references of another length",
+        lambda f: [f.data, "--references", f.refs_short, f"a={f.teacher}"],
+        "has 1 lines but the test split",
+    ),
+    Case(
+        V,
+        "file kind: model of other dictionaries",
+        lambda f: f.evaluate(systems=[f"a={f.other_dicts}"]),
+        "trained with other dictionaries",
+    ),
+    Case(V, "number: beam 0", lambda f: f.evaluate("--beam", "0"), "--beam and --batch-size must be at least 1"),
+    Case(
+        V, "number: timing rounds negative", lambda f: f.evaluate("--timing-rounds", "-1"), "--timing-rounds must be 0 or more"
+    ),
+    Case(
+        V,
+        "setting: baseline not among the systems",
+        lambda f: f.evaluate("--baseline", "x"),
+        "--baseline 'x' is not one of the systems",
+    ),
+    # ---- the pipeline ----
+    Case(L, "list: no methods", lambda f: f.pipeline("--methods", ","), "--methods is empty"),
+    Case(L, "list: unknown method", lambda f: f.pipeline("--methods", "baseline,magic"), "unknown method 'magic'"),
+    Case(L, "list: a method twice", lambda f: f.pipeline("--methods", "baseline,baseline"), "names a method twice"),
+    Case(L, "list: no baseline", lambda f: f.pipeline("--methods", "seq_kd"), "--methods must include baseline"),
+    Case(L, "number: seeds 0", lambda f: f.pipeline("--seeds", "0"), "--seeds must be at least 1"),
+    Case(L, "number: budget 0", lambda f: f.pipeline("--max-update", "0"), "at least 1 update"),
+    Case(
+        L,
+        "list: student shape of four numbers",
+        lambda f: f.pipeline("--student", "2,1,128,512"),
+        "--student '2,1,128,512': give five integers",
+    ),
+    Case(L, "path: teacher missing", lambda f: f.pipeline(teacher="none.pt"), "--teacher 'none.pt' does not exist"),
+    Case(L, "path: references missing", lambda f: f.pipeline()[:5] + [f.a_dir] + f.pipeline()[6:], "has no valid.out"),
+    Case(
+        L,
+        "setting: raw transfer text without a tokenizer",
+        lambda f: f.pipeline("--transfer", f.crlf),
+        "--transfer is raw text",
+    ),
+    # ---- the demo ----
+    Case(D, "setting: unknown preset", lambda f: ["--preset", "huge", "--out", f.out], "unknown preset 'huge'"),
+    Case(D, "setting: another target language without data", lambda f: ["-t", "de", "--out", f.out], "needs --data DIR"),
+    Case(D, "path: data directory missing", lambda f: ["--data", "none", "--out", f.out], "--data none: no such directory"),
+    Case(
+        D,
+        "data: splits of unequal length",
+        lambda f: ["--data", f.unequal, "--out", f.out],
+        "valid.de has 2 lines but valid.en 1",
+    ),
+    Case(
+        D,
+        "data: source language equal to the target",
+        lambda f: ["--data", f.unequal, "-s", "en", "--out", f.out],
+        "source and target language are both 'en'",
+    ),
+]
+
+
+def entry_point(command):
+    """The command's main(argv), as its console script calls it."""
+    if command == P:
+        from fairseq_kd.cli import pseudolabel
+
+        return lambda argv: pseudolabel.main(pseudolabel.get_parser().parse_args(argv))
+    if command == C:
+        from fairseq_kd.cli import cache_topk
+
+        return lambda argv: cache_topk.main(cache_topk.get_parser().parse_args(argv))
+    if command == E:
+        from fairseq_kd.cli import export
+
+        return export.main
+    if command == V:
+        from fairseq_kd.cli import evaluate
+
+        return evaluate.main
+    if command == L:
+        from fairseq_kd import pipeline
+
+        return pipeline.main
+    from fairseq_kd.demo import pipeline as demo
+
+    return demo.main
+
+
+def run_case(case, files):
+    """(exit status, stderr) of the case, run in-process the way its console script runs it."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = run(entry_point(case.command), case.command, case.argv(files))
+        except SystemExit as e:  # argparse's own usage errors
+            status = e.code
+    return status, stderr.getvalue()
+
+
+def catalogue():
+    lines = ["| command | bad input | error (one line, before any work) |", "|---|---|---|"]
+    for case in CASES:
+        shown = case.message.replace("\\", "").replace("|", "\\|").replace(".*", "...").replace("d+", "N")
+        lines.append(f"| `{case.command}` | {case.what} | `{shown}` |")
+    return "\n".join(lines)
+
+
+class TestBadInputs(TeacherTestCase):
+    def test_every_case_is_a_one_line_error_before_any_work(self):
+        self.assertGreaterEqual(len(CASES), 60)
+        files = Files(self.dir)
+        for case in CASES:
+            with self.subTest(f"{case.command}: {case.what}"):
+                shutil.rmtree(files.out, ignore_errors=True)
+                status, stderr = run_case(case, files)
+                lines = [line for line in stderr.strip().splitlines() if line.strip()]
+                self.assertEqual(status, 2, stderr[-2000:])
+                self.assertNotIn("Traceback", stderr)
+                self.assertTrue(lines, "no error message")
+                self.assertRegex(lines[-1], f"{re.escape(case.command)}: error: .*{case.message}")
+                if files.out in " ".join(case.argv(files)):
+                    self.assertFalse(os.path.exists(files.out), "the refused run wrote its output")
+
+    def test_the_docs_catalogue_is_the_table(self):
+        with open(os.path.join(ROOT, "docs", "errors.md")) as f:
+            text = f.read()
+        self.assertIn(BEGIN, text)
+        self.assertEqual(text.split(BEGIN)[1].split(END)[0].strip(), catalogue(), "rerun: python -m tests.test_bad_inputs")
+
+
+if __name__ == "__main__":
+    print(catalogue())

@@ -1,0 +1,85 @@
+"""Two runs into one output directory: the second is refused while the first runs, a killed run leaves no
+lock behind, and the shards of one pseudo-labelling may run side by side."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from .utils import TeacherTestCase, run_console_script
+
+HOLDER = """
+import sys, time
+from fairseq_kd.io import run_lock
+lock = run_lock(sys.argv[1], "test", shared=sys.argv[2] == "shared", name=sys.argv[3])
+lock.__enter__()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class TestConcurrentRuns(TeacherTestCase):
+    def hold(self, out, shared=False, name=".lock"):
+        """A process that holds OUT's lock (as a running command would) until it is killed."""
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, out, "shared" if shared else "exclusive", name],
+            stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        self.assertEqual(process.stdout.readline().strip(), "held")
+        return process
+
+    def pseudolabel(self, out, *flags):
+        return run_console_script(
+            "fairseq-kd-pseudolabel",
+            ["--teacher", self.teacher, "--data", self.data, "--subset", "train", "--output", out, "--cpu"] + list(flags),
+        )
+
+    def assert_refused(self, result, prog):
+        self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+        last = result.stderr.strip().splitlines()[-1]
+        self.assertRegex(last, f"^{prog}: error: .* is in use by a running .*: wait for it to finish, or choose another")
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_a_second_pseudolabelling_is_refused_and_a_killed_one_leaves_no_lock(self):
+        out = os.path.join(self.dir, "labels")
+        holder = self.hold(out)
+        self.assert_refused(self.pseudolabel(out), "fairseq-kd-pseudolabel")
+        self.assertEqual(sorted(os.listdir(out)), [".lock"])  # the refused run wrote nothing
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        result = self.pseudolabel(out)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assertTrue(os.path.isfile(os.path.join(out, "summary.json")))
+
+    def test_shards_run_side_by_side_but_not_twice_and_not_beside_the_merge(self):
+        out = os.path.join(self.dir, "sharded")
+        shard_runner = self.hold(out, shared=True)  # a process translating some shard
+        result = self.pseudolabel(out, "--num-shards", "2", "--shard-id", "1")
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assert_refused(self.pseudolabel(out, "--num-shards", "2"), "fairseq-kd-pseudolabel")  # the merge waits
+        same_shard = self.hold(out, shared=True, name=".shard-000-of-002.lock")  # shard 0 being translated
+        self.assert_refused(self.pseudolabel(out, "--num-shards", "2", "--shard-id", "0"), "fairseq-kd-pseudolabel")
+        for process in (shard_runner, same_shard):
+            process.kill()
+            process.wait()
+        result = self.pseudolabel(out, "--num-shards", "2")
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+
+    def test_a_second_cache_build_and_pipeline_are_refused(self):
+        cache = os.path.join(self.dir, "cache")
+        self.hold(cache)
+        result = run_console_script(
+            "fairseq-kd-cache-topk", ["--teacher", self.teacher, "--data", self.data, "--output", cache, "--cpu", "--k", "4"]
+        )
+        self.assert_refused(result, "fairseq-kd-cache-topk")
+        self.assertEqual(sorted(os.listdir(cache)), [".lock"])
+        out = os.path.join(self.dir, "pipeline")
+        self.hold(out)
+        result = subprocess.run(
+            [sys.executable, "-m", "fairseq_kd.pipeline", "--teacher", self.teacher, "--data-bin", self.data,
+             "--references", self.data, "-s", "in", "-t", "out", "--methods", "baseline", "--out", out],
+            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        self.assert_refused(result, "python -m fairseq_kd.pipeline")
+        self.assertEqual(sorted(os.listdir(out)), [".lock"])
