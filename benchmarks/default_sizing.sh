@@ -1,5 +1,5 @@
 #!/bin/bash
-# How the default preset's optimisation was chosen: the 2+1 baseline student (label smoothing 0.1) trained for
+# Sizing the default preset: the 2+1 baseline student (label smoothing 0.1) trained for
 # the same ~4.5 minutes of 2 CPU cores with three settings, each scored on the valid split (beam 4,
 # sacreBLEU BLEU and chrF of its last checkpoint). The data-bin is the demo's (gettext de-en, 4,000 pieces):
 #

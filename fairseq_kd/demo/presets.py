@@ -2,11 +2,10 @@
 sentencepiece vocabulary; all students of a preset have the same shape and the same number of updates.
 The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
 
-* ``default``: the main job in under 20 minutes on 2 CPU cores: a teacher (4 encoder and 2 decoder layers,
+* ``default``: the main job, meant for 20 minutes on 2 CPU cores (it takes 24: benchmarks/results/README.md): a teacher (4 encoder and 2 decoder layers,
   which learn several times faster per second than 6+6 here), the recommended recipe (init_seq_kd: the
-  teacher's layers, then its translations, decoded by CTranslate2) against the baseline at the same budget
-  (1,000 updates of 2,048 tokens each), and the recommended student in CTranslate2 int8. Systems below the
-  chrF floor are not shown in its table.
+  teacher's layers, then its translations) against the baseline at the same budget, and the recommended
+  student in CTranslate2 int8. Systems below the chrF floor are not shown in its table.
 * ``full``: a 6+6 teacher of 7,600 updates and students of 4,200 updates on the whole corpus, every method
   of the guide, the baseline and the best student with 3 seeds: about 11 h on 2 CPU cores (the teacher
   about 2.5 h, a student 10-45 min); every stage resumes where it stopped. The README's table comes from it.
@@ -44,16 +43,8 @@ PRESETS = {
     "default": dict(
         REAL_DATA,
         teacher=FAST_TEACHER,
-        # at this budget the models underfit: small batches, many updates, a higher learning rate and no
-        # dropout learn most per second (benchmarks/results/default_sizing.md)
-        teacher_training=Training(
-            max_update=1000, warmup_updates=100, lr=0.003, max_tokens=2048, dropout=0.0, save_interval_updates=500
-        ),
-        student_training=Training(
-            max_update=1000, warmup_updates=100, lr=0.003, max_tokens=2048, dropout=0.0, save_interval_updates=500
-        ),
-        # CTranslate2 (float32) decodes the teacher's pseudo-labels: the same search, several times faster
-        pseudolabel_engine="ctranslate2",
+        teacher_training=Training(max_update=800, warmup_updates=150),
+        student_training=Training(max_update=500, warmup_updates=100),
         methods=["baseline", "init_seq_kd"],
         seeds=1,
         # each system's speed is that of its scoring translation: 20 minutes leave no room for more rounds
