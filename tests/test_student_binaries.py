@@ -224,7 +224,7 @@ class TestDistilBERTStudent(TeacherTestCase):
                 "width",
                 tiny_arch(2, 1, decoder_embed_dim=24),
                 init,
-                r"decoder width \(--decoder-embed-dim\) is 24 for the student but 16",
+                r"decoder width \(--decoder-embed-dim\) is 24, more than the teacher.s 16",
             ),
             (
                 "no_flag",

@@ -4,7 +4,8 @@ The student takes some of the teacher's layers, per stack (encoder and decoder s
 every tensor outside the layers: token and positional embeddings, embedding and final layer
 norms, the output projection. Sanh et al., 2019 (https://arxiv.org/abs/1910.01108) build DistilBERT
 this way; the NeMo NMT distillation guide applies it to translation (a 24x6 teacher -> a 3x3
-student).
+student). A student narrower than its teacher keeps a sub-network of the chosen layers
+(:mod:`fairseq_kd.models.width_pruning`).
 
 The functions here are pure: they map tensor names and validate shapes, and
 :func:`init_student_from_teacher` copies the tensors in place.
@@ -16,15 +17,15 @@ import re
 import torch
 
 from ..io import UserError
+from .width_pruning import sliced_tensors
 
 logger = logging.getLogger(__name__)
 
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
-# Settings that must be equal for the teacher's tensors to mean the same thing in the student.
-# Heads, layer-norm placement and activations do not change any tensor's shape, so only a
-# check of the configuration catches them.
-MATCHING_SETTINGS = [
+# Widths a student may narrow (fairseq_kd.models.width_pruning): without a width selection they must be
+# equal. Heads do not change any tensor's shape, so only a check of the configuration catches them.
+WIDTH_SETTINGS = [
     ("encoder_embed_dim", "encoder width"),
     ("encoder_ffn_embed_dim", "encoder FFN size"),
     ("encoder_attention_heads", "encoder attention heads"),
@@ -33,6 +34,11 @@ MATCHING_SETTINGS = [
     ("decoder_attention_heads", "decoder attention heads"),
     ("decoder_input_dim", "decoder input width"),
     ("decoder_output_dim", "decoder output width"),
+]
+
+# Settings that must be equal for the teacher's tensors to mean the same thing in the student, at any width:
+# layer-norm placement and activations do not change any tensor's shape either.
+LAYOUT_SETTINGS = [
     ("encoder_normalize_before", "encoder layer-norm placement"),
     ("decoder_normalize_before", "decoder layer-norm placement"),
     ("no_decoder_final_norm", "decoder final layer norm"),
@@ -107,17 +113,17 @@ def num_layers(model, stack):
     return len(getattr(model, stack).layers)
 
 
-def check_same_settings(student_cfg, teacher_cfg):
-    """Raises StudentInitError naming the first setting (width, FFN size, heads, ...) that differs."""
-    for name, what in MATCHING_SETTINGS:
+def check_same_settings(student_cfg, teacher_cfg, widths=True):
+    """Raises StudentInitError naming the first setting (layer-norm placement, ..., and with *widths* the
+    width, FFN size, heads) that differs."""
+    for name, what in (WIDTH_SETTINGS if widths else []) + LAYOUT_SETTINGS:
         ours, theirs = getattr(student_cfg, name, None), getattr(teacher_cfg, name, None)
         if ours != theirs:
             raise StudentInitError(
                 f"cannot initialise the student from the teacher: the {what} (--{name.replace('_', '-')}) is "
                 f"{ours} for the student but {theirs} for the teacher. Initialisation copies the teacher's "
-                f"tensors, so the student must have the teacher's widths, FFN sizes, head counts and layer "
-                f"layout and differ only in depth: give the student --{name.replace('_', '-')} {theirs}, "
-                "or train it without --init-from-teacher"
+                f"tensors, so this setting must be the teacher's: give the student "
+                f"--{name.replace('_', '-')} {theirs}, or train it without --init-from-teacher"
             )
     for side in ("source", "target"):
         learned = getattr(student_cfg, f"{'encoder' if side == 'source' else 'decoder'}_learned_pos", False)
@@ -145,41 +151,46 @@ def teacher_key_map(student_keys, layer_maps):
     return mapping
 
 
-def init_student_from_teacher(student, teacher, encoder_layers, decoder_layers):
+def init_student_from_teacher(student, teacher, encoder_layers, decoder_layers, selection=None):
     """Copies *teacher*'s tensors into *student* in place: student layer i of each stack from teacher
     layer ``{encoder,decoder}_layers[i]``, everything else (embeddings, positions, layer norms,
-    output projection) from the tensor of the same name. Every tensor of the student's state dict,
-    buffers included, is written exactly once, and every teacher tensor outside the layers is used;
-    anything else is an error, raised before anything is copied.
+    output projection) from the tensor of the same name; with a *selection*
+    (:class:`~fairseq_kd.models.width_pruning.WidthSelection`, for a narrower student) the selected slice of
+    each. Every tensor of the student's state dict, buffers included, is written exactly once, and every
+    teacher tensor outside the layers is used; anything else is an error, raised before anything is copied.
 
     Returns:
         dict: {student tensor name: teacher tensor name} of what was copied
     """
-    check_same_settings(student.cfg, teacher.cfg)
+    check_same_settings(student.cfg, teacher.cfg, widths=selection is None)
     layer_maps = {"encoder": list(encoder_layers), "decoder": list(decoder_layers)}
     for stack, layers in layer_maps.items():
         if len(layers) != num_layers(student, stack):
             raise StudentInitError(f"{len(layers)} {stack} layers given for a student with {num_layers(student, stack)}")
     student_state, teacher_state = student.state_dict(), teacher.state_dict()
     mapping = teacher_key_map(student_state.keys(), layer_maps)
-
-    for key, source in mapping.items():
-        if source not in teacher_state:
-            raise StudentInitError(f"the teacher has no tensor {source!r} for the student's {key!r}")
-        if student_state[key].shape != teacher_state[source].shape:
-            raise StudentInitError(
-                f"the student's {key!r} has shape {tuple(student_state[key].shape)} but the teacher's {source!r} "
-                f"has {tuple(teacher_state[source].shape)}"
-            )
+    if selection is None:
+        values = {key: teacher_state.get(source) for key, source in mapping.items()}
+        for key, source in mapping.items():
+            if values[key] is None:
+                raise StudentInitError(f"the teacher has no tensor {source!r} for the student's {key!r}")
+            if student_state[key].shape != values[key].shape:
+                raise StudentInitError(
+                    f"the student's {key!r} has shape {tuple(student_state[key].shape)} but the teacher's {source!r} "
+                    f"has {tuple(values[key].shape)}"
+                )
+    else:
+        values = sliced_tensors(student_state, teacher_state, mapping, selection)
     unused = [k for k in teacher_state if not _LAYER_KEY.match(k) and k not in mapping.values()]
     if unused:
         raise StudentInitError(f"the teacher's {unused[0]!r} has no counterpart in the student: the architectures differ")
 
     with torch.no_grad():
-        for key, source in mapping.items():
-            student_state[key].copy_(teacher_state[source])
+        for key, value in values.items():
+            student_state[key].copy_(value)
+    shape = "" if selection is None else " (a narrower sub-network)"
     logger.info(
-        f"student initialised from the teacher: {len(mapping)} tensors; encoder layers {layer_maps['encoder']}, "
+        f"student initialised from the teacher{shape}: {len(mapping)} tensors; encoder layers {layer_maps['encoder']}, "
         f"decoder layers {layer_maps['decoder']} of the teacher's {num_layers(teacher, 'encoder')}x"
         f"{num_layers(teacher, 'decoder')}"
     )

@@ -287,8 +287,21 @@ class TranslationKDTask(TranslationTask):
             if len(self.teachers) > 1:
                 logger.info("--init-from-teacher: initialising the student from the first teacher of the ensemble")
             self._student_init_layers = model.teacher_layers(teacher)
-            model.init_from_teacher(teacher)
+            model.init_from_teacher(teacher, lambda: self.calibration_sample(cfg))
         return model
+
+    def calibration_sample(self, cfg):
+        """One-sentence ``net_input`` dicts of ``--init-calibration-sentences`` training examples drawn with
+        ``--seed``: what a narrower student's units are chosen on. The training split is loaded for it here;
+        fairseq loads it again for training."""
+        split = self.cfg.train_subset
+        self.load_dataset(split)
+        dataset = self.datasets[split]
+        count = min(cfg.init_calibration_sentences, len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(getattr(cfg, "seed", 1)))
+        logger.info(f"--init-width-selection importance: the teacher's activations on {count:,} {split} sentences")
+        for i in order[:count].tolist():
+            yield dataset.collater([dataset[i]])["net_input"]
 
     def load_teacher(self, path):
         """Loads a frozen teacher, after checking that it shares our language pair and
