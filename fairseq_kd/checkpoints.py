@@ -240,12 +240,15 @@ def check_loadable_by_stock_fairseq(path):
         raise CheckpointError(f"{path!r} uses architecture {arch!r}, which stock fairseq does not have")
 
 
-def export_ctranslate2(exported_path, data_bin, output_dir, quantization="int8", source_lang=None, target_lang=None):
+def export_ctranslate2(
+    exported_path, data_bin, output_dir, quantization="int8", source_lang=None, target_lang=None, vocabulary_map=None
+):
     """Converts an exported student (see :func:`export_student`) to a CTranslate2 model directory.
 
     CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` as an
     ``argparse.Namespace``, which exported checkpoints keep as plain data in ``cfg["model"]`` (so that torch
-    loads them weights-only): the converter is given a temporary copy that has both."""
+    loads them weights-only): the converter is given a temporary copy that has both. A VOCABULARY_MAP file
+    (:func:`write_vocabulary_map`) is included in the model for ``use_vmap``."""
     try:
         from ctranslate2.converters import FairseqConverter
     except ImportError:
@@ -266,7 +269,38 @@ def export_ctranslate2(exported_path, data_bin, output_dir, quantization="int8",
     try:
         FairseqConverter(
             copy, data_bin, source_lang=source_lang, target_lang=target_lang, unsafe_deserialization=True
-        ).convert(output_dir, quantization=quantization, force=True)
+        ).convert(output_dir, quantization=quantization, force=True, vmap=vocabulary_map)
     finally:
         os.remove(copy)
     return output_dir
+
+
+def write_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=None, frequent=100, per_source=50):
+    """Learns a lexical shortlist from DATA_BIN's binarized SPLIT (:func:`fairseq_kd.ct2.vocabulary_map`)
+    and writes it to PATH in CTranslate2's format. Returns (number of source tokens mapped, mean candidates
+    per source token, sentence pairs read)."""
+    from fairseq.data import Dictionary, data_utils
+
+    from .ct2 import vocabulary_map, write_vocabulary_map as write_map
+
+    if source_lang is None or target_lang is None:
+        source_lang, target_lang = data_utils.infer_language_pair(data_bin)
+    prefix = os.path.join(data_bin, f"{split}.{source_lang}-{target_lang}.")
+    dictionaries, datasets = [], []
+    for lang in (source_lang, target_lang):
+        dictionaries.append(Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt")))
+        dataset = data_utils.load_indexed_dataset(prefix + lang, dictionaries[-1])
+        if dataset is None:
+            raise CheckpointError(
+                f"--vocab-map-split {split}: {prefix + lang}.bin/.idx do not exist; give a split binarized in {data_bin}"
+            )
+        datasets.append(dataset)
+    if len(datasets[0]) != len(datasets[1]) or len(datasets[0]) == 0:
+        raise CheckpointError(f"--vocab-map-split {split}: {prefix}* must hold one target per source (and at least one)")
+    src_dict, tgt_dict = dictionaries
+    pairs = ((datasets[0][i].numpy(), datasets[1][i].numpy()) for i in range(len(datasets[0])))
+    size = max(len(src_dict), len(tgt_dict))
+    always, candidates = vocabulary_map(pairs, size, min(src_dict.nspecial, tgt_dict.nspecial), frequent, per_source)
+    write_map(path, always, candidates, src_dict.symbols, tgt_dict.symbols)
+    mean = sum(len(c) for c in candidates.values()) / max(1, len(candidates))
+    return len(candidates), mean, len(datasets[0])

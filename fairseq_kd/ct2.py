@@ -46,13 +46,15 @@ def translate(
     batch_size: Optional[int] = None,
     nbest: int = 1,
     sampling_topk: Optional[int] = None,
+    use_vmap: bool = False,
     on_batch=None,
 ):
     """(a :class:`Hypotheses` per source in SOURCES' order, seconds spent translating).
 
     SOURCES are token lists of the model's source vocabulary. With SAMPLING_TOPK each output is drawn
     from the top-k tokens at every step (beam 1), as fairseq's ``--sampling --sampling-topk``; seed it
-    with ``ctranslate2.set_random_seed``. ON_BATCH(done, total) is called after each batch."""
+    with ``ctranslate2.set_random_seed``. With USE_VMAP each output is restricted to the model's vocabulary
+    map (see :func:`vocabulary_map`). ON_BATCH(done, total) is called after each batch."""
     outputs = [None] * len(sources)
     search = dict(beam_size=1, sampling_topk=sampling_topk) if sampling_topk else dict(beam_size=max(beam, nbest))
     todo = batches([len(s) for s in sources], max_tokens, batch_size)
@@ -67,6 +69,7 @@ def translate(
             return_scores=True,
             max_input_length=0,
             max_decoding_length=int(max_len_a * longest + max_len_b) + 1,
+            use_vmap=use_vmap,
             **search,
         )
         seconds += time.perf_counter() - start
@@ -76,3 +79,60 @@ def translate(
         if on_batch:
             on_batch(done, len(sources))
     return outputs, seconds
+
+
+# ---- vocabulary map (lexical shortlist) -------------------------------------------------------------
+
+
+def vocabulary_map(pairs, vocab_size, nspecial, frequent=100, per_source=50, chunk=20000):
+    """A lexical shortlist for CTranslate2's ``use_vmap``, learned from parallel data without alignments:
+    (the ``frequent`` target ids of highest document frequency, {source id: its ``per_source`` target ids of
+    highest sentence-level Dice coefficient 2 c(s, t) / (c(s) + c(t))}), c counting the sentence pairs a
+    token (or both tokens) occur in. PAIRS yields (source ids, target ids) arrays of one shared-or-not
+    vocabulary of VOCAB_SIZE ids; ids below NSPECIAL (fairseq's <s>, <pad>, </s>, <unk>) are left out:
+    CTranslate2 always keeps its special tokens. Marian's shortlists (and Bergamot's students) keep the same
+    two lists, the second from an alignment model's lexical table."""
+    src_df = np.zeros(vocab_size, dtype=np.int64)
+    tgt_df = np.zeros(vocab_size, dtype=np.int64)
+    keys, counts, pending = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+
+    def merge():
+        nonlocal keys, counts
+        if pending:
+            joined = np.concatenate([keys] + pending)
+            weights = np.concatenate([counts] + [np.ones(len(p), dtype=np.int64) for p in pending])
+            keys, inverse = np.unique(joined, return_inverse=True)
+            counts = np.bincount(inverse, weights=weights).astype(np.int64)
+            pending.clear()
+
+    for n, (src, tgt) in enumerate(pairs, 1):
+        s = np.unique(np.asarray(src, dtype=np.int64))
+        t = np.unique(np.asarray(tgt, dtype=np.int64))
+        s, t = s[s >= nspecial], t[t >= nspecial]
+        src_df[s] += 1
+        tgt_df[t] += 1
+        pending.append((s[:, None] * vocab_size + t[None, :]).ravel())
+        if n % chunk == 0:
+            merge()
+    merge()
+    always = [int(i) for i in np.argsort(-tgt_df, kind="stable")[:frequent] if tgt_df[i] > 0]
+    rows, cols = keys // vocab_size, keys % vocab_size
+    dice = 2 * counts / (src_df[rows] + tgt_df[cols])
+    order = np.lexsort((cols, -dice, rows))  # by source, then best first (ties: lower id)
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(vocab_size + 1))
+    candidates = {
+        int(s): [int(c) for c in cols[starts[s] : min(starts[s + 1], starts[s] + per_source)]]
+        for s in range(vocab_size)
+        if starts[s + 1] > starts[s]
+    }
+    return always, candidates
+
+
+def write_vocabulary_map(path, always, candidates, source_symbols, target_symbols):
+    """Writes CTranslate2's vocabulary-map file: one ``source token<TAB>target tokens`` line per source
+    token, and the line with the empty key: the target tokens that are always candidates."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t" + " ".join(target_symbols[i] for i in always) + "\n")
+        for s, targets in sorted(candidates.items()):
+            f.write(source_symbols[s] + "\t" + " ".join(target_symbols[i] for i in targets) + "\n")

@@ -75,6 +75,7 @@ class System:
     path: str
     kind: str  # "fairseq" or "ctranslate2"
     needs_plugin: bool = False
+    use_vmap: bool = False  # CTranslate2 restricted to the model's vocabulary map (vmap.txt)
     params: Optional[int] = None
     size_mb: float = 0.0
     digest: str = ""
@@ -96,6 +97,23 @@ def parse_systems(specs: Sequence[str]) -> List[System]:
     if not pairs:
         raise EvaluationError("no system to evaluate: give one or more NAME=PATH")
     return [inspect_system(name, path) for name, path in pairs]
+
+
+def use_vmap(systems, names):
+    """Marks the CTranslate2 systems of NAMES to translate with their vocabulary map; their digest changes
+    with it, so a translation without the map is never reused for one with it."""
+    by_name = {s.name: s for s in systems}
+    for name in names:
+        system = by_name.get(name)
+        if system is None:
+            raise EvaluationError(f"--use-vmap {name}: no system of that name ({', '.join(by_name)})")
+        if system.kind != "ctranslate2" or not os.path.isfile(os.path.join(system.path, "vmap.txt")):
+            raise EvaluationError(
+                f"--use-vmap {name}: {system.path} is not a CTranslate2 model with a vocabulary map (vmap.txt); "
+                "make one with fairseq-kd-export --ctranslate2 DIR --vocab-map-split train"
+            )
+        system.use_vmap = True
+        system.digest += "+vmap:" + sha256_file(os.path.join(system.path, "vmap.txt"))
 
 
 def inspect_system(name, path) -> System:
@@ -329,7 +347,7 @@ def translate_ctranslate2(system, source, settings):
     )
     results, seconds = ct2.translate(
         translator, source.tokens, beam=settings.beam, batch_size=settings.batch_size,
-        max_len_a=settings.max_len_a, max_len_b=settings.max_len_b,
+        max_len_a=settings.max_len_a, max_len_b=settings.max_len_b, use_vmap=system.use_vmap,
     )  # fmt: skip
     del translator
     outputs = [r.tokens[0] for r in results]
@@ -416,8 +434,9 @@ class Record:
 
 def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline=None, timing_rounds=0,
              settings: Optional[Settings] = None, source_lang=None, target_lang=None, source=None, spm_model=None,
-             bpe_codes=None, quiet=False) -> List[Record]:  # fmt: skip
-    """Translates, scores, compares and times SYSTEMS ({name: path} or NAME=PATH strings) on one split.
+             bpe_codes=None, quiet=False, vmap=()) -> List[Record]:  # fmt: skip
+    """Translates, scores, compares and times SYSTEMS ({name: path} or NAME=PATH strings) on one split; the
+    CTranslate2 systems named in VMAP translate with their vocabulary map (``use_vmap``).
 
     Every input is checked before anything is translated. Returns one :class:`Record` per system, in the
     order given; with OUT_DIR, writes results.json, results.md, bleu_vs_speed.png and the translations, and
@@ -431,6 +450,7 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
     if timing_rounds < 0:
         raise EvaluationError(f"--timing-rounds must be 0 or more, not {timing_rounds}")
     parsed = parse_systems(specs)
+    use_vmap(parsed, vmap)
     work = out_dir or tempfile.mkdtemp(prefix="fairseq-kd-evaluate-")
     if source:  # raw text is binarized into the work directory
         os.makedirs(work, exist_ok=True)
@@ -451,7 +471,7 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
         scores = score(translations[system.name], src.references)
         timed = runs[system.name] or [speeds[system.name]]
         records.append(
-            Record(system.name, system.path, system.kind, scores["bleu"], scores["chrf"],
+            Record(system.name, system.path, system.kind + ("+vmap" if system.use_vmap else ""), scores["bleu"], scores["chrf"],
                    round(statistics.median(r["sentences_per_s"] for r in timed), 2),
                    round(statistics.median(r["tokens_per_s"] for r in timed), 2),
                    system.params, system.size_mb, scores["bleu_signature"], scores["chrf_signature"],

@@ -42,6 +42,9 @@ def get_parser():
     )
     parser.add_argument("--threads", type=int, default=d.threads, help="CTranslate2 threads (default: every core)")
     parser.add_argument("--bootstrap-samples", type=int, default=d.bootstrap_samples)
+    parser.add_argument("--use-vmap", action="append", default=[], metavar="NAME",
+                        help="this CTranslate2 system (repeatable) translates with its vocabulary map (fairseq-kd-export "
+                             "--vocab-map-split); list a model twice under two names to compare")  # fmt: skip
     return parser
 
 
@@ -58,6 +61,7 @@ def main(argv=None):
         args.systems, args.data, args.references, split=args.split, out_dir=args.out, baseline=args.baseline,
         timing_rounds=args.timing_rounds, settings=settings, source_lang=args.source_lang,
         target_lang=args.target_lang, source=args.source, spm_model=args.spm_model, bpe_codes=args.bpe_codes,
+        vmap=args.use_vmap,
     )  # fmt: skip
     if not args.out:
         from ..evaluate import results_table

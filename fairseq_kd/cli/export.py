@@ -6,6 +6,7 @@ torch >= 2.6, no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``; optionally also as a CTra
 """
 
 import argparse
+import glob
 import logging
 import os
 import sys
@@ -19,6 +20,13 @@ def get_parser():
     parser.add_argument("--ctranslate2", metavar="DIR", help="also convert the student to a CTranslate2 model in DIR")
     parser.add_argument("--data", metavar="DATA_BIN", help="the data-bin with the dictionaries (for --ctranslate2)")
     parser.add_argument("--quantization", default="int8", help="CTranslate2 weight type (default: int8)")
+    parser.add_argument("--vocab-map-split", metavar="SPLIT",
+                        help="with --ctranslate2: learn a lexical shortlist from the binarized SPLIT of --data (e.g. "
+                             "train) and include it in the model, for CTranslate2's use_vmap")  # fmt: skip
+    parser.add_argument("--vocab-map-frequent", type=int, default=100, metavar="N",
+                        help="the shortlist's N most frequent target tokens, always candidates (default: 100)")
+    parser.add_argument("--vocab-map-per-source", type=int, default=50, metavar="N",
+                        help="the shortlist's candidates per source token, by Dice coefficient (default: 50)")
     return parser
 
 
@@ -26,7 +34,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
-    from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student
+    from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student, write_vocabulary_map
     from fairseq_kd.ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
     from fairseq_kd.io import check_output_path
 
@@ -36,11 +44,29 @@ def main(argv=None):
         raise CheckpointError(f"{args.ctranslate2} exists (give --overwrite to replace it)")
     if args.ctranslate2 and args.quantization not in CT2_WEIGHT_TYPES:
         raise CheckpointError(f"--quantization {args.quantization!r} is not one of {', '.join(CT2_WEIGHT_TYPES)}")
+    if args.vocab_map_split and not args.ctranslate2:
+        raise CheckpointError("--vocab-map-split is for a CTranslate2 model: add --ctranslate2 DIR")
+    if args.vocab_map_frequent < 0 or args.vocab_map_per_source < 1:
+        raise CheckpointError("--vocab-map-frequent must be >= 0 and --vocab-map-per-source >= 1")
+    if args.vocab_map_split and not glob.glob(os.path.join(glob.escape(args.data), f"{args.vocab_map_split}.*-*.*.idx")):
+        raise CheckpointError(f"--vocab-map-split {args.vocab_map_split}: {args.data} has no binarized split of that name")
     check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)
     state = export_student(args.student, args.output, overwrite=args.overwrite)
     if args.ctranslate2:
-        export_ctranslate2(args.output, args.data, args.ctranslate2, args.quantization)
-        print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization})")
+        vmap = None
+        if args.vocab_map_split:
+            vmap = os.path.abspath(args.ctranslate2).rstrip("/") + ".vmap.txt"
+            mapped, mean, pairs = write_vocabulary_map(
+                args.data, args.vocab_map_split, vmap, frequent=args.vocab_map_frequent, per_source=args.vocab_map_per_source
+            )
+            print(f"vocabulary map from {pairs:,} {args.vocab_map_split} pairs: {mapped:,} source tokens, "
+                  f"{mean:.1f} candidates each, {args.vocab_map_frequent} always")  # fmt: skip
+        try:
+            export_ctranslate2(args.output, args.data, args.ctranslate2, args.quantization, vocabulary_map=vmap)
+        finally:
+            if vmap and os.path.exists(vmap):
+                os.remove(vmap)  # the model directory holds its copy, vmap.txt
+        print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
     cfg = state["cfg"]
     num_params = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
     print(
