@@ -15,6 +15,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+# CTranslate2's intra_threads when none is given. On the 2-core machine this project is measured on, one
+# thread decoded about twice as fast as two, in int8 and float32 alike (benchmarks/results/ct2_threads.md);
+# give --threads N (0: every core) where more cores help.
+DEFAULT_THREADS = 1
+
 # the weight types CTranslate2's converter writes (--quantization)
 WEIGHT_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
 
