@@ -661,6 +661,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--pseudolabel-beam", type=int, default=4, help="the teacher's beam for pseudo-labels (default: 4)")
     parser.add_argument("--pseudolabel-engine", choices=("fairseq", "ctranslate2"), default="fairseq",
                         help="the teacher's decoder for pseudo-labels (default: fairseq)")  # fmt: skip
     add_arguments(parser)
@@ -674,7 +675,7 @@ def main(argv=None):
         Training(args.max_update, args.warmup_updates, args.lr, args.max_tokens, args.dropout),
         methods=[m for m in args.methods.split(",") if m], seeds=args.seeds, spm_model=args.spm_model,
         bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
-        pseudolabel_engine=args.pseudolabel_engine,
+        pseudolabel_engine=args.pseudolabel_engine, pseudolabel_beam=args.pseudolabel_beam,
     )  # fmt: skip
     Pipeline(args.out, config).run()
 
