@@ -403,8 +403,10 @@ def paired_bootstrap(baseline, systems: Dict[str, List[str]], references, sample
 
 
 def verdict(difference, p_value):
-    """'gain' or 'loss' only when the paired bootstrap gives p < 0.05; else 'no significant difference'."""
-    if p_value < SIGNIFICANCE:
+    """'gain' or 'loss' only when the paired bootstrap gives p < 0.05; else 'no significant difference'. Equal
+    scores are never a difference: sacreBLEU gives identical outputs p = 1 / (samples + 1) on purpose
+    (``sacrebleu.significance._compute_p_value``: "a zero difference should not be attributed to chance")."""
+    if difference != 0 and p_value < SIGNIFICANCE:
         return "gain" if difference > 0 else "loss"
     return "no significant difference"
 

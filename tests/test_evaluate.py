@@ -76,12 +76,18 @@ class TestSignificance(unittest.TestCase):
         self.assertEqual(tests["same"]["bleu"]["verdict"], "no significant difference")
         worse, _ = paired_bootstrap(("better", self.better), {"baseline": self.baseline}, self.references)
         self.assertEqual(worse["baseline"]["bleu"]["verdict"], "loss")
+        # the same translations under another name (a model in two runtimes that agree): sacreBLEU's p is
+        # 1 / 1001 for a zero difference, which is no gain and no loss
+        identical, _ = paired_bootstrap(("baseline", self.baseline), {"copy": list(self.baseline)}, self.references)
+        self.assertLess(identical["copy"]["bleu"]["p_value"], 0.05)
+        self.assertEqual(identical["copy"]["bleu"]["verdict"], "no significant difference")
 
     def test_verdict_needs_p_below_005(self):
         self.assertEqual(verdict(2.0, 0.049), "gain")
         self.assertEqual(verdict(-2.0, 0.01), "loss")
         self.assertEqual(verdict(5.0, 0.05), "no significant difference")
         self.assertEqual(verdict(-5.0, 0.3), "no significant difference")
+        self.assertEqual(verdict(0.0, 0.001), "no significant difference")
 
 
 class TestPieces(unittest.TestCase):
