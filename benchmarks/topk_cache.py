@@ -13,7 +13,8 @@ On the fixed batch of kd_step.py, time and peak memory of:
 and the ratios time(e) / time(a) (target <= 1.15), time(e) / time(c), peak(e) / peak(a), peak(d) / peak(c),
 plus the cache's bytes per target token.
 
-    python benchmarks/topk_cache.py            # writes benchmarks/results/topk_cache_cpu_fp32.{json,md}
+    python benchmarks/topk_cache.py                  # writes benchmarks/results/topk_cache_cpu_fp32.{json,md}
+    python benchmarks/topk_cache.py --device cuda    # topk_cache_cuda_fp32.{json,md}
 """
 
 import argparse
@@ -36,6 +37,7 @@ def write_cache(cache_dir, teacher, batch, k, pad):
     """A cache with the teacher's top-k for the batch's sentences, in the format fairseq-kd-cache-topk writes."""
     with torch.no_grad():
         values, ids = torch.log_softmax(teacher(**batch["net_input"])[0].float(), -1).topk(k, -1)
+    values, ids, batch = values.cpu(), ids.cpu(), {"id": batch["id"].cpu(), "target": batch["target"].cpu()}
     lengths = batch["target"].ne(pad).sum(1)
     order = batch["id"].argsort()
     offsets = np.concatenate([[0], np.cumsum(lengths[order].numpy())])
@@ -62,10 +64,12 @@ def main(argv=None):
     parser.add_argument("--teacher", default="6,512,2048,8")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    from fairseq import utils
     from fairseq.data import Dictionary
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +95,11 @@ def main(argv=None):
         cache_task, _, cache_criterion = build(tmp, student_arch, kd)
         _, teacher, _ = build(tmp, teacher_arch, ["--criterion", "label_smoothed_cross_entropy"])
         teacher.eval().requires_grad_(False)
+        student.to(device), teacher.to(device)
         live_task.teachers = topk_task.teachers = [teacher]
         batch = make_batch(d, args.sentences, args.length)
+        if device.type == "cuda":
+            batch = utils.move_to_cuda(batch)
         cache_bytes = write_cache(tmp, teacher, batch, args.k, d.pad())
         cache = TopKCache(tmp)
         for criterion in (nll_criterion, live_criterion, topk_criterion, cache_criterion):
@@ -109,7 +116,9 @@ def main(argv=None):
         def cached_step():
             # what the data loader does (TopKCacheDataset.collater), then the training step
             student.zero_grad(set_to_none=True)
-            with_rows = dict(batch, teacher_topk=cache.lookup(batch["id"], batch["target"], d.pad()))
+            with_rows = dict(batch, teacher_topk=cache.lookup(batch["id"].cpu(), batch["target"].cpu(), d.pad()))
+            if device.type == "cuda":  # fairseq moves the whole batch, its cache rows included
+                with_rows = utils.move_to_cuda(with_rows)
             cache_task.train_step(with_rows, student, cache_criterion, optimizer, 0)
 
         steps = {
@@ -118,7 +127,7 @@ def main(argv=None):
             "c_live_kd_step": step(live_task, live_criterion),
             "d_live_topk_kd_step": step(topk_task, topk_criterion),
             "e_cached_topk_kd_step": cached_step,
-            "f_cache_lookup": lambda: cache.lookup(batch["id"], batch["target"], d.pad()),
+            "f_cache_lookup": lambda: cache.lookup(batch["id"].cpu(), batch["target"].cpu(), d.pad()),
         }
         student.train()
         results = {}
@@ -139,11 +148,11 @@ def main(argv=None):
         "cache_bytes_per_target_token": cache_bytes / target_tokens,
     }
     os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, "topk_cache_cpu_fp32")
+    stem = os.path.join(args.output_dir, f"topk_cache_{device.type}_fp32")
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=2)
     lines = [
-        f"# KD from a top-{args.k} cache, cpu fp32: {args.sentences} x {args.length} tokens, vocabulary {args.vocab}, "
+        f"# KD from a top-{args.k} cache, {device.type} fp32: {args.sentences} x {args.length} tokens, vocabulary {args.vocab}, "
         f"student {args.student}, teacher {args.teacher} (layers,dim,ffn,heads), {torch.get_num_threads()} threads",
         "",
         "| step | time (ms) | peak memory (MB) |",
