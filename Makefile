@@ -36,7 +36,7 @@ $(STAMP): setup.py requirements.txt
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # make demo [PRESET=default|full] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
 #           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N]
