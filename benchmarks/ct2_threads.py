@@ -11,7 +11,6 @@ loading), CTranslate2's ``translate_batch`` calls (not loading, not detokenising
 """
 
 import argparse
-import json
 import os
 import re
 import statistics

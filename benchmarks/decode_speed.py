@@ -162,7 +162,13 @@ def measure(shapes, args, tmp):
         params = sum(p.numel() for p in model.parameters())
         for weights in args.ctranslate2:
             runner = CTranslate2Runner(
-                to_ctranslate2(model, namespace, d, tmp, weights), args.device, weights, d, samples, args.output_length, args.beam
+                to_ctranslate2(model, namespace, d, tmp, weights),
+                args.device,
+                weights,
+                d,
+                samples,
+                args.output_length,
+                args.beam,
             )
             runners.append((shape, f"ctranslate2 {weights}", params, runner, []))
             # a CTranslate2 translator sets the process's OpenMP threads (torch's too) to its intra_threads
@@ -172,7 +178,9 @@ def measure(shapes, args, tmp):
             [model], d, beam_size=args.beam, max_len_a=0, max_len_b=args.output_length, min_len=args.output_length
         )
         on_device = [utils.move_to_cuda(s) if device.type == "cuda" else s for s in samples]
-        runners.append((shape, f"fairseq {args.device}", params, lambda g=generator, m=model, s=on_device: translate_all(g, m, s), []))
+        runners.append(
+            (shape, f"fairseq {args.device}", params, lambda g=generator, m=model, s=on_device: translate_all(g, m, s), [])
+        )
     for _, _, _, run, _ in runners:  # warm up
         run()
     expected = args.sentences * (args.output_length + 1)  # + EOS
@@ -184,7 +192,9 @@ def measure(shapes, args, tmp):
             synchronize(device)
             times.append(time.perf_counter() - start)
             if tokens != expected:
-                raise RuntimeError(f"{shape} in {runtime}: translations have {tokens} tokens in all, not the forced {expected}")
+                raise RuntimeError(
+                    f"{shape} in {runtime}: translations have {tokens} tokens in all, not the forced {expected}"
+                )
     results = []
     for shape, runtime, params, _, times in runners:
         seconds = statistics.median(times)
@@ -204,8 +214,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fairseq's generator and CTranslate2)")
-    parser.add_argument("--ctranslate2", nargs="*", default=[], metavar="TYPE",
-                        help="also time each shape in CTranslate2 with these compute types (e.g. int8 float32)")
+    parser.add_argument(
+        "--ctranslate2",
+        nargs="*",
+        default=[],
+        metavar="TYPE",
+        help="also time each shape in CTranslate2 with these compute types (e.g. int8 float32)",
+    )
     parser.add_argument("--name", default="decode_speed_cpu", help="results file name (NAME.json, NAME.md)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()

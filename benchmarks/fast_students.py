@@ -96,7 +96,7 @@ def systems(args, config):
 
 
 def runtime_of(name):
-    """"fairseq", "ctranslate2 float32", "ctranslate2 int8" or "ctranslate2 int8+vmap", from the system's name."""
+    """ "fairseq", "ctranslate2 float32", "ctranslate2 int8" or "ctranslate2 int8+vmap", from the system's name."""
     if ".ct2_" not in name:
         return "fairseq"
     weights = name.split(".ct2_")[1]
@@ -120,8 +120,15 @@ def summarise(records):
             "params": r["params"], "mb": r["size_mb"],
         }  # fmt: skip
         kept = row["bleu_kept"] >= BLEU_KEPT
-        row["meets_3x_same_runtime"] = base != "teacher" and kept and (row["x_teacher_same_runtime"] or 0) >= SPEED_TARGET_SAME_RUNTIME
-        row["meets_10x_ct2_int8"] = base != "teacher" and kept and runtime.startswith("ctranslate2 int8") and row["x_teacher_fairseq"] >= SPEED_TARGET_CT2_INT8
+        row["meets_3x_same_runtime"] = (
+            base != "teacher" and kept and (row["x_teacher_same_runtime"] or 0) >= SPEED_TARGET_SAME_RUNTIME
+        )
+        row["meets_10x_ct2_int8"] = (
+            base != "teacher"
+            and kept
+            and runtime.startswith("ctranslate2 int8")
+            and row["x_teacher_fairseq"] >= SPEED_TARGET_CT2_INT8
+        )
         rows.append(row)
     for row in rows:
         row["pareto"] = not any(o["bleu"] > row["bleu"] and o["sentences_per_s"] > row["sentences_per_s"] for o in rows)
@@ -157,7 +164,9 @@ def write_results(args, rows, significance, config, settings):
     for split, result in significance.items():
         for metric in ("bleu", "chrf"):
             a, b = result["narrow_seq_kd"][metric], result["narrow_init_seq_kd"][metric]
-            lines.append(f"| {split} | {metric} | {a['mean']} ± {a['ci']} | {b['mean']} ± {b['ci']} | {b['p_value']} | {b['verdict']} |")
+            lines.append(
+                f"| {split} | {metric} | {a['mean']} ± {a['ci']} | {b['mean']} ± {b['ci']} | {b['p_value']} | {b['verdict']} |"
+            )
     write_text(args.results + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

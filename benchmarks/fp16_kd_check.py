@@ -57,9 +57,7 @@ def main():
               "--criterion", "label_smoothed_cross_entropy_with_kd", "--label-smoothing", "0",
               "--nll-weight", "1", "--kd-weight", "1", "--kd-temperature", "1", "--max-update", str(args.updates)]  # fmt: skip
         log = train(data, os.path.join(tmp, "student"), kd + precision, args.device)
-    losses = {
-        name: [float(v) for v in re.findall(rf"\| {name} ([-\w.]+)", log)] for name in ("loss", "nll_loss", "kd_loss")
-    }
+    losses = {name: [float(v) for v in re.findall(rf"\| {name} ([-\w.]+)", log)] for name in ("loss", "nll_loss", "kd_loss")}
     finite = all(losses[n] and all(math.isfinite(v) for v in losses[n]) for n in losses)
     record = {"command": " ".join(sys.argv), "device": args.device, "precision": precision or ["fp32"],
               "updates": args.updates, "losses": losses, "all_finite": finite}  # fmt: skip

@@ -281,7 +281,8 @@ def write_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=No
     per source token, sentence pairs read)."""
     from fairseq.data import Dictionary, data_utils
 
-    from .ct2 import vocabulary_map, write_vocabulary_map as write_map
+    from .ct2 import vocabulary_map
+    from .ct2 import write_vocabulary_map as write_map
 
     if source_lang is None or target_lang is None:
         source_lang, target_lang = data_utils.infer_language_pair(data_bin)

@@ -57,7 +57,9 @@ class Settings:
     max_len_a: float = 1.5
     max_len_b: int = 10
     post_process: str = "sentencepiece"  # fairseq's --post-process: how subword units become text
-    threads: int = 1  # CTranslate2's intra_threads (0: every core; see fairseq_kd.ct2.DEFAULT_THREADS); fairseq-generate uses torch's default
+    threads: int = (
+        1  # CTranslate2's intra_threads (0: every core; see fairseq_kd.ct2.DEFAULT_THREADS); fairseq-generate uses torch's default
+    )
     bootstrap_samples: int = 1000
 
     def check(self):

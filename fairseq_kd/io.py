@@ -63,6 +63,21 @@ def run_lock(out_dir, what, shared=False, name=".lock"):
         f.close()
 
 
+def changed_settings(recorded, now, defaults=None, ignore=(), keys=None):
+    """The settings of an earlier run (RECORDED) that differ from NOW's, as [(key, then, now)] sorted by key:
+    what every resumable stage checks before it continues a run. A key that RECORDED lacks takes its value
+    from DEFAULTS (a setting added since, at the value the earlier runs had); keys in IGNORE are not compared;
+    KEYS limits the comparison (default: every key of both)."""
+    defaults = defaults or {}
+    names = set(recorded) | set(now) if keys is None else keys
+    changes = []
+    for key in sorted(names):
+        then = recorded.get(key, defaults.get(key))
+        if key not in ignore and then != now.get(key):
+            changes.append((key, then, now.get(key)))
+    return changes
+
+
 def write_json(path, value):
     """Writes VALUE as JSON to PATH atomically: a reader sees the old file or the new one, never a part."""
     tmp = f"{path}.tmp{os.getpid()}"

@@ -39,7 +39,7 @@ from typing import List, Optional
 
 from . import methods as M
 from .evaluate import SIGNIFICANCE, Settings, evaluate
-from .io import UserError, run_lock, write_json, write_text
+from .io import UserError, changed_settings, run_lock, write_json, write_text
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -196,12 +196,11 @@ class Pipeline:
         if os.path.exists(path):
             with open(path) as f:
                 earlier = json.load(f)
-            earlier, now = {**SINCE_ADDED, **flatten(earlier)}, flatten(record)
-            changed = sorted(k for k in set(earlier) | set(now) if k not in RERUN_MAY_CHANGE and earlier.get(k) != now.get(k))
+            changed = changed_settings(flatten(earlier), flatten(record), SINCE_ADDED, RERUN_MAY_CHANGE)
             if changed:
                 raise PipelineError(
                     f"{self.out} holds a run made with other "
-                    + ", ".join(f"{k} ({_short(earlier.get(k))}, now {_short(now.get(k))})" for k in changed)
+                    + ", ".join(f"{k} ({_short(then)}, now {_short(now)})" for k, then, now in changed)
                     + f": its finished stages would not match; give another output directory or remove {self.out} to start over"
                 )
         check_settings(self.config)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
-from .io import UserError, sha256_file, write_json
+from .io import UserError, changed_settings, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _start_or_resume(cache_dir, meta, offsets, vocab):
     meta_path = os.path.join(cache_dir, "meta.json")
     if os.path.isfile(meta_path):
         recorded = read_meta(cache_dir)
-        different = [key for key in meta if key != "complete" and recorded.get(key) != meta[key]]
+        different = [key for key, _, _ in changed_settings(recorded, meta, ignore=("complete",), keys=meta)]
         if different:
             raise TopKCacheError(
                 f"{cache_dir!r} holds a top-k cache built with other settings or data ({', '.join(different)}): "

@@ -5,6 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import unittest
+
+from fairseq_kd.io import changed_settings
 
 from .utils import TeacherTestCase, run_console_script
 
@@ -16,6 +19,25 @@ lock.__enter__()
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+class TestChangedSettings(unittest.TestCase):
+    """What every resumable stage (pipeline, demo, pseudo-labels, top-k cache) compares before it continues."""
+
+    def test_changes_defaults_ignored_and_limited_keys(self):
+        then = {"beam": 4, "lr": 0.002, "seeds": 1}
+        self.assertEqual(changed_settings(then, dict(then)), [])
+        self.assertEqual(changed_settings(then, {"beam": 2, "lr": 0.002, "seeds": 3}), [("beam", 4, 2), ("seeds", 1, 3)])
+        self.assertEqual(changed_settings(then, {"beam": 2, "lr": 0.002, "seeds": 3}, ignore={"seeds"}), [("beam", 4, 2)])
+        # a setting added since: a record without it was made with its default
+        self.assertEqual(changed_settings(then, dict(then, engine="fairseq"), defaults={"engine": "fairseq"}), [])
+        self.assertEqual(
+            changed_settings(then, dict(then, engine="ctranslate2"), defaults={"engine": "fairseq"}),
+            [("engine", "fairseq", "ctranslate2")],
+        )
+        # a key that only one of them has is a change, unless the comparison is limited to others
+        self.assertEqual(changed_settings(then, {"beam": 4, "lr": 0.002}), [("seeds", 1, None)])
+        self.assertEqual(changed_settings(then, {"beam": 4, "lr": 0.002}, keys=["beam", "lr"]), [])
 
 
 class TestConcurrentRuns(TeacherTestCase):

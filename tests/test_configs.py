@@ -9,7 +9,7 @@ import torch
 from fairseq_kd.configs import CONFIG_METHODS, config
 from fairseq_kd.methods import METHODS
 
-from .utils import PLUGIN_DIR, KD_FLAGS, TeacherTestCase, quiet, run_console_script, train_translation_model
+from .utils import KD_FLAGS, PLUGIN_DIR, TeacherTestCase, quiet, run_console_script, train_translation_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 import fairseq_kd  # noqa: F401
 from fairseq_kd.criterions import fused_kd
 from fairseq_kd.criterions.fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
-from fairseq_kd.models.student_init import spread_layers
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     hidden_cosine_loss,
     kd_kl_loss,
@@ -16,6 +15,7 @@ from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
     tempered_log_probs,
     topk_log_probs,
 )
+from fairseq_kd.models.student_init import spread_layers
 
 
 def reference_kl(student_logits, teacher_logits, temperature, mask=None):

@@ -81,7 +81,10 @@ class TestVocabularyMapInCTranslate2(TeacherTestCase):
                                     "--use-vmap", "vmap", "--baseline", "plain", "--out", out],
         )  # fmt: skip
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
-        with open(os.path.join(out, "translations", "plain.txt")) as a, open(os.path.join(out, "translations", "vmap.txt")) as b:
+        with (
+            open(os.path.join(out, "translations", "plain.txt")) as a,
+            open(os.path.join(out, "translations", "vmap.txt")) as b,
+        ):
             self.assertEqual(a.read(), b.read())
         import json
 
@@ -90,7 +93,9 @@ class TestVocabularyMapInCTranslate2(TeacherTestCase):
         self.assertEqual(kinds, {"plain": "ctranslate2", "vmap": "ctranslate2+vmap"})
 
     def test_bad_vocabulary_map_settings(self):
-        no_ct2 = run_console_script("fairseq-kd-export", [self.teacher, os.path.join(self.dir, "a.pt"), "--vocab-map-split", "train"])
+        no_ct2 = run_console_script(
+            "fairseq-kd-export", [self.teacher, os.path.join(self.dir, "a.pt"), "--vocab-map-split", "train"]
+        )
         self.assertIn("--vocab-map-split is for a CTranslate2 model: add --ctranslate2 DIR", no_ct2.stderr)
         result, ct2_dir = self.export("nosplit", "--vocab-map-split", "dev")
         self.assertIn(f"--vocab-map-split dev: {self.data} has no binarized split of that name", result.stderr)

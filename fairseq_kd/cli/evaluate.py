@@ -40,7 +40,12 @@ def get_parser():
         choices=["sentencepiece", "subword_nmt", "none"],
         help=f"how subword units become text, as fairseq's --post-process (default: {d.post_process})",
     )
-    parser.add_argument("--threads", type=int, default=d.threads, help=f"CTranslate2 threads, 0: every core (default: {d.threads}, the fastest on 2 cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help=f"CTranslate2 threads, 0: every core (default: {d.threads}, the fastest on 2 cores)",
+    )
     parser.add_argument("--bootstrap-samples", type=int, default=d.bootstrap_samples)
     parser.add_argument("--use-vmap", action="append", default=[], metavar="NAME",
                         help="this CTranslate2 system (repeatable) translates with its vocabulary map (fairseq-kd-export "

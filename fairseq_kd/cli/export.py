@@ -23,10 +23,20 @@ def get_parser():
     parser.add_argument("--vocab-map-split", metavar="SPLIT",
                         help="with --ctranslate2: learn a lexical shortlist from the binarized SPLIT of --data (e.g. "
                              "train) and include it in the model, for CTranslate2's use_vmap")  # fmt: skip
-    parser.add_argument("--vocab-map-frequent", type=int, default=100, metavar="N",
-                        help="the shortlist's N most frequent target tokens, always candidates (default: 100)")
-    parser.add_argument("--vocab-map-per-source", type=int, default=50, metavar="N",
-                        help="the shortlist's candidates per source token, by Dice coefficient (default: 50)")
+    parser.add_argument(
+        "--vocab-map-frequent",
+        type=int,
+        default=100,
+        metavar="N",
+        help="the shortlist's N most frequent target tokens, always candidates (default: 100)",
+    )
+    parser.add_argument(
+        "--vocab-map-per-source",
+        type=int,
+        default=50,
+        metavar="N",
+        help="the shortlist's candidates per source token, by Dice coefficient (default: 50)",
+    )
     return parser
 
 

@@ -59,8 +59,12 @@ def get_parser():
     parser.add_argument(
         "--quantization", default="float32", help="--engine ctranslate2: the converted teacher's weights (default: float32)"
     )
-    parser.add_argument("--threads", type=int, default=1,
-                        help="--engine ctranslate2: CPU threads, 0: every core (default: 1, the fastest on 2 cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--engine ctranslate2: CPU threads, 0: every core (default: 1, the fastest on 2 cores)",
+    )
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per generation batch")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per generation batch")
     parser.add_argument("--max-len-a", type=float, default=1.5, help="output length limit a * len(src) + b")

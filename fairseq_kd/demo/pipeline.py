@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 
-from ..io import UserError, read_lines, run_lock, write_json, write_text
+from ..io import UserError, changed_settings, read_lines, run_lock, write_json, write_text
 from ..pipeline import Config, Pipeline, PipelineError, log
 from .corpus import build_corpus
 from .presets import PRESETS
@@ -73,7 +73,7 @@ class Demo:
         if os.path.exists(path):
             with open(path) as f:
                 earlier = json.load(f)
-            changed = sorted(k for k in set(earlier) | set(record) if earlier.get(k) != record.get(k))
+            changed = [key for key, _, _ in changed_settings(earlier, record)]
             if changed:
                 raise DemoError(
                     f"{self.out} holds a demo run of preset {earlier.get('preset')!r} on {earlier.get('data')} "

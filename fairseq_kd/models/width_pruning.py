@@ -301,7 +301,12 @@ def axes(student_key, teacher_key, selection):
     layer_key, rest = f"{match[1]}.layers.{match[2]}", match[3]
     neurons = selection.neurons[layer_key]
     if rest in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
-        return {"fc1.weight": (neurons, stream), "fc1.bias": (neurons,), "fc2.weight": (stream, neurons), "fc2.bias": (stream,)}[rest], 1.0
+        return {
+            "fc1.weight": (neurons, stream),
+            "fc1.bias": (neurons,),
+            "fc2.weight": (stream, neurons),
+            "fc2.bias": (stream,),
+        }[rest], 1.0
     if re.match(r"^(self_attn|encoder_attn|final)_layer_norm\.(weight|bias)$", rest):
         return (stream,), 1.0
     attn_match = re.match(r"^(self_attn|encoder_attn)\.(q|k|v|out)_proj\.(weight|bias)$", rest)

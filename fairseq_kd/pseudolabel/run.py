@@ -10,8 +10,8 @@ import statistics
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..io import binarize, check_output_path, encode_lines, read_lines, run_lock, sha256_file, write_json
 from ..ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
+from ..io import binarize, changed_settings, check_output_path, encode_lines, read_lines, run_lock, sha256_file, write_json
 from .engines import decoding_seconds, shard_dir, shard_done, translate_shard
 from .labels import (
     Filters,
@@ -139,13 +139,11 @@ def check_manifest(args, out_dir, settings):
     if os.path.exists(path):
         with open(path) as f:
             recorded = json.load(f)
-        different = [k for k, default in GENERATION_SETTINGS.items() if recorded.get(k, default) != settings[k]]
-        if recorded.get("teacher_sha256") is None and "teacher_sha256" in different:
-            different.remove("teacher_sha256")  # not recorded then
+        # the teacher's digest was not recorded by the first manifests
+        unrecorded = ("teacher_sha256",) if recorded.get("teacher_sha256") is None else ()
+        different = changed_settings(recorded, settings, GENERATION_SETTINGS, unrecorded, keys=GENERATION_SETTINGS)
         if different:
-            changes = ", ".join(
-                f"{k}: {recorded.get(k, GENERATION_SETTINGS[k])!r} then, {settings[k]!r} now" for k in different
-            )
+            changes = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, then, now in different)
             raise PseudoLabelError(
                 f"{out_dir} holds pseudo-labels made with other settings ({changes}): "
                 "rerun with the same settings to resume, or choose another --output"
