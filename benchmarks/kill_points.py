@@ -1,0 +1,163 @@
+"""Faults at every stage: the demo killed (SIGKILL, its whole process group) inside each stage, then rerun.
+
+    python benchmarks/kill_points.py --out runs/kill-points --results benchmarks/results/kill_points
+
+On the smoke preset and the tests' cipher data: one uninterrupted reference run, then for every stage of
+it (corpus, sentencepiece, binarize, teacher, pseudo-labels, each student, CTranslate2, and the final
+evaluation and report) ``--points`` runs that are killed at a random moment inside that stage (drawn
+from the reference's duration of the stage, ``--seed``) and rerun with the same command to the end. A
+point survives when the rerun finishes and its results equal the reference's: every score, p-value and
+interval of results.json (speeds and timings aside), and every translation of valid and test.
+
+Writes RESULTS.json and RESULTS.md: each kill point, the stage and second it was killed at, whether the
+rerun finished, and what differed.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from fairseq_kd.io import write_json, write_text  # noqa: E402
+
+TIMING = re.compile(r"per_s|seconds|speed_runs|timing|wall")
+
+
+def command(args, out):
+    return [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", os.path.join(args.out, "data"),
+            "-s", "in", "-t", "out", "--out", out]  # fmt: skip
+
+
+def run(cmd, kill_after_line=None, delay=0.0):
+    """Runs CMD in its own process group; with KILL_AFTER_LINE, kills the group DELAY seconds after a line of
+    output starts with it. Returns (killed, exit status, [(seconds since start, line)])."""
+    start = time.time()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               start_new_session=True)  # fmt: skip
+    lines, deadline = [], None
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = ""
+    while True:
+        chunk = process.stdout.read() or ""
+        buffer += chunk
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            lines.append((round(time.time() - start, 1), line))
+            if kill_after_line and deadline is None and line.startswith(kill_after_line):
+                deadline = time.time() + delay
+        if deadline is not None and time.time() >= deadline and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True, process.returncode, lines
+        if process.poll() is not None and not chunk:
+            return False, process.returncode, lines
+        time.sleep(0.05)
+
+
+def stage_windows(lines):
+    """[(stage, start line, seconds)] from a run's output: "NAME ..." opens a stage, "NAME: finished in" closes
+    it; after the last stage, the evaluation and report run until the end."""
+    windows, opened = [], {}
+    for t, line in lines:
+        match = re.match(r"^(\S.*) \.\.\.$", line)
+        if match:
+            opened[match[1]] = t
+        match = re.match(r"^(\S.*): finished in", line)
+        if match and match[1] in opened:
+            windows.append((match[1], f"{match[1]} ...", t - opened[match[1]]))
+    last_stage_end = max(t for t, line in lines if ": finished in" in line)
+    report = [(t, line) for t, line in lines if t >= last_stage_end and not line.startswith(" ")]
+    if len(report) > 1:
+        windows.append(("evaluation and report", report[1][1], lines[-1][0] - report[1][0]))
+    return windows
+
+
+def comparable(out):
+    """What a finished run must reproduce: results.json without speeds and timings, and its translations."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not TIMING.search(k)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    with open(os.path.join(out, "results.json")) as f:
+        found = {"results.json": strip(json.load(f))}
+    for split in ("valid", "test"):
+        directory = os.path.join(out, "eval", split, "translations")
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".txt"):
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    found[f"{split}/{name}"] = f.read()
+    return found
+
+
+def differences(reference, found):
+    return sorted(k for k in set(reference) | set(found) if reference.get(k) != found.get(k))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="work directory (emptied first)")
+    parser.add_argument("--results", required=True, help="writes RESULTS.json and RESULTS.md")
+    parser.add_argument("--points", type=int, default=1, help="kill points per stage")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from tests.test_demo_pipeline import write_data
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    write_data(os.path.join(args.out, "data"))
+    reference_dir = os.path.join(args.out, "reference")
+    _, status, lines = run(command(args, reference_dir))
+    if status != 0:
+        raise RuntimeError("the reference run failed:\n" + "\n".join(line for _, line in lines[-30:]))
+    reference = comparable(reference_dir)
+    rng = random.Random(args.seed)
+    points = []
+    for stage, first_line, seconds in stage_windows(lines):
+        for i in range(args.points):
+            out = os.path.join(args.out, f"killed-{re.sub(r'[^\\w.-]+', '_', stage)}-{i}")
+            delay = round(rng.uniform(0, max(seconds, 0.1)), 2)
+            killed, _, _ = run(command(args, out), kill_after_line=first_line, delay=delay)
+            _, status, rerun_lines = run(command(args, out))
+            point = {"stage": stage, "stage_seconds": seconds, "killed_after_s": delay, "killed": killed,
+                     "rerun_status": status}  # fmt: skip
+            if status == 0:
+                point["differences"] = differences(reference, comparable(out))
+            else:
+                point["rerun_tail"] = [line for _, line in rerun_lines[-10:]]
+            point["survived"] = status == 0 and not point.get("differences")
+            points.append(point)
+            print(f"{stage}: killed after {delay} s (killed: {killed}), rerun exit {status}, "
+                  f"survived: {point['survived']}", flush=True)  # fmt: skip
+            shutil.rmtree(out, ignore_errors=True)
+    survived = sum(p["survived"] for p in points)
+    write_json(args.results + ".json", {"command": " ".join(sys.argv), "points": points, "tried": len(points),
+                                        "survived": survived})  # fmt: skip
+    rows = [
+        f"| {p['stage']} | {p['killed_after_s']} of {p['stage_seconds']:.1f} | {'yes' if p['killed'] else 'finished first'} | "
+        f"{p['rerun_status']} | {'yes' if p['survived'] else 'no: ' + ', '.join(p.get('differences') or ['rerun failed'])} |"
+        for p in points
+    ]
+    write_text(args.results + ".md", "\n".join([
+        f"The smoke demo killed (SIGKILL) inside each stage, then rerun (`{' '.join(sys.argv)}`): "
+        f"{survived} of {len(points)} kill points survived (the rerun finished and its scores and translations "
+        "equal the uninterrupted run's).", "",
+        "| stage | killed after (s) of the stage's | killed | rerun exit | survived |", "|---|---|---|---|---|",
+    ] + rows) + "\n")  # fmt: skip
+    print(f"{survived} of {len(points)} kill points survived")
+    return 0 if survived == len(points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
