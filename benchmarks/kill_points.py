@@ -126,7 +126,8 @@ def main():
     points = []
     for stage, first_line, seconds in stage_windows(lines):
         for i in range(args.points):
-            out = os.path.join(args.out, f"killed-{re.sub(r'[^\\w.-]+', '_', stage)}-{i}")
+            slug = re.sub(r"[^\w.-]+", "_", stage)
+            out = os.path.join(args.out, f"killed-{slug}-{i}")
             delay = round(rng.uniform(0, max(seconds, 0.1)), 2)
             killed, _, _ = run(command(args, out), kill_after_line=first_line, delay=delay)
             _, status, rerun_lines = run(command(args, out))
