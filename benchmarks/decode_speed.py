@@ -34,6 +34,8 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.sequence_generator import SequenceGenerator
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 SHAPES = [
     # the full preset's teacher and student
     "6+6/128/512/4000",
@@ -105,7 +107,6 @@ def batches(d, sentences, source_length, batch_size, seed=0):
 
 def to_ctranslate2(model, args_namespace, d, tmp, weights):
     """The random model as a CTranslate2 model of WEIGHTS, through the export's own conversion."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from fairseq_kd.checkpoints import export_ctranslate2
 
     path = os.path.join(tmp, "model.pt")
@@ -117,9 +118,9 @@ def to_ctranslate2(model, args_namespace, d, tmp, weights):
 
 class CTranslate2Runner:
     def __init__(self, path, device, weights, d, samples, output_length, beam):
-        import ctranslate2
+        from fairseq_kd.ct2 import translator
 
-        self.translator = ctranslate2.Translator(path, device=device, compute_type=weights, intra_threads=1)
+        self.translator = translator(path, device, threads=1, compute_type=weights)
         self.batches = [[[d[i] for i in row[:-1].tolist()] for row in s["net_input"]["src_tokens"]] for s in samples]
         self.output_length, self.beam = output_length, beam
 
@@ -152,7 +153,6 @@ def measure(shapes, args, tmp):
     """Per shape and runtime: params and the times of translating all sentences, run by turns (every repeat
     runs each one once) so that a slower or faster spell of the machine falls on all alike."""
     device = torch.device(args.device)
-    torch_threads = torch.get_num_threads()
     runners = []
     for shape in shapes:
         d = dictionary(shape["vocab"])
@@ -171,8 +171,6 @@ def measure(shapes, args, tmp):
                 args.beam,
             )
             runners.append((shape, f"ctranslate2 {weights}", params, runner, []))
-            # a CTranslate2 translator sets the process's OpenMP threads (torch's too) to its intra_threads
-            torch.set_num_threads(torch_threads)
         model = model.to(device)
         generator = SequenceGenerator(
             [model], d, beam_size=args.beam, max_len_a=0, max_len_b=args.output_length, min_len=args.output_length

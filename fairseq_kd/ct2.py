@@ -9,6 +9,7 @@ to leave out, as fairseq-generate leaves it out, never silently cut.
 """
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -22,6 +23,22 @@ DEFAULT_THREADS = 1
 
 # the weight types CTranslate2's converter writes (--quantization)
 WEIGHT_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
+
+
+def translator(path, device="cpu", threads=DEFAULT_THREADS, compute_type="default"):
+    """A ``ctranslate2.Translator`` with THREADS intra-op threads (0: every core). Creating one sets the
+    process's OpenMP thread count, torch's included (torch.get_num_threads() went from 2 to 1 here); torch's
+    count is put back, so that what runs next in the process computes as it did before."""
+    import ctranslate2
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    try:
+        return ctranslate2.Translator(
+            path, device=device, compute_type=compute_type, intra_threads=threads or (os.cpu_count() or 1)
+        )
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 @dataclass

@@ -343,14 +343,11 @@ def translate_ctranslate2(system, source, settings):
     its batches and its length bound. Timed over the ``translate_batch`` calls only, as fairseq-generate
     times its inference steps. The translator is freed afterwards: its threads must not compete with what
     runs next."""
-    import ctranslate2
     from fairseq.data import data_utils
 
     from . import ct2
 
-    translator = ctranslate2.Translator(
-        system.path, device="cpu", compute_type="default", intra_threads=settings.threads or (os.cpu_count() or 1)
-    )
+    translator = ct2.translator(system.path, "cpu", settings.threads)
     results, seconds = ct2.translate(
         translator, source.tokens, beam=settings.beam, batch_size=settings.batch_size,
         max_len_a=settings.max_len_a, max_len_b=settings.max_len_b, use_vmap=system.use_vmap,

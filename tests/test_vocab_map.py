@@ -92,6 +92,23 @@ class TestVocabularyMapInCTranslate2(TeacherTestCase):
             kinds = {r["name"]: r["kind"] for r in json.load(f)["systems"]}
         self.assertEqual(kinds, {"plain": "ctranslate2", "vmap": "ctranslate2+vmap"})
 
+    def test_a_translator_leaves_torch_threads_as_they_were(self):
+        import ctranslate2
+        import torch
+
+        from fairseq_kd import ct2
+
+        result, ct2_dir = self.export("threads")
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        before = torch.get_num_threads()
+        self.addCleanup(torch.set_num_threads, before)
+        torch.set_num_threads(2)
+        ctranslate2.Translator(ct2_dir, device="cpu", intra_threads=1)
+        self.assertEqual(torch.get_num_threads(), 1)  # what CTranslate2 itself does to the process
+        torch.set_num_threads(2)
+        ct2.translator(ct2_dir, threads=1)
+        self.assertEqual(torch.get_num_threads(), 2)
+
     def test_bad_vocabulary_map_settings(self):
         no_ct2 = run_console_script(
             "fairseq-kd-export", [self.teacher, os.path.join(self.dir, "a.pt"), "--vocab-map-split", "train"]

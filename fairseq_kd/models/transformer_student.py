@@ -1,5 +1,7 @@
 import logging
 
+import torch
+
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel
 from fairseq.models.transformer import transformer_legacy as stock
@@ -115,7 +117,8 @@ class TransformerStudentModel(TransformerModel):
             if how == "importance":
                 if calibration is None:
                     raise ValueError("a narrower student chosen by importance needs a calibration sample")
-                scores = importance(teacher, calibration())
+                on_gpu = torch.cuda.is_available() and not getattr(self.args, "cpu", False)
+                scores = importance(teacher, calibration(), "cuda" if on_gpu else "cpu")
             selection = select_units(self.cfg, teacher.cfg, teacher, how, scores)
         return init_student_from_teacher(self, teacher, layers["encoder"], layers["decoder"], selection)
 

@@ -118,7 +118,7 @@ class _Mean:
         self.counts[key] = self.counts.get(key, 0) + count
 
     def means(self):
-        return {key: (total / self.counts[key]).float() for key, total in self.sums.items()}
+        return {key: (total / self.counts[key]).float().cpu() for key, total in self.sums.items()}
 
 
 def head_outputs(attn, query, key, value, attn_mask=None):
@@ -140,9 +140,12 @@ def head_outputs(attn, query, key, value, attn_mask=None):
 
 
 @torch.no_grad()
-def importance(teacher, samples):
+def importance(teacher, samples, device=None):
     """Minitron's activation importance of *teacher*'s units over *samples*, an iterable of one-sentence
-    ``net_input`` dicts (``src_tokens``, ``src_lengths``, ``prev_output_tokens``; batch 1, so no padding)."""
+    ``net_input`` dicts (``src_tokens``, ``src_lengths``, ``prev_output_tokens``; batch 1, so no padding),
+    computed on DEVICE (default: where the teacher is; it is moved back afterwards)."""
+    home = next(teacher.parameters()).device
+    device = torch.device(device) if device is not None else home
     mean, hooks = _Mean(), []
 
     def on_layer_norm(name, stack):
@@ -176,7 +179,8 @@ def importance(teacher, samples):
 
     for name, module in teacher.named_modules():
         stack = name.split(".")[0]
-        if isinstance(module, torch.nn.LayerNorm) and stack in ("encoder", "decoder"):
+        # torch's LayerNorm, or apex's FusedLayerNorm, which fairseq takes where it is installed
+        if "LayerNorm" in type(module).__name__ and stack in ("encoder", "decoder"):
             hooks.append(module.register_forward_hook(on_layer_norm(name, stack)))
         match = re.match(r"^((?:encoder|decoder)\.layers\.\d+)\.(fc1|self_attn|encoder_attn)$", name)
         if match and match[2] == "fc1":
@@ -185,14 +189,14 @@ def importance(teacher, samples):
         elif match:
             hooks.append(module.register_forward_pre_hook(on_attention(name), with_kwargs=True))
     was_training = teacher.training
-    teacher.eval()
+    teacher.eval().to(device)
     try:
         for net_input in samples:
-            teacher(**net_input)
+            teacher(**{k: v.to(device) for k, v in net_input.items()})
     finally:
         for hook in hooks:
             hook.remove()
-        teacher.train(was_training)
+        teacher.train(was_training).to(home)
 
     result, scores = Importance(), mean.means()
     if not scores:
