@@ -14,53 +14,22 @@ rerun finished, and what differed.
 """
 
 import argparse
-import json
 import os
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from fairseq_kd.io import write_json, write_text  # noqa: E402
-
-TIMING = re.compile(r"per_s|seconds|speed_runs|timing|wall")
+from tests.test_demo_pipeline import comparable, run_and_kill, write_data  # noqa: E402
 
 
 def command(args, out):
     return [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", os.path.join(args.out, "data"),
             "-s", "in", "-t", "out", "--out", out]  # fmt: skip
-
-
-def run(cmd, kill_after_line=None, delay=0.0):
-    """Runs CMD in its own process group; with KILL_AFTER_LINE, kills the group DELAY seconds after a line of
-    output starts with it. Returns (killed, exit status, [(seconds since start, line)])."""
-    start = time.time()
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               start_new_session=True)  # fmt: skip
-    lines, deadline = [], None
-    os.set_blocking(process.stdout.fileno(), False)
-    buffer = ""
-    while True:
-        chunk = process.stdout.read() or ""
-        buffer += chunk
-        while "\n" in buffer:
-            line, buffer = buffer.split("\n", 1)
-            lines.append((round(time.time() - start, 1), line))
-            if kill_after_line and deadline is None and line.startswith(kill_after_line):
-                deadline = time.time() + delay
-        if deadline is not None and time.time() >= deadline and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return True, process.returncode, lines
-        if process.poll() is not None and not chunk:
-            return False, process.returncode, lines
-        time.sleep(0.05)
 
 
 def stage_windows(lines):
@@ -81,27 +50,6 @@ def stage_windows(lines):
     return windows
 
 
-def comparable(out):
-    """What a finished run must reproduce: results.json without speeds and timings, and its translations."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not TIMING.search(k)}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    with open(os.path.join(out, "results.json")) as f:
-        found = {"results.json": strip(json.load(f))}
-    for split in ("valid", "test"):
-        directory = os.path.join(out, "eval", split, "translations")
-        for name in sorted(os.listdir(directory)):
-            if name.endswith(".txt"):
-                with open(os.path.join(directory, name), encoding="utf-8") as f:
-                    found[f"{split}/{name}"] = f.read()
-    return found
-
-
 def differences(reference, found):
     return sorted(k for k in set(reference) | set(found) if reference.get(k) != found.get(k))
 
@@ -113,12 +61,10 @@ def main():
     parser.add_argument("--points", type=int, default=1, help="kill points per stage")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from tests.test_demo_pipeline import write_data
-
     shutil.rmtree(args.out, ignore_errors=True)
     write_data(os.path.join(args.out, "data"))
     reference_dir = os.path.join(args.out, "reference")
-    _, status, lines = run(command(args, reference_dir))
+    _, status, lines = run_and_kill(command(args, reference_dir))
     if status != 0:
         raise RuntimeError("the reference run failed:\n" + "\n".join(line for _, line in lines[-30:]))
     reference = comparable(reference_dir)
@@ -129,8 +75,8 @@ def main():
             slug = re.sub(r"[^\w.-]+", "_", stage)
             out = os.path.join(args.out, f"killed-{slug}-{i}")
             delay = round(rng.uniform(0, max(seconds, 0.1)), 2)
-            killed, _, _ = run(command(args, out), kill_after_line=first_line, delay=delay)
-            _, status, rerun_lines = run(command(args, out))
+            killed, _, _ = run_and_kill(command(args, out), kill_after_line=first_line, delay=delay)
+            _, status, rerun_lines = run_and_kill(command(args, out))
             point = {"stage": stage, "stage_seconds": seconds, "killed_after_s": delay, "killed": killed,
                      "rerun_status": status}  # fmt: skip
             if status == 0:

@@ -6,10 +6,16 @@ teacher it did not train, with a monolingual transfer set."""
 
 import json
 import os
+import queue
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 import zipfile
 
@@ -28,6 +34,7 @@ from tests.utils import create_dummy_data, quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC, TGT = "in", "out"  # the cipher data's pair: not de/en
+TIMING = re.compile(r"per_s|seconds|speed_runs|timing|wall")
 
 
 def write_data(data_dir, train=1500):
@@ -38,6 +45,61 @@ def write_data(data_dir, train=1500):
 
 def run(args, cwd=ROOT):
     return subprocess.run([sys.executable] + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_and_kill(cmd, kill_after_line=None, delay=0.0):
+    """Runs CMD (from the repository root) in its own process group; with KILL_AFTER_LINE, kills the group
+    (SIGKILL) DELAY seconds after a line of output starts with it. Returns (killed, exit status, [(seconds
+    since start, line)])."""
+    start = time.time()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               start_new_session=True)  # fmt: skip
+    output = queue.Queue()
+
+    def read():
+        for line in process.stdout:
+            output.put(line.rstrip("\n"))
+        output.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    lines, deadline = [], None
+    while True:
+        try:
+            line = output.get(timeout=0.05)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            process.wait()
+            return False, process.returncode, lines
+        if line:
+            lines.append((round(time.time() - start, 1), line))
+            if kill_after_line and deadline is None and line.startswith(kill_after_line):
+                deadline = time.time() + delay
+        if deadline is not None and time.time() >= deadline and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True, process.returncode, lines
+
+
+def comparable(out):
+    """What a finished run must reproduce: results.json without speeds and timings, and its translations."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not TIMING.search(k)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    with open(os.path.join(out, "results.json")) as f:
+        found = {"results.json": strip(json.load(f))}
+    for split in ("valid", "test"):
+        directory = os.path.join(out, "eval", split, "translations")
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".txt"):
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    found[f"{split}/{name}"] = f.read()
+    return found
 
 
 class TestPieces(unittest.TestCase):
@@ -278,6 +340,30 @@ class TestSmokeRun(unittest.TestCase):
         self.assertNotIn(" ...\n", result.stdout)  # no stage started
         with open(os.path.join(self.out, "results.json")) as f:
             self.assertEqual(f.read(), before)
+
+    def test_killed_in_a_student_or_the_report_the_rerun_gives_the_same_results(self):
+        # kill -9 at a random moment (a new one each run) of a student's training and of the final evaluation
+        # and report, then rerun the same command: the results equal the uninterrupted run's
+        self.results()
+        reference = comparable(self.out)
+        rng = random.Random()
+        cmd = [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", self.data, "-s", SRC, "-t", TGT,
+               "--out", self.out]  # fmt: skip
+        # the baseline is trained again from scratch: its stage marker, checkpoints and export go
+        os.remove(os.path.join(self.out, "stages", "student_baseline.done"))
+        shutil.rmtree(os.path.join(self.out, "students", "baseline"))
+        os.remove(os.path.join(self.out, "models", "baseline.pt"))
+        points = [("student baseline ...", rng.uniform(0, 12)), ("student init_seq_kd.seed2: done earlier", rng.uniform(0, 8))]
+        for trigger, delay in points:
+            with self.subTest(trigger=trigger, delay=round(delay, 2)):
+                killed, _, lines = run_and_kill(cmd, kill_after_line=trigger, delay=delay)
+                self.assertTrue(any(line.startswith(trigger) for _, line in lines), lines[-5:])
+                _, status, lines = run_and_kill(cmd)
+                self.assertEqual(status, 0, "\n".join(line for _, line in lines[-20:]))
+                found = comparable(self.out)
+                self.assertEqual(sorted(found), sorted(reference))
+                for key in reference:
+                    self.assertEqual(found[key], reference[key], key)
 
     def test_evaluate_command_on_the_exported_models(self):
         self.results()
