@@ -177,14 +177,7 @@ def check_data_dir(data, src="de", tgt="en"):
             path = os.path.join(data, f"{split}.{lang}")
             if not os.path.isfile(path):
                 raise DemoError(f"--data {data}: {split}.{lang} is missing (needed: {{train,valid,test}}.{{{src},{tgt}}})")
-            with open(path, "rb") as f:
-                raw = f.read()
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line = raw[: e.start].count(b"\n") + 1
-                raise DemoError(f"--data {data}: {split}.{lang} line {line} is not UTF-8") from None
-            counts[lang] = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
+            counts[lang] = len(read_lines(path, what="--data"))
         if counts[src] != counts[tgt]:
             raise DemoError(f"--data {data}: {split}.{src} has {counts[src]} lines but {split}.{tgt} {counts[tgt]}")
         if counts[src] == 0:
