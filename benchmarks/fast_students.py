@@ -23,7 +23,6 @@ Writes RESULTS.json and RESULTS.md (and RESULTS.png, BLEU against speed). Every 
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fairseq_kd.evaluate import Settings, evaluate, paired_bootstrap  # noqa: E402
 from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
+from fairseq_kd.pipeline import load_config  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 SPEED_TARGET_SAME_RUNTIME = 3.0
@@ -51,19 +51,18 @@ def narrow_students(args):
     link = os.path.join(narrow, "pseudolabels")
     if not os.path.exists(link):
         os.symlink(os.path.abspath(os.path.join(args.run, "pseudolabels")), link)
-    with open(os.path.join(args.run, "pipeline.json")) as f:
-        config = json.load(f)
-    training = config["training"]
-    cmd = [sys.executable, "-m", "fairseq_kd.pipeline", "--teacher", config["teacher"], "--data-bin", config["data_bin"],
-           "--references", config["references"], "-s", config["src"], "-t", config["tgt"],
+    config = load_config(args.run)
+    training = config.training
+    cmd = [sys.executable, "-m", "fairseq_kd.pipeline", "--teacher", config.teacher, "--data-bin", config.data_bin,
+           "--references", config.references, "-s", config.src, "-t", config.tgt,
            "--student", args.narrow, "--methods", "baseline,seq_kd,init_seq_kd",
-           "--max-update", str(training["max_update"]), "--warmup-updates", str(training["warmup_updates"]),
-           "--lr", str(training["lr"]), "--max-tokens", str(training["max_tokens"]),
-           "--dropout", str(training["dropout"]), "--pseudolabel-engine", config.get("pseudolabel_engine", "fairseq"),
-           "--pseudolabel-beam", str(config["pseudolabel_beam"]),
+           "--max-update", str(training.max_update), "--warmup-updates", str(training.warmup_updates),
+           "--lr", str(training.lr), "--max-tokens", str(training.max_tokens),
+           "--dropout", str(training.dropout), "--pseudolabel-engine", config.pseudolabel_engine,
+           "--pseudolabel-beam", str(config.pseudolabel_beam),
            "--out", narrow]  # fmt: skip
-    if config.get("spm_model"):
-        cmd += ["--spm-model", config["spm_model"]]
+    if config.spm_model:
+        cmd += ["--spm-model", config.spm_model]
     run(cmd)
     return config
 
@@ -72,7 +71,7 @@ def systems(args, config):
     """{name: path}: every model in fairseq and in CTranslate2 (converted here once)."""
     models = os.path.join(args.out, "models")
     os.makedirs(models, exist_ok=True)
-    fairseq = {"teacher": config["teacher"]}
+    fairseq = {"teacher": config.teacher}
     for prefix, directory in (("", os.path.join(args.run, "models")), ("narrow_", os.path.join(args.out, "narrow", "models"))):
         for name in ("baseline", "seq_kd", "init_seq_kd", "word_kd_nll", "hybrid"):
             path = os.path.join(directory, name + ".pt")
@@ -86,7 +85,7 @@ def systems(args, config):
             flags = ["--vocab-map-split", "train"] if weights == "int8" and name != "teacher" else []
             if not os.path.isdir(target):
                 run([os.path.join(BIN, "fairseq-kd-export"), path, exported, "--overwrite", "--ctranslate2", target + ".tmp",
-                     "--data", config["data_bin"], "--quantization", weights] + flags)  # fmt: skip
+                     "--data", config.data_bin, "--quantization", weights] + flags)  # fmt: skip
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(target + ".tmp", target)
             found[f"{name}.ct2_{weights}"] = target
@@ -184,17 +183,17 @@ def main():
     found = systems(args, config)
     vmap = [n for n in found if n.endswith("_vmap")]
     settings = Settings(beam=4, batch_size=64, max_len_a=1.5, max_len_b=10)
-    references = config["references"]
+    references = config.references
     significance = {}
     for split, rounds in (("valid", 0), ("test", args.timing_rounds)):
-        records = evaluate(found, config["data_bin"], os.path.join(references, f"{split}.{config['tgt']}"), split=split,
+        records = evaluate(found, config.data_bin, os.path.join(references, f"{split}.{config.tgt}"), split=split,
                            out_dir=os.path.join(args.out, "eval", split), baseline="teacher", timing_rounds=rounds,
-                           settings=settings, source_lang=config["src"], target_lang=config["tgt"], vmap=vmap)  # fmt: skip
+                           settings=settings, source_lang=config.src, target_lang=config.tgt, vmap=vmap)  # fmt: skip
         translations = {
             n: read_lines(os.path.join(args.out, "eval", split, "translations", n + ".txt"))
             for n in ("narrow_seq_kd", "narrow_init_seq_kd")
         }
-        refs = read_lines(os.path.join(references, f"{split}.{config['tgt']}"))
+        refs = read_lines(os.path.join(references, f"{split}.{config.tgt}"))
         significance[split], _ = paired_bootstrap(("narrow_seq_kd", translations["narrow_seq_kd"]), translations, refs)
     rows = summarise([r.as_dict() for r in records])
     write_results(args, rows, significance, config, settings)

@@ -13,6 +13,7 @@ the score-selected student). Every stage resumes.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,17 +23,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from fairseq_kd import methods as M  # noqa: E402
 from fairseq_kd.evaluate import Settings, evaluate  # noqa: E402
 from fairseq_kd.io import write_json, write_text  # noqa: E402
-from fairseq_kd.pipeline import Config, Pipeline, Shape, Training  # noqa: E402
+from fairseq_kd.pipeline import Pipeline, load_config  # noqa: E402
 
 SELECTIONS = ("score", "chrf")
-
-
-def load_config(run_dir):
-    with open(os.path.join(run_dir, "pipeline.json")) as f:
-        c = json.load(f)
-    training = {k: v for k, v in c["training"].items() if k in Training.__dataclass_fields__}
-    return Config(c["teacher"], c["data_bin"], c["references"], c["src"], c["tgt"], Shape(**c["student"]),
-                  Training(**training), methods=["seq_kd"], spm_model=c.get("spm_model"))  # fmt: skip
 
 
 def main():
@@ -42,7 +35,7 @@ def main():
     parser.add_argument("--results", required=True, help="writes RESULTS.json and RESULTS.md")
     parser.add_argument("--nbest", type=int, default=8)
     args = parser.parse_args()
-    config = load_config(args.run)
+    config = dataclasses.replace(load_config(args.run), methods=["seq_kd"])
     pipe = Pipeline(args.out, config)
     os.makedirs(args.out, exist_ok=True)
     systems = {}

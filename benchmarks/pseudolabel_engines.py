@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -38,17 +39,40 @@ def run_engine(args, name, out):
     if not os.path.isfile(summary):
         cmd = [os.path.join(BIN, "fairseq-kd-pseudolabel"), "--teacher", args.teacher, "--data", args.data,
                "--subset", args.subset, "--output", out, "--beam", str(args.beam), "--max-tokens", str(args.max_tokens),
-               "--cpu"] + ENGINES[name]  # fmt: skip
+               "--cpu"] + ENGINES[name] + (["--threads", str(args.threads)] if ENGINES[name] else [])  # fmt: skip
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(timing, "w") as f:
             json.dump({"wall_seconds": round(time.perf_counter() - start, 1), "command": " ".join(cmd)}, f)
     with open(summary) as f:
         result = json.load(f)
+    if "decoding" not in result:
+        # a run of a version that did not record it: fairseq-generate's own line, in the shards' output or,
+        # for a stage of the pipeline, in its log (RUN/logs/pseudolabels.log beside RUN/pseudolabels)
+        log = os.path.join(os.path.dirname(os.path.abspath(out)), "logs", os.path.basename(os.path.abspath(out)) + ".log")
+        result["decoding"] = generate_speed([os.path.join(out, "shards"), log])
     if os.path.isfile(timing):
         with open(timing) as f:
             result.update(json.load(f))
     return result
+
+
+def generate_speed(places):
+    """{"sentences", "seconds", "sentences_per_s"} summed over fairseq-generate's "Translated ..." lines in
+    the first of PLACES (a directory of shards' generate-*.txt, or a log file) that has any."""
+    for place in places:
+        files = [os.path.join(r, n) for r, _, names in os.walk(place) for n in names if n.startswith("generate-")]
+        sentences = seconds = 0
+        for path in files if os.path.isdir(place) else [place] if os.path.isfile(place) else []:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    m = re.search(r"Translated ([\d,]+) sentences .* in ([\d.]+)s", line)
+                    if m:
+                        sentences += int(m[1].replace(",", ""))
+                        seconds += float(m[2])
+        if seconds:
+            return {"sentences": sentences, "seconds": round(seconds, 2), "sentences_per_s": round(sentences / seconds, 2)}
+    return {}
 
 
 def labels(out, tgt):
@@ -66,6 +90,7 @@ def main():
     parser.add_argument("--engines", default="fairseq,ctranslate2-float32,ctranslate2-int8")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=0, help="fairseq-kd-pseudolabel --threads (0: every core)")
     parser.add_argument("--reuse", action="append", default=[], help="ENGINE=DIR: an earlier complete run")
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", required=True, help="the JSON file to write (and a .md beside it)")
@@ -116,6 +141,7 @@ def main():
         "beam": args.beam,
         "max_tokens": args.max_tokens,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "ctranslate2_threads": args.threads,
         "command": " ".join(sys.argv),
         "engines": table,
     }

@@ -25,18 +25,20 @@ DEFAULT_THREADS = 1
 WEIGHT_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
 
 
-def translator(path, device="cpu", threads=DEFAULT_THREADS, compute_type="default"):
-    """A ``ctranslate2.Translator`` with THREADS intra-op threads (0: every core). Creating one sets the
-    process's OpenMP thread count, torch's included (torch.get_num_threads() went from 2 to 1 here); torch's
-    count is put back, so that what runs next in the process computes as it did before."""
+def translator(path, device="cpu", threads=DEFAULT_THREADS, compute_type="default", parallel=1):
+    """A ``ctranslate2.Translator`` with THREADS intra-op threads (0: every core) for each of PARALLEL batches
+    decoded at once (CTranslate2's inter_threads; :func:`translate` then submits its batches together).
+    Creating one sets the process's OpenMP thread count, torch's included (torch.get_num_threads() went from
+    2 to 1 here); torch's count is put back, so that what runs next in the process computes as it did before."""
     import ctranslate2
     import torch
 
     torch_threads = torch.get_num_threads()
     try:
         return ctranslate2.Translator(
-            path, device=device, compute_type=compute_type, intra_threads=threads or (os.cpu_count() or 1)
-        )
+            path, device=device, compute_type=compute_type, intra_threads=threads or (os.cpu_count() or 1),
+            inter_threads=parallel,
+        )  # fmt: skip
     finally:
         torch.set_num_threads(torch_threads)
 
@@ -71,7 +73,8 @@ def translate(
     use_vmap: bool = False,
     on_batch=None,
 ):
-    """(a :class:`Hypotheses` per source in SOURCES' order, seconds spent translating).
+    """(a :class:`Hypotheses` per source in SOURCES' order, seconds spent translating: the batches' own
+    times, or for a translator of several parallel batches the time from the first submission to the last).
 
     SOURCES are token lists of the model's source vocabulary. With SAMPLING_TOPK each output is drawn
     from the top-k tokens at every step (beam 1), as fairseq's ``--sampling --sampling-topk``; seed it
@@ -80,26 +83,34 @@ def translate(
     outputs = [None] * len(sources)
     search = dict(beam_size=1, sampling_topk=sampling_topk) if sampling_topk else dict(beam_size=max(beam, nbest))
     todo = batches([len(s) for s in sources], max_tokens, batch_size)
-    done = 0
-    seconds = 0.0
-    for batch in todo:
+    # a translator that decodes several batches at once gets them all up front, and is waited on in order
+    parallel = getattr(translator, "num_translators", 1) > 1
+    done, seconds = 0, 0.0
+
+    def submit(batch):
         longest = max(len(sources[i]) for i in batch) + 1
-        start = time.perf_counter()
-        results = translator.translate_batch(
-            [list(sources[i]) for i in batch],
-            num_hypotheses=nbest,
-            return_scores=True,
-            max_input_length=0,
-            max_decoding_length=int(max_len_a * longest + max_len_b) + 1,
-            use_vmap=use_vmap,
-            **search,
-        )
-        seconds += time.perf_counter() - start
+        return translator.translate_batch(
+            [list(sources[i]) for i in batch], num_hypotheses=nbest, return_scores=True, max_input_length=0,
+            max_decoding_length=int(max_len_a * longest + max_len_b) + 1, use_vmap=use_vmap,
+            asynchronous=parallel, **search,
+        )  # fmt: skip
+
+    start = time.perf_counter()
+    submitted = [submit(batch) for batch in todo] if parallel else None
+    for n, batch in enumerate(todo):
+        if parallel:
+            results = [r.result() for r in submitted[n]]
+        else:
+            start = time.perf_counter()
+            results = submit(batch)
+            seconds += time.perf_counter() - start
         for i, result in zip(batch, results):
             outputs[i] = Hypotheses([list(h) for h in result.hypotheses], [s / math.log(2) for s in result.scores])
         done += len(batch)
         if on_batch:
             on_batch(done, len(sources))
+    if parallel:
+        seconds = time.perf_counter() - start
     return outputs, seconds
 
 

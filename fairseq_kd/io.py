@@ -3,6 +3,7 @@ atomic JSON writes, UTF-8 text, subword encoding and binarizing text with given 
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -80,19 +81,47 @@ def changed_settings(recorded, now, defaults=None, ignore=(), keys=None):
 
 def write_json(path, value):
     """Writes VALUE as JSON to PATH atomically: a reader sees the old file or the new one, never a part."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _atomic(path) as f:
         json.dump(value, f, indent=2, ensure_ascii=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_text(path, text):
     """Writes TEXT to PATH atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _atomic(path) as f:
         f.write(text)
-    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _atomic(path):
+    """A text file written beside PATH that replaces it once complete; a failed write (a full disk) leaves
+    PATH as it was and no partial file behind."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write() names no file
+        raise
+
+
+# what a write that failed for want of space says (ENOSPC, EDQUOT; EFBIG under a file-size limit)
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(error):
+    """The one-line report of an OSError that is a full disk (or quota, or file-size limit), else None."""
+    if not isinstance(error, OSError) or error.errno not in WRITE_FAILURES:
+        return None
+    where = f" {error.filename}" if error.filename else ""
+    return (
+        f"could not write{where}: {error.strerror}; free some space and rerun the same command "
+        "(what was finished before is kept)"
+    )
 
 
 def read_lines(path, what="file"):

@@ -39,7 +39,7 @@ from typing import List, Optional
 
 from . import methods as M
 from .evaluate import SIGNIFICANCE, Settings, evaluate
-from .io import UserError, changed_settings, run_lock, write_json, write_text
+from .io import WRITE_FAILURES, UserError, changed_settings, run_lock, write_json, write_text
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -176,6 +176,27 @@ def config_record(config: Config):
     return json.loads(json.dumps(record))
 
 
+def config_from_record(record) -> Config:
+    """The settings of a run from its OUT/pipeline.json (read with :func:`load_config`): the inverse of
+    :func:`config_record`, with SINCE_ADDED's settings at their defaults where an older run lacks them."""
+    record = dict(SINCE_ADDED, **record)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = {k: v for k, v in record.items() if k in fields}
+    values["student"] = Shape(**record["student"])
+    values["training"] = Training(**record["training"])
+    values["evaluation"] = Settings(**record["evaluation"])
+    return Config(**values)
+
+
+def load_config(run_dir) -> Config:
+    """The settings of the run in RUN_DIR."""
+    path = os.path.join(run_dir, "pipeline.json")
+    if not os.path.isfile(path):
+        raise PipelineError(f"{run_dir} holds no pipeline.json: give the directory of a run of the pipeline or the demo")
+    with open(path) as f:
+        return config_from_record(json.load(f))
+
+
 class Pipeline:
     """The stages of a distillation run in OUT, for the teacher and data of CONFIG."""
 
@@ -252,6 +273,12 @@ class Pipeline:
                 # fairseq-train can abort while the interpreter shuts down, after it saved its last checkpoint
                 log(f"    note: fairseq-train finished training, then died of signal {-process.returncode} at exit")
                 return log_path
+            full = _disk_full(text[text.rfind("\n$ ") :])
+            if full:
+                raise PipelineError(
+                    f"{name} could not write ({full}; see the end of {log_path}): free some space and rerun the "
+                    "same command (the finished stages and the last checkpoints are kept)"
+                )
             raise RuntimeError(f"{name} failed (exit status {process.returncode}); the end of {log_path}:\n{text[-3000:]}")
         return log_path
 
@@ -472,6 +499,14 @@ class Pipeline:
         plot([_as_record(r) for r in shown], self.path("bleu_vs_speed.png"))
         log("\n" + table)
         log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
+
+
+def _disk_full(output):
+    """The reason, when a command's OUTPUT ends in a write that failed for want of space, else None."""
+    for reason in (os.strerror(e) for e in WRITE_FAILURES):
+        if reason in output[-5000:]:
+            return reason
+    return None
 
 
 def flatten(record, prefix=""):

@@ -1,13 +1,21 @@
 """Two runs into one output directory: the second is refused while the first runs, a killed run leaves no
 lock behind, and the shards of one pseudo-labelling may run side by side."""
 
+import contextlib
+import errno
+import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import unittest
+from unittest import mock
 
-from fairseq_kd.io import changed_settings
+from fairseq_kd.cli import run
+from fairseq_kd.io import changed_settings, write_json
 
 from .utils import TeacherTestCase, run_console_script
 
@@ -19,6 +27,64 @@ lock.__enter__()
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+def raising(error):
+    """A console script's main that fails with ERROR."""
+
+    def main(argv):
+        raise error
+
+    return main
+
+
+class TestFullDisk(unittest.TestCase):
+    """A write that fails for want of space keeps the file as it was, leaves no partial file, and is one line."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="fairseq_kd_disk_")
+        self.path = os.path.join(self.tmp, "results.json")
+        write_json(self.path, {"bleu": 1.0})
+
+    def test_a_full_disk_keeps_the_earlier_file(self):
+        no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with mock.patch("json.dump", side_effect=no_space), self.assertRaises(OSError) as caught:
+            write_json(self.path, {"bleu": 2.0})
+        self.assertEqual(caught.exception.filename, self.path)  # named, though write() names no file
+        with open(self.path) as f:
+            self.assertEqual(json.load(f), {"bleu": 1.0})
+        self.assertEqual(os.listdir(self.tmp), ["results.json"])
+        # a console script reports it in one line, exit status 2; another OSError is a bug with its traceback
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            self.assertEqual(run(raising(caught.exception), "prog"), 2)
+        self.assertEqual(
+            stderr.getvalue(),
+            f"prog: error: could not write {self.path}: No space left on device; free some space and rerun the same "
+            "command (what was finished before is kept)\n",
+        )
+        with self.assertRaises(PermissionError):
+            run(raising(PermissionError(errno.EACCES, "Permission denied", self.path)), "prog")
+
+    def test_a_real_write_past_a_file_size_limit(self):
+        code = (
+            "import resource, signal, sys; from fairseq_kd.cli import run; from fairseq_kd.io import write_json;"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100));"
+            "sys.exit(run(lambda argv: write_json(sys.argv[1], {'text': 'x' * 1000}), 'prog'))"
+        )
+        result = subprocess.run([sys.executable, "-c", code, self.path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(result.returncode, 2, result.stdout)
+        self.assertEqual(
+            result.stdout,
+            f"prog: error: could not write {self.path}: File too large; free some space and rerun the same command "
+            "(what was finished before is kept)\n",
+        )
+        with open(self.path) as f:
+            self.assertEqual(json.load(f), {"bleu": 1.0})
+        self.assertEqual(os.listdir(self.tmp), ["results.json"])
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
 
 
 class TestChangedSettings(unittest.TestCase):

@@ -9,6 +9,7 @@ import os
 import queue
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,9 @@ from fairseq_kd.io import UserError
 from fairseq_kd.pipeline import (
     PipelineError,
     checkpoint_updates,
+    config_from_record,
+    config_record,
+    load_config,
     low_data_selector,
     repair_last_checkpoint,
     results_table,
@@ -202,6 +206,18 @@ class TestPieces(unittest.TestCase):
         # more students, other timing rounds and seeds are what a rerun may change
         Demo(out, "smoke", methods=["baseline", "seq_kd", "word_kd"], timing_rounds=3).pipeline.check_run_dir()
 
+    def test_a_run_s_settings_read_back_from_its_record(self):
+        out = os.path.join(self.tmp, "run")
+        demo = Demo(out, "smoke")
+        demo.pipeline.check_run_dir()
+        self.assertEqual(load_config(out), demo.config)
+        # a run made before a setting existed reads back with that setting at the value it was made with
+        record = config_record(demo.config)
+        del record["pseudolabel_engine"]
+        self.assertEqual(config_from_record(record).pseudolabel_engine, "fairseq")
+        with self.assertRaisesRegex(PipelineError, "holds no pipeline.json"):
+            load_config(self.tmp)
+
     def test_seed_summary_and_table(self):
         def record(name, bleu, chrf, p=None):
             significance = {"bleu": {"mean": bleu, "ci": 1.0}}
@@ -251,6 +267,34 @@ class TestSmokeRun(unittest.TestCase):
         self.assertEqual(self.first.returncode, 0, self.first.stdout[-3000:])
         with open(os.path.join(self.out, "results.json")) as f:
             return json.load(f)
+
+    def test_a_full_disk_in_the_report_leaves_the_results_as_they_were_and_says_so(self):
+        # the rerun's report rewrites the results; every file written past a size limit fails as on a full
+        # disk (RLIMIT_FSIZE: write() fails with EFBIG), set below the size of the smallest results.json
+        self.results()
+        reference = comparable(self.out)
+        written = [os.path.join(self.out, "results.json")] + [os.path.join(self.out, "eval", s, "results.json") for s in ("valid", "test")]
+        limit = min(os.path.getsize(p) for p in written) - 1
+
+        def small_disk():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        cmd = [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", self.data, "-s", SRC, "-t", TGT,
+               "--out", self.out]  # fmt: skip
+        result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=small_disk)
+        self.assertEqual(result.returncode, 2, result.stdout[-3000:])
+        last = result.stdout.strip().splitlines()[-1]
+        self.assertRegex(last, r"^python -m fairseq_kd.demo: error: could not write (\S+): File too large; free some space")
+        self.assertIn(re.search(r"could not write (\S+):", last)[1], written)
+        self.assertNotIn("Traceback", result.stdout)
+        self.assertEqual(comparable(self.out), reference)
+        leftovers = [f for _, _, files in os.walk(self.out) for f in files if ".tmp" in f]
+        self.assertEqual(leftovers, [])
+        # with room again, the same command finishes with the same results
+        result = self.demo()
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertEqual(comparable(self.out), reference)
 
     def test_results_and_significance(self):
         results = self.results()

@@ -57,6 +57,11 @@ class TestEngines(TeacherTestCase):
             summary["transfer_sentences"] - summary["dropped"].get("too long for the teacher", 0),
         )
         self.assertGreater(summary["decoding"]["sentences_per_s"], 0)
+        # two batches at once, one core each (inter_threads), or one batch at a time: the same labels
+        serial = self.pseudolabel(os.path.join(self.dir, "ct2-serial"), "--engine", "ctranslate2", "--threads", "1")
+        parallel = self.pseudolabel(os.path.join(self.dir, "ct2-parallel"), "--engine", "ctranslate2", "--threads", "2")
+        for name in ("train.ids", "train.out", "train.scores"):
+            self.assertEqual(read(os.path.join(parallel, name)), read(os.path.join(serial, name)), name)
         # converted once; a rerun redoes nothing; another engine or weight type in the same place is refused
         converted = os.stat(os.path.join(ct2, "ctranslate2-teacher", "model.bin")).st_mtime_ns
         shard = os.stat(os.path.join(ct2, "shards", "000-of-002", "DONE")).st_mtime_ns

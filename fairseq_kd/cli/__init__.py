@@ -1,9 +1,10 @@
 """The console scripts. Each reports a user's mistake (a :class:`~fairseq_kd.io.UserError`) as one line
-on stderr and exits with status 2; anything else is a bug and shows its traceback."""
+on stderr and exits with status 2, as it does a write that failed for want of space; anything else is a
+bug and shows its traceback."""
 
 import sys
 
-from ..io import UserError
+from ..io import UserError, write_failure
 
 
 def run(main, prog, argv=None):
@@ -12,6 +13,11 @@ def run(main, prog, argv=None):
         status = main(argv)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if write_failure(e) is None:
+            raise
+        print(f"{prog}: error: {write_failure(e)}", file=sys.stderr)
         return 2
     return status or 0
 

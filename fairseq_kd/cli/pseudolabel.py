@@ -62,8 +62,8 @@ def get_parser():
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="--engine ctranslate2: CPU threads, 0: every core (default: 1, the fastest on 2 cores)",
+        default=0,
+        help="--engine ctranslate2: CPU cores to decode on, each its own batch at once (0, the default: every core)",
     )
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per generation batch")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per generation batch")

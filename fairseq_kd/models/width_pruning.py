@@ -146,7 +146,33 @@ def importance(teacher, samples, device=None):
     computed on DEVICE (default: where the teacher is; it is moved back afterwards)."""
     home = next(teacher.parameters()).device
     device = torch.device(device) if device is not None else home
-    mean, hooks = _Mean(), []
+    mean = _Mean()
+    hooks = _register_hooks(teacher, mean)
+    was_training = teacher.training
+    teacher.eval().to(device)
+    try:
+        for net_input in samples:
+            teacher(**{k: v.to(device) for k, v in net_input.items()})
+    finally:
+        for hook in hooks:
+            hook.remove()
+        teacher.train(was_training).to(home)
+
+    result, scores = Importance(), mean.means()
+    if not scores:
+        raise WidthError("the calibration sample is empty: no sentence to compute the teacher's activations on")
+    for key, value in scores.items():
+        kind = key[0]
+        if kind == "ln":
+            stack = key[1]
+            result.channels[stack] = result.channels.get(stack, 0) + value
+        else:
+            getattr(result, kind)[key[1]] = value
+    return result
+
+
+def _register_hooks(teacher, mean):
+    """Forward hooks that add every layer norm's, FFN's and attention block's activations to *mean*."""
 
     def on_layer_norm(name, stack):
         def hook(module, inputs, output):
@@ -177,6 +203,7 @@ def importance(teacher, samples, device=None):
 
         return hook
 
+    hooks = []
     for name, module in teacher.named_modules():
         stack = name.split(".")[0]
         # torch's LayerNorm, or apex's FusedLayerNorm, which fairseq takes where it is installed
@@ -188,35 +215,16 @@ def importance(teacher, samples, device=None):
             hooks.append(module.register_forward_hook(on_fc1(match[1], layer.activation_fn)))
         elif match:
             hooks.append(module.register_forward_pre_hook(on_attention(name), with_kwargs=True))
-    was_training = teacher.training
-    teacher.eval().to(device)
-    try:
-        for net_input in samples:
-            teacher(**{k: v.to(device) for k, v in net_input.items()})
-    finally:
-        for hook in hooks:
-            hook.remove()
-        teacher.train(was_training).to(home)
-
-    result, scores = Importance(), mean.means()
-    if not scores:
-        raise WidthError("the calibration sample is empty: no sentence to compute the teacher's activations on")
-    for key, value in scores.items():
-        kind = key[0]
-        if kind == "ln":
-            stack = key[1]
-            result.channels[stack] = result.channels.get(stack, 0) + value
-        else:
-            getattr(result, kind)[key[1]] = value
-    return result
+    return hooks
 
 
 def keep(scores, k):
     """The indices (ascending) of the k highest *scores*; ties go to the lower index."""
     if k == scores.numel():
         return torch.arange(k)
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return torch.tensor(sorted(order[:k]))
+    # a stable sort keeps equal scores in index order
+    order = torch.sort(-scores.detach().float().flatten(), stable=True).indices
+    return torch.sort(order[:k]).values
 
 
 def spread(n, k):

@@ -130,7 +130,14 @@ def _ctranslate2_shard(args, job, shard, path):
 
     from .. import ct2
 
-    translator = ct2.translator(convert_teacher(args, job), args.device, args.threads)
+    # on the CPU one batch per core at once (inter_threads), each on one core: on 2 cores this decoded 1.9x
+    # one batch on one core and 1.25x one batch on both (benchmarks/results/pseudolabel_engines_full.md).
+    # Sampling keeps one batch at a time: CTranslate2's random generators are per worker thread, and which
+    # batches a worker gets would change the draws
+    on_cpu = args.device == "cpu" or ctranslate2.get_cuda_device_count() == 0
+    parallel = args.threads if on_cpu and not args.sampling_topk else 1
+    threads = 1 if parallel > 1 else args.threads
+    translator = ct2.translator(convert_teacher(args, job), args.device, threads, parallel=parallel)
     ctranslate2.set_random_seed(args.seed)
     skipped = set(job.skipped)
     ids = [i for i in range(len(job.sources)) if i % args.num_shards == shard and i not in skipped]
