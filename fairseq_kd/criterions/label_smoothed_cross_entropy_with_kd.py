@@ -142,7 +142,9 @@ def topk_log_probs(lprobs, k):
 def kd_kl_loss_topk(student_lprobs, teacher_ids, teacher_lprobs, ignore_mask=None, reduce=True):
     """KL(q~ || p) for a teacher distribution q~ given on k tokens only (its top-k, renormalised):
     ``sum_{i in top-k} q~_i (log q~_i - log p_i)``, p being the student's distribution over the whole
-    vocabulary gathered at the k ids. It is 0 when the student puts exactly q~ on those tokens.
+    vocabulary gathered at the k ids. It is 0 when the student puts exactly q~ on those tokens. Training
+    computes it fused, from the logits (:func:`~fairseq_kd.criterions.fused_kd.tempered_topk_kl_from_logits`);
+    this is its definition in plain torch, which the fused loss is tested against.
 
     Args:
         student_lprobs (Tensor): (..., V) log p, with gradient

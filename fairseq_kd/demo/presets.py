@@ -47,6 +47,9 @@ PRESETS = {
         student_training=Training(max_update=500, warmup_updates=100),
         methods=["baseline", "init_seq_kd"],
         seeds=1,
+        # the teacher's translations by CTranslate2 float32: on the full preset's teacher the same labels as
+        # fairseq-generate's at twice its speed (benchmarks/results/pseudolabel_engines_full.md)
+        pseudolabel_engine="ctranslate2",
         # each system's speed is that of its scoring translation: 20 minutes leave no room for more rounds
         timing_rounds=0,
         chrf_floor=30.0,
