@@ -24,7 +24,15 @@ from fairseq_kd import ct2  # noqa: E402
 from fairseq_kd.io import write_json, write_text  # noqa: E402
 
 # (parallel batches, intra-op threads, --max-tokens, --batch-size)
-SETTINGS = [(1, 1, 8000, None), (1, 1, None, 64), (1, 1, None, 16), (1, 1, 2000, None), (1, 2, None, 64), (2, 1, None, 64), (2, 1, 8000, None)]
+SETTINGS = [
+    (1, 1, 8000, None),
+    (1, 1, None, 64),
+    (1, 1, None, 16),
+    (1, 1, 2000, None),
+    (1, 2, None, 64),
+    (2, 1, None, 64),
+    (2, 1, 8000, None),
+]
 
 
 def main():
@@ -40,7 +48,11 @@ def main():
     from fairseq.data import Dictionary, data_utils
 
     src = args.source_lang
-    pair = next(n[len(args.subset) + 1 :].split(".")[0] for n in os.listdir(args.data_bin) if n.startswith(args.subset + ".") and n.endswith(f".{src}.idx"))
+    pair = next(
+        n[len(args.subset) + 1 :].split(".")[0]
+        for n in os.listdir(args.data_bin)
+        if n.startswith(args.subset + ".") and n.endswith(f".{src}.idx")
+    )
     dictionary = Dictionary.load(os.path.join(args.data_bin, f"dict.{src}.txt"))
     dataset = data_utils.load_indexed_dataset(os.path.join(args.data_bin, f"{args.subset}.{pair}.{src}"), dictionary)
     sample = random.Random(0).sample(range(len(dataset)), min(args.sentences, len(dataset)))
@@ -49,7 +61,9 @@ def main():
     for parallel, threads, max_tokens, batch_size in SETTINGS:
         translator = ct2.translator(args.model, "cpu", threads, parallel=parallel)
         start = time.perf_counter()
-        outputs, _ = ct2.translate(translator, sources, beam=4, max_len_a=1.5, max_len_b=10, max_tokens=max_tokens, batch_size=batch_size)
+        outputs, _ = ct2.translate(
+            translator, sources, beam=4, max_len_a=1.5, max_len_b=10, max_tokens=max_tokens, batch_size=batch_size
+        )
         seconds = time.perf_counter() - start
         del translator
         hyps = [o.tokens[0] for o in outputs]
@@ -66,7 +80,9 @@ def main():
              "| parallel batches | intra-op threads | batches of | sentences/s | same outputs as the first row |", "|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         cut = f"{r['max_tokens']} tokens" if r["max_tokens"] else f"{r['batch_size']} sentences"
-        lines.append(f"| {r['parallel_batches']} | {r['intra_threads']} | {cut} | {r['sentences_per_s']} | {r.get('same_outputs_as_first_row', '')} |")
+        lines.append(
+            f"| {r['parallel_batches']} | {r['intra_threads']} | {cut} | {r['sentences_per_s']} | {r.get('same_outputs_as_first_row', '')} |"
+        )
     write_text(args.out + ".md", "\n".join(lines) + "\n")
 
 

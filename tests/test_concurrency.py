@@ -72,7 +72,9 @@ class TestFullDisk(unittest.TestCase):
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100));"
             "sys.exit(run(lambda argv: write_json(sys.argv[1], {'text': 'x' * 1000}), 'prog'))"
         )
-        result = subprocess.run([sys.executable, "-c", code, self.path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", code, self.path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.assertEqual(result.returncode, 2, result.stdout)
         self.assertEqual(
             result.stdout,

@@ -19,6 +19,7 @@ import threading
 import time
 import unittest
 import zipfile
+from unittest import mock
 
 import sacrebleu
 
@@ -218,6 +219,27 @@ class TestPieces(unittest.TestCase):
         with self.assertRaisesRegex(PipelineError, "holds no pipeline.json"):
             load_config(self.tmp)
 
+    def test_a_command_that_ran_out_of_space_is_named_in_one_line(self):
+        from fairseq_kd.pipeline import Pipeline
+
+        pipe = Pipeline(os.path.join(self.tmp, "run"), None)
+        code = "import sys; print('step 1'); raise OSError(28, 'No space left on device', 'checkpoint_last.pt')"
+        fake = os.path.join(self.tmp, "bin")
+        os.makedirs(fake)
+        with open(os.path.join(fake, "full-disk"), "w") as f:
+            f.write(f"#!{sys.executable}\n{code}\n")
+        os.chmod(os.path.join(fake, "full-disk"), 0o755)
+        with mock.patch("fairseq_kd.pipeline.BIN", fake):
+            with self.assertRaisesRegex(
+                PipelineError,
+                r"^full-disk could not write \(No space left on device; see the end of .*full_disk.log\): free some space",
+            ):
+                pipe.command("full-disk", [], "full_disk")
+            with open(os.path.join(fake, "full-disk"), "w") as f:
+                f.write(f"#!{sys.executable}\nraise KeyError('a bug')\n")
+            with self.assertRaisesRegex(RuntimeError, "(?s)full-disk failed .*KeyError: 'a bug'"):
+                pipe.command("full-disk", [], "full_disk")
+
     def test_seed_summary_and_table(self):
         def record(name, bleu, chrf, p=None):
             significance = {"bleu": {"mean": bleu, "ci": 1.0}}
@@ -273,7 +295,9 @@ class TestSmokeRun(unittest.TestCase):
         # disk (RLIMIT_FSIZE: write() fails with EFBIG), set below the size of the smallest results.json
         self.results()
         reference = comparable(self.out)
-        written = [os.path.join(self.out, "results.json")] + [os.path.join(self.out, "eval", s, "results.json") for s in ("valid", "test")]
+        written = [os.path.join(self.out, "results.json")] + [
+            os.path.join(self.out, "eval", s, "results.json") for s in ("valid", "test")
+        ]
         limit = min(os.path.getsize(p) for p in written) - 1
 
         def small_disk():
@@ -282,7 +306,9 @@ class TestSmokeRun(unittest.TestCase):
 
         cmd = [sys.executable, "-m", "fairseq_kd.demo", "--preset", "smoke", "--data", self.data, "-s", SRC, "-t", TGT,
                "--out", self.out]  # fmt: skip
-        result = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=small_disk)
+        result = subprocess.run(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=small_disk
+        )
         self.assertEqual(result.returncode, 2, result.stdout[-3000:])
         last = result.stdout.strip().splitlines()[-1]
         self.assertRegex(last, r"^python -m fairseq_kd.demo: error: could not write (\S+): File too large; free some space")

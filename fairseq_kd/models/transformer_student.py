@@ -1,7 +1,6 @@
 import logging
 
 import torch
-
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel
 from fairseq.models.transformer import transformer_legacy as stock
