@@ -103,10 +103,9 @@ class Method:
     def flags(self, paths: "MethodPaths") -> List[str]:
         """fairseq-train flags for this method's data, task, teacher, criterion and initialisation; the
         data directory (``paths.data``) comes first. Architecture and optimisation are the caller's."""
-        flags = [paths.data]
-        uses_task = self.data != REFERENCES or self.teacher is not None or self.init_from_teacher
-        if uses_task:
-            flags += ["--task", "translation_kd"]
+        # the baseline too: translation_kd is fairseq's translation task plus what KD needs, and it cuts the
+        # batches anew every epoch, so that a student resumed from a checkpoint repeats an uninterrupted one
+        flags = [paths.data, "--task", "translation_kd"]
         train = {
             REFERENCES: None,
             TEACHER: [paths.pseudo],

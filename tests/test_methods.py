@@ -19,7 +19,7 @@ NLL = "--criterion label_smoothed_cross_entropy --label-smoothing {ls}"
 # every method's flags, written out by hand from the guide's settings (see fairseq_kd/methods.py for where
 # each comes from): T = 1, KD weight 1, label smoothing 0 for every student that learns from the teacher
 EXPECTED = {
-    "baseline": "D " + NLL.format(ls="0.1"),
+    "baseline": "D --task translation_kd " + NLL.format(ls="0.1"),
     "word_kd": "D --task translation_kd --teacher-path T.pt " + KD.format(nll=0),
     "word_kd_nll": "D --task translation_kd --teacher-path T.pt " + KD.format(nll=1),
     "word_kd_topk": "D --task translation_kd --teacher-topk-cache C " + KD.format(nll=1),

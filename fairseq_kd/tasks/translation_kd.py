@@ -66,6 +66,15 @@ class TranslationKDConfig(TranslationConfig):
             "summing to 1: the share of each in every epoch's training examples (default: proportional to size)"
         },
     )
+    # fairseq 0.12 cuts the training batches once, seeded with the epoch the batch iterator is first built at
+    # (seed + epoch, then reused), so a run resumed at epoch k > 1 batched otherwise than one that never
+    # stopped. Cut anew every epoch, seeded with that epoch, a resumed run repeats the uninterrupted one
+    # exactly (tests/test_scale.py). fairseq's own name and meaning, as its audio tasks have it.
+    rebuild_batches: bool = field(
+        default=True,
+        metadata={"help": "cut the training batches anew at every epoch, so that a resumed run repeats an "
+                  "uninterrupted one (the flag turns it off)"},
+    )  # fmt: skip
     seed: int = II("common.seed")
     tpu: bool = II("common.tpu")
 
