@@ -19,7 +19,8 @@ a rerun finds it finished (an interrupted fairseq-train resumes from its checkpo
    OUT/results.json, OUT/results.md and OUT/bleu_vs_speed.png.
 
 A run directory belongs to one set of settings: a rerun with others is refused before anything is done,
-except ``--methods`` (more students are added), ``--timing-rounds`` and ``--seeds``.
+except ``--methods`` (more students are added), ``--timing-rounds``, ``--seeds`` and CTranslate2's threads
+in the evaluation (they change the timing only; the translations are made again under them).
 """
 
 import argparse
@@ -44,7 +45,8 @@ from .io import WRITE_FAILURES, UserError, changed_settings, run_lock, write_jso
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 # settings a rerun may change: they decide what is measured, not how the models already made were made
-RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds"}
+# (CTranslate2's threads decide only the timing, and every cached translation is keyed on them)
+RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds", "evaluation.threads"}
 # settings added after runs were made: a run directory without them was made with these values
 SINCE_ADDED = {"pseudolabel_engine": "fairseq"}
 

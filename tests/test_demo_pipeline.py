@@ -204,8 +204,11 @@ class TestPieces(unittest.TestCase):
             changed.pipeline.check_run_dir()
         with open(os.path.join(out, "pipeline.json"), "rb") as f:
             self.assertEqual(f.read(), before)
-        # more students, other timing rounds and seeds are what a rerun may change
+        # more students, other timing rounds, seeds and CTranslate2 threads are what a rerun may change
         Demo(out, "smoke", methods=["baseline", "seq_kd", "word_kd"], timing_rounds=3).pipeline.check_run_dir()
+        threads = Demo(out, "smoke")
+        threads.config.evaluation.threads = 2
+        threads.pipeline.check_run_dir()
 
     def test_a_run_s_settings_read_back_from_its_record(self):
         out = os.path.join(self.tmp, "run")
