@@ -131,7 +131,7 @@ def _ctranslate2_shard(args, job, shard, path):
     from .. import ct2
 
     # on the CPU one batch per core at once (inter_threads), each on one core: on 2 cores this decoded 1.9x
-    # one batch on one core and 1.25x one batch on both (benchmarks/results/pseudolabel_engines_full.md).
+    # one batch on one core and 1.14x one batch on both (benchmarks/results/ct2_parallel.md).
     # Sampling keeps one batch at a time: CTranslate2's random generators are per worker thread, and which
     # batches a worker gets would change the draws
     on_cpu = args.device == "cpu" or ctranslate2.get_cuda_device_count() == 0
