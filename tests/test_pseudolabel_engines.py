@@ -5,9 +5,11 @@ import json
 import os
 import shutil
 
+import ctranslate2
 from sacrebleu.metrics import CHRF
 
 from fairseq_kd.cli import pseudolabel
+from fairseq_kd.ct2 import WEIGHT_TYPES
 from fairseq_kd.pseudolabel import read_nbest
 
 from .utils import TeacherTestCase, quiet, run_console_script
@@ -157,6 +159,15 @@ class TestEngines(TeacherTestCase):
             (["--teacher", f"{self.teacher}:missing.pt"], "--teacher 'missing.pt' does not exist"),
             (["--max-len-a", "inf"], "--max-len-a inf / --max-len-b 10: give a >= 0 and b >= 1, finite"),
         ]
+        # a weight type CTranslate2 cannot compute here (float16 on a CPU) is refused, not silently converted
+        device = "cpu" if ctranslate2.get_cuda_device_count() == 0 else "cuda"
+        supported = ctranslate2.get_supported_compute_types(device)
+        unsupported = [q for q in WEIGHT_TYPES if q not in supported]
+        if unsupported:
+            cases.append(
+                (["--engine", "ctranslate2", "--quantization", unsupported[0]],
+                 f"--quantization {unsupported[0]} does not run on this {device} in CTranslate2")
+            )  # fmt: skip
         for flags, message in cases:
             output = os.path.join(self.dir, "out")
             with self.subTest(message):

@@ -119,7 +119,7 @@ def check_args(args):
 
 def _check_ctranslate2(args):
     try:
-        import ctranslate2  # noqa: F401
+        import ctranslate2
     except ImportError:
         raise PseudoLabelError("--engine ctranslate2 needs the ctranslate2 package: pip install ctranslate2") from None
     if len(args.teachers) > 1:
@@ -130,6 +130,15 @@ def _check_ctranslate2(args):
         raise PseudoLabelError("--fp16 is fairseq's: with --engine ctranslate2 give --quantization float16")
     if not args.threads >= 0:
         raise PseudoLabelError(f"--threads must be >= 0 (0: every core), got {args.threads}")
+    device = "cpu" if args.cpu or ctranslate2.get_cuda_device_count() == 0 else "cuda"
+    supported = ctranslate2.get_supported_compute_types(device)
+    if args.quantization not in supported:
+        # CTranslate2 would convert the weights to another type with a warning, and the labels' summary would
+        # name a type that did not run
+        raise PseudoLabelError(
+            f"--quantization {args.quantization} does not run on this {device} in CTranslate2 (it would run as another "
+            f"type): choose one of {', '.join(sorted(supported))}"
+        )
     args.device = "cpu" if args.cpu else "auto"
     args.threads = args.threads or os.cpu_count() or 1
 
