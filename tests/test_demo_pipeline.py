@@ -53,10 +53,10 @@ def run(args, cwd=ROOT):
     return subprocess.run([sys.executable] + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run_and_kill(cmd, kill_after_line=None, delay=0.0):
+def run_and_kill(cmd, kill_after_line=None, delay=0.0, on_line=None):
     """Runs CMD (from the repository root) in its own process group; with KILL_AFTER_LINE, kills the group
-    (SIGKILL) DELAY seconds after a line of output starts with it. Returns (killed, exit status, [(seconds
-    since start, line)])."""
+    (SIGKILL) DELAY seconds after a line of output starts with it; ON_LINE(line, process), if given, is called
+    for every line as it comes. Returns (killed, exit status, [(seconds since start, line)])."""
     start = time.time()
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                start_new_session=True)  # fmt: skip
@@ -79,6 +79,8 @@ def run_and_kill(cmd, kill_after_line=None, delay=0.0):
             return False, process.returncode, lines
         if line:
             lines.append((round(time.time() - start, 1), line))
+            if on_line:
+                on_line(line, process)
             if kill_after_line and deadline is None and line.startswith(kill_after_line):
                 deadline = time.time() + delay
         if deadline is not None and time.time() >= deadline and process.poll() is None:
