@@ -340,8 +340,8 @@ class Pipeline:
         c = self.config
         self.command(
             "fairseq-kd-cache-topk",
-            ["--teacher", c.teacher, "--data", c.data_bin, "--k", min(k), "--output", self.path("topk-cache"),
-             "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"],
+            ["--teacher", c.teacher, "--data", c.data_bin, "--teacher-data", c.data_bin, "--k", min(k),
+             "--output", self.path("topk-cache"), "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"],
             "topk_cache",
         )  # fmt: skip
 
@@ -391,6 +391,10 @@ class Pipeline:
         run = name if seed == 1 else f"{name}.seed{seed}"
         arch = c.student.flags("transformer_student" if method.init_from_teacher else "transformer")
         flags = method.flags(self.method_paths()) + arch + ["--source-lang", c.src, "--target-lang", c.tgt]
+        if "--teacher-path" in flags:
+            # DATA_BIN is the teacher's (the run's contract): the data directory the teacher's checkpoint
+            # records may be another machine's, or relative to another working directory
+            flags += ["--teacher-data", c.data_bin]
         save_dir = self.path("students", run)
         self.train(flags + c.training.flags(seed), save_dir, run, c.training.max_update)
         # the same budget for every student: its last checkpoint

@@ -22,6 +22,7 @@ import zipfile
 from unittest import mock
 
 import sacrebleu
+import torch
 
 from fairseq_kd.demo.pipeline import Demo, DemoError, check_data_dir
 from fairseq_kd.io import UserError
@@ -537,7 +538,13 @@ class TestSmokeRun(unittest.TestCase):
         with open(os.path.join(self.data, f"train.{SRC}")) as f, open(mono, "w") as g:
             g.writelines(f.readlines()[:300])
         out = os.path.join(self.tmp, "distil")
-        args = ["-m", "fairseq_kd.pipeline", "--teacher", os.path.join(self.out, "teacher", "checkpoint_best.pt"),
+        # a teacher trained elsewhere: the data directory its checkpoint records does not exist here, so every
+        # command that checks its dictionaries must be told the run's data-bin
+        teacher = os.path.join(self.tmp, "moved_teacher.pt")
+        state = torch.load(os.path.join(self.out, "teacher", "checkpoint_best.pt"), map_location="cpu", weights_only=False)
+        state["cfg"]["task"]["data"] = os.path.join(self.tmp, "on-another-machine", "data-bin")
+        torch.save(state, teacher)
+        args = ["-m", "fairseq_kd.pipeline", "--teacher", teacher,
                 "--data-bin", os.path.join(self.out, "data-bin"), "--references", self.data, "-s", SRC, "-t", TGT,
                 "--spm-model", os.path.join(self.out, "spm.model"), "--transfer", mono,
                 "--methods", "baseline,seq_kd_sampled,word_kd_topk,low_data",

@@ -23,6 +23,9 @@ def get_parser():
     parser = argparse.ArgumentParser(prog="fairseq-kd-cache-topk", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="the teacher's checkpoint")
     parser.add_argument("--data", required=True, help="data-bin with the split, binarized with the teacher's dictionaries")
+    parser.add_argument(
+        "--teacher-data", help="the data-bin the teacher was trained with (default: the one its checkpoint records)"
+    )
     parser.add_argument("--subset", default="train")
     parser.add_argument("--k", type=int, default=8, help="tokens kept per target position (default: 8)")
     parser.add_argument("--output", default=None, help="cache directory (default: DATA/topk-SUBSET-kK)")
@@ -50,6 +53,8 @@ def main(args):
     output = args.output or os.path.join(args.data, f"topk-{args.subset}-k{args.k}")
     check_output_path("--output", output)
     flags = [args.data, "--task", "translation_kd", "--teacher-path", args.teacher, "--arch", "transformer"]
+    if args.teacher_data:
+        flags += ["--teacher-data", args.teacher_data]
     if args.source_lang and args.target_lang:
         flags += ["--source-lang", args.source_lang, "--target-lang", args.target_lang]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), flags))
