@@ -275,12 +275,16 @@ class Pipeline:
                 # fairseq-train can abort while the interpreter shuts down, after it saved its last checkpoint
                 log(f"    note: fairseq-train finished training, then died of signal {-process.returncode} at exit")
                 return log_path
-            full = _disk_full(text[text.rfind("\n$ ") :])
+            output = text[text.rfind("\n$ ") :]
+            full = _disk_full(output)
             if full:
                 raise PipelineError(
                     f"{name} could not write ({full}; see the end of {log_path}): free some space and rerun the "
                     "same command (the finished stages and the last checkpoints are kept)"
                 )
+            refused = _refusal(name, process.returncode, output)
+            if refused:
+                raise PipelineError(f"{name} refused its input: {refused} (the command and its output: {log_path})")
             raise RuntimeError(f"{name} failed (exit status {process.returncode}); the end of {log_path}:\n{text[-3000:]}")
         return log_path
 
@@ -505,6 +509,15 @@ class Pipeline:
         plot([_as_record(r) for r in shown], self.path("bleu_vs_speed.png"))
         log("\n" + table)
         log(f"written: {self.path('results.json')}, {self.path('results.md')}, {self.path('bleu_vs_speed.png')}")
+
+
+def _refusal(name, status, output):
+    """The message of a console script that stopped at a bad input (exit status 2, its last line
+    "NAME: error: MESSAGE", as argparse and our console scripts end), else None."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    if status == 2 and lines and lines[-1].startswith(f"{name}: error: "):
+        return lines[-1][len(f"{name}: error: ") :]
+    return None
 
 
 def _disk_full(output):

@@ -225,7 +225,7 @@ class TestPieces(unittest.TestCase):
         with self.assertRaisesRegex(PipelineError, "holds no pipeline.json"):
             load_config(self.tmp)
 
-    def test_a_command_that_ran_out_of_space_is_named_in_one_line(self):
+    def test_a_command_that_ran_out_of_space_or_refused_its_input_is_one_line(self):
         from fairseq_kd.pipeline import Pipeline
 
         pipe = Pipeline(os.path.join(self.tmp, "run"), None)
@@ -244,6 +244,20 @@ class TestPieces(unittest.TestCase):
             with open(os.path.join(fake, "full-disk"), "w") as f:
                 f.write(f"#!{sys.executable}\nraise KeyError('a bug')\n")
             with self.assertRaisesRegex(RuntimeError, "(?s)full-disk failed .*KeyError: 'a bug'"):
+                pipe.command("full-disk", [], "full_disk")
+            # a console script's own refusal of a bad input (exit 2, "NAME: error: ...") is that one line
+            with open(os.path.join(fake, "full-disk"), "w") as f:
+                f.write(f"#!{sys.executable}\nimport sys; print('loading'); sys.exit('full-disk: error: --k must be >= 1')\n")
+            with self.assertRaisesRegex(RuntimeError, "(?s)full-disk failed .*--k must be"):
+                pipe.command("full-disk", [], "full_disk")  # exit status 1: not a refusal
+            with open(os.path.join(fake, "full-disk"), "w") as f:
+                f.write(
+                    f"#!{sys.executable}\nimport sys; print('full-disk: error: --k must be >= 1', file=sys.stderr); sys.exit(2)\n"
+                )
+            with self.assertRaisesRegex(
+                PipelineError,
+                r"^full-disk refused its input: --k must be >= 1 \(the command and its output: .*full_disk.log\)$",
+            ):
                 pipe.command("full-disk", [], "full_disk")
 
     def test_seed_summary_and_table(self):
