@@ -49,8 +49,8 @@ def slug(stage):
 
 def stage_windows(lines):
     """[(stage, start line, seconds, the stage its snapshot is of)] from a run's output: "NAME ..." opens a
-    stage, "NAME: finished in" closes it; after the last stage, the evaluation and report run until the end
-    (from the snapshot of the last stage)."""
+    stage, "NAME: finished in" closes it; after the last stage closes, the evaluation and report run until
+    the end (killed from the snapshot of the last stage, which runs again first)."""
     windows, opened = [], {}
     for t, line in lines:
         match = STAGE_OPENS.match(line)
@@ -59,10 +59,11 @@ def stage_windows(lines):
         match = re.match(r"^(\S.*): finished in", line)
         if match and match[1] in opened:
             windows.append((match[1], f"{match[1]} ...", t - opened[match[1]], match[1]))
-    last_stage_end = max(t for t, line in lines if ": finished in" in line)
-    report = [(t, line) for t, line in lines if t >= last_stage_end and not line.startswith(" ")]
-    if len(report) > 1 and windows:
-        windows.append(("evaluation and report", report[1][1], lines[-1][0] - report[1][0], windows[-1][0]))
+    if windows:
+        # the evaluation prints nothing until its table: its window opens as the last stage closes
+        last = max((t, line) for t, line in lines if ": finished in" in line)
+        closing = last[1][: last[1].index(": finished in") + len(": finished in")]
+        windows.append(("evaluation and report", closing, lines[-1][0] - last[0], windows[-1][0]))
     return windows
 
 
