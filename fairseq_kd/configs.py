@@ -67,7 +67,6 @@ def config(method: Method) -> str:
               "  data: ???  # the references' data-bin (the dictionaries and the valid split)"]  # fmt: skip
     if m.teacher == "live" or m.init_from_teacher:
         lines.append("  teacher_path: ???  # the teacher's checkpoint")
-        lines.append("  teacher_data: ${task.data}  # the teacher's dictionaries: the data-bin's (its contract)")
     if m.teacher == TOPK_CACHE:
         lines.append(f"  teacher_topk_cache: ???  # fairseq-kd-cache-topk --k {m.kd_topk} of the training split")
     if m.data != REFERENCES:

@@ -25,6 +25,7 @@ in the evaluation (they change the timing only; the translations are made again 
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -344,8 +345,8 @@ class Pipeline:
         c = self.config
         self.command(
             "fairseq-kd-cache-topk",
-            ["--teacher", c.teacher, "--data", c.data_bin, "--teacher-data", c.data_bin, "--k", min(k),
-             "--output", self.path("topk-cache"), "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"],
+            ["--teacher", c.teacher, "--data", c.data_bin, "--k", min(k), "--output", self.path("topk-cache"),
+             "--source-lang", c.src, "--target-lang", c.tgt, "--cpu"] + self.teacher_data_flags,
             "topk_cache",
         )  # fmt: skip
 
@@ -375,6 +376,24 @@ class Pipeline:
             write_text(f"{prefix}.{lang}", "".join(p[side] + "\n" for p in pairs))
         binarize(prefix, self.path(name), c.src, c.tgt, c.data_bin)
 
+    @functools.cached_property
+    def teacher_data_flags(self):
+        """``--teacher-data DATA_BIN`` when the data directory that the teacher's checkpoint records does not
+        hold its dictionaries here (a teacher trained on another machine, or from another working directory):
+        DATA_BIN is the teacher's by the run's contract, and the pseudo-labeller checks their sizes against the
+        teacher's embeddings. No flag when it does: the task then compares the teacher's own dictionaries
+        with DATA_BIN's, symbol by symbol."""
+        from fairseq import utils
+
+        from .checkpoints import load_checkpoint
+
+        c = self.config
+        task = load_checkpoint(c.teacher, "--teacher")["cfg"]["task"]
+        recorded = utils.split_paths(task["data"])[0] if task.get("data") else None
+        if recorded and all(os.path.isfile(os.path.join(recorded, f"dict.{lang}.txt")) for lang in (c.src, c.tgt)):
+            return []
+        return ["--teacher-data", c.data_bin]
+
     def method_paths(self):
         c = self.config
         return M.MethodPaths(
@@ -396,9 +415,7 @@ class Pipeline:
         arch = c.student.flags("transformer_student" if method.init_from_teacher else "transformer")
         flags = method.flags(self.method_paths()) + arch + ["--source-lang", c.src, "--target-lang", c.tgt]
         if "--teacher-path" in flags:
-            # DATA_BIN is the teacher's (the run's contract): the data directory the teacher's checkpoint
-            # records may be another machine's, or relative to another working directory
-            flags += ["--teacher-data", c.data_bin]
+            flags += self.teacher_data_flags
         save_dir = self.path("students", run)
         self.train(flags + c.training.flags(seed), save_dir, run, c.training.max_update)
         # the same budget for every student: its last checkpoint

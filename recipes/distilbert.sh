@@ -6,6 +6,6 @@
 # no weights for this run: 1, 1 and 1 (see fairseq_kd/methods.py for why), T 1, label smoothing 0.
 source "$(dirname "$0")/common.sh"
 # the student's shape as in TRAIN, as a transformer_student (the last --arch given is the one fairseq uses)
-"$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --arch transformer_student --save-dir "$OUT/distilbert" --teacher-path "$TEACHER" --teacher-data "$DATA" \
+"$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --arch transformer_student --save-dir "$OUT/distilbert" --teacher-path "$TEACHER" \
   --init-from-teacher --criterion label_smoothed_cross_entropy_with_kd --nll-weight 1 --kd-weight 1 \
   --kd-temperature 1 --cosine-weight 1 --cosine-encoder --label-smoothing 0

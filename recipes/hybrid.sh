@@ -9,6 +9,6 @@ source "$(dirname "$0")/common.sh"
 pseudolabel teacher_train --subset train
 "$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --save-dir "$OUT/hybrid" \
   --train-mixture "$DATA,$OUT/teacher_train/data-bin" --train-mixture-probs 0.66,0.34 \
-  --teacher-path "$TEACHER" --teacher-data "$DATA" \
+  --teacher-path "$TEACHER" \
   --criterion label_smoothed_cross_entropy_with_kd --nll-weight 1 --kd-weight 1 --kd-temperature 1 \
   --label-smoothing 0

@@ -22,6 +22,6 @@ fi
 pseudolabel teacher_mono --input "$OUT/low_data_raw/mono.$SRC"
 "$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --save-dir "$OUT/low_data" \
   --train-mixture "$OUT/labelled_5pct,$OUT/teacher_mono/data-bin" --train-mixture-probs 0.333333,0.666667 \
-  --teacher-path "$TEACHER" --teacher-data "$DATA" \
+  --teacher-path "$TEACHER" \
   --criterion label_smoothed_cross_entropy_with_kd --nll-weight 1 --kd-weight 1 --kd-temperature 1 \
   --label-smoothing 0

@@ -7,6 +7,6 @@
 # alpha_NLL = 1.0: set --nll-weight 1 for that reading, fairseq_kd.methods' word_kd_nll.)
 # The settings are fairseq_kd/methods.py's (python -m fairseq_kd.methods), where each is traced to the guide.
 source "$(dirname "$0")/common.sh"
-"$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --save-dir "$OUT/word_kd" --teacher-path "$TEACHER" --teacher-data "$DATA" \
+"$BIN/fairseq-train" "$DATA" "${TRAIN[@]}" --save-dir "$OUT/word_kd" --teacher-path "$TEACHER" \
   --criterion label_smoothed_cross_entropy_with_kd --nll-weight 0 --kd-weight 1 --kd-temperature 1 \
   --label-smoothing 0

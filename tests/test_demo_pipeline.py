@@ -579,6 +579,14 @@ class TestSmokeRun(unittest.TestCase):
             self.assertEqual(json.load(f)["sampling_topk"], 10)
         with open(os.path.join(out, "logs", "word_kd_topk.log")) as f:
             self.assertIn(f"--teacher-topk-cache {os.path.join(out, 'topk-cache')}", f.read())
+        # the moved teacher's dictionaries are the data-bin's; the smoke run's teacher, whose recorded data
+        # directory is there, had its own dictionaries compared instead
+        teacher_data = f"--teacher-data {os.path.join(self.out, 'data-bin')}"
+        for log in ("topk_cache", "low_data"):
+            with open(os.path.join(out, "logs", f"{log}.log")) as f:
+                self.assertIn(teacher_data, f.read(), log)
+        with open(os.path.join(self.out, "logs", "init_seq_kd.log")) as f:
+            self.assertNotIn("--teacher-data", f.read())
         with open(os.path.join(out, "low-data.json")) as f:
             split = json.load(f)
         self.assertEqual(split["pseudolabels"], 300)  # the whole transfer set: it has no references
