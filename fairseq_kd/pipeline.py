@@ -383,13 +383,11 @@ class Pipeline:
         DATA_BIN is the teacher's by the run's contract, and the pseudo-labeller checks their sizes against the
         teacher's embeddings. No flag when it does: the task then compares the teacher's own dictionaries
         with DATA_BIN's, symbol by symbol."""
-        from fairseq import utils
-
         from .checkpoints import load_checkpoint
+        from .tasks.translation_kd import recorded_data_dir
 
         c = self.config
-        task = load_checkpoint(c.teacher, "--teacher")["cfg"]["task"]
-        recorded = utils.split_paths(task["data"])[0] if task.get("data") else None
+        recorded = recorded_data_dir(load_checkpoint(c.teacher, "--teacher")["cfg"]["task"])
         if recorded and all(os.path.isfile(os.path.join(recorded, f"dict.{lang}.txt")) for lang in (c.src, c.tgt)):
             return []
         return ["--teacher-data", c.data_bin]

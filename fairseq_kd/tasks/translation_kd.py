@@ -108,6 +108,13 @@ def dictionary_difference(ours: Dictionary, theirs: Dictionary):
     return None
 
 
+def recorded_data_dir(task_cfg):
+    """The first data directory that a checkpoint's task config records (None if it records none): where
+    the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
+    directory elsewhere, or missing here."""
+    return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
+
+
 def hidden_sizes(model):
     """{"encoder": C, "decoder": C'}: the width of the per-layer hidden states of a transformer-like model."""
     return {"encoder": model.encoder.embed_tokens.embedding_dim, "decoder": model.decoder.embed_dim}
@@ -341,8 +348,7 @@ class TranslationKDTask(TranslationTask):
         return teacher
 
     def _check_teacher_dictionaries(self, path, teacher_cfg):
-        recorded = utils.split_paths(teacher_cfg.task.data)[0] if teacher_cfg.task.get("data") else None
-        data_dir = self.cfg.teacher_data or recorded
+        data_dir = self.cfg.teacher_data or recorded_data_dir(teacher_cfg.task)
         pair = teacher_cfg.task.get("source_lang"), teacher_cfg.task.get("target_lang")
         if None in pair and data_dir and os.path.isdir(data_dir):
             # not recorded when fairseq inferred it from the data-bin's file names: infer it the same way
