@@ -1,7 +1,7 @@
 # fairseq_kd: knowledge distillation for fairseq translation models.
 #
 #   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
-#   make test      install if needed, then run the whole test suite
+#   make test      install if needed, then run the whole test suite [TEST_WORKERS=N]
 #   make demo      install if needed, then run the main job on real data (teacher -> students -> results)
 #   make toy-demo  the same story in two minutes on generated data
 
@@ -35,8 +35,12 @@ $(STAMP): setup.py requirements.txt
 	$(PY) -c "import fairseq_kd, fairseq; print('fairseq', fairseq.__version__, '+ fairseq_kd ready')"
 	touch $(STAMP)
 
+# The suite in TEST_WORKERS processes (pytest-xdist; one per core by default), each test class in one of
+# them: a class's tests share what its setUpClass made (the smoke run, a tiny teacher).
+TEST_WORKERS ?= auto
+
 test: install
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20 tests
 
 # make demo [PRESET=default|full] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
 #           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N]

@@ -72,9 +72,11 @@ class Shape:
     ffn_dim: int
     heads: int
 
-    def flags(self, arch="transformer"):
+    def flags(self, arch="transformer", layout=("--share-all-embeddings",)):
+        """fairseq-train's architecture flags; LAYOUT: the layer layout's (the demo's by default, a given
+        teacher's from :func:`fairseq_kd.models.student_init.layout_flags`)."""
         return [
-            "--arch", arch, "--share-all-embeddings",
+            "--arch", arch, *layout,
             "--encoder-layers", self.encoder_layers, "--decoder-layers", self.decoder_layers,
             "--encoder-embed-dim", self.embed_dim, "--decoder-embed-dim", self.embed_dim,
             "--encoder-ffn-embed-dim", self.ffn_dim, "--decoder-ffn-embed-dim", self.ffn_dim,
@@ -377,17 +379,32 @@ class Pipeline:
         binarize(prefix, self.path(name), c.src, c.tgt, c.data_bin)
 
     @functools.cached_property
+    def teacher_cfg(self):
+        """The teacher checkpoint's config (its task and model)."""
+        from .checkpoints import load_checkpoint
+
+        return load_checkpoint(self.config.teacher, "--teacher")["cfg"]
+
+    @functools.cached_property
+    def teacher_layout_flags(self):
+        """The teacher's layer layout (layer-norm placement, activation, positions, embedding sharing) as
+        fairseq-train flags: every student has it, the initialised ones because they take the teacher's
+        tensors, the others so that all students differ only in method."""
+        from .models.student_init import layout_flags
+
+        return layout_flags(self.teacher_cfg["model"])
+
+    @functools.cached_property
     def teacher_data_flags(self):
         """``--teacher-data DATA_BIN`` when the data directory that the teacher's checkpoint records does not
         hold its dictionaries here (a teacher trained on another machine, or from another working directory):
         DATA_BIN is the teacher's by the run's contract, and the pseudo-labeller checks their sizes against the
         teacher's embeddings. No flag when it does: the task then compares the teacher's own dictionaries
         with DATA_BIN's, symbol by symbol."""
-        from .checkpoints import load_checkpoint
         from .tasks.translation_kd import recorded_data_dir
 
         c = self.config
-        recorded = recorded_data_dir(load_checkpoint(c.teacher, "--teacher")["cfg"]["task"])
+        recorded = recorded_data_dir(self.teacher_cfg["task"])
         if recorded and all(os.path.isfile(os.path.join(recorded, f"dict.{lang}.txt")) for lang in (c.src, c.tgt)):
             return []
         return ["--teacher-data", c.data_bin]
@@ -410,7 +427,7 @@ class Pipeline:
         method = M.get(name)
         c = self.config
         run = name if seed == 1 else f"{name}.seed{seed}"
-        arch = c.student.flags("transformer_student" if method.init_from_teacher else "transformer")
+        arch = c.student.flags("transformer_student" if method.init_from_teacher else "transformer", self.teacher_layout_flags)
         flags = method.flags(self.method_paths()) + arch + ["--source-lang", c.src, "--target-lang", c.tgt]
         if "--teacher-path" in flags:
             flags += self.teacher_data_flags

@@ -10,6 +10,7 @@ import fairseq_kd  # noqa: F401
 from fairseq_kd.models.student_init import (
     StudentInitError,
     init_student_from_teacher,
+    layout_flags,
     parse_layer_map,
     select_layers,
     teacher_key_map,
@@ -183,6 +184,24 @@ class TestInitStudentFromTeacher(unittest.TestCase):
         student = self.build(1, 1, **flags, **{"max-source-positions": 64})
         with self.assertRaisesRegex(StudentInitError, "--max-source-positions 64 positions, the teacher's 1024"):
             init_student_from_teacher(student, teacher, [1], [1])
+
+    def test_a_student_given_the_teacher_s_layout_flags_takes_its_tensors(self):
+        # what the pipeline gives every student of a teacher it did not train: the teacher's layout
+        unusual = {"encoder-normalize-before": True, "decoder-normalize-before": True, "activation-fn": "gelu",
+                   "layernorm-embedding": True, "no-scale-embedding": True, "encoder-learned-pos": True,
+                   "decoder-learned-pos": True, "max-source-positions": 64, "max-target-positions": 48,
+                   "share-decoder-input-output-embed": True}  # fmt: skip
+        for name, layout in [("the demo's", {"share-all-embeddings": True}), ("unusual", unusual)]:
+            with self.subTest(name):
+                teacher = self.build(2, 2, name="transformer", **layout)
+                flags = layout_flags(teacher.cfg)
+                student = build_task_and_model(self.tmp.name, arch_flags=arch(1, 1) + flags)[2]
+                init_student_from_teacher(student, teacher, [1], [1])
+                self.assert_copied(student, teacher, [1], [1])
+                with self.assertRaises(StudentInitError):  # without them, not
+                    init_student_from_teacher(self.build(1, 1), teacher, [1], [1])
+        self.assertEqual(layout_flags(self.build(2, 2, **{"share-all-embeddings": True}).cfg), ["--share-all-embeddings"])
+        self.assertEqual(layout_flags(self.build(2, 2).cfg), [])
 
     def test_map_without_init_flag_is_an_error(self):
         with self.assertRaisesRegex(StudentInitError, "--init-encoder-layers is set without --init-from-teacher"):

@@ -55,6 +55,29 @@ LAYOUT_SETTINGS = [
 ]
 
 
+def layout_flags(model_cfg):
+    """fairseq-train flags that give a model the layer layout (LAYOUT_SETTINGS) of *model_cfg*, a checkpoint's
+    model config (an argparse Namespace or a DictConfig): the settings that are not fairseq's defaults, and
+    the positions' range where they are learned. A student given them can take the teacher's tensors."""
+
+    def value(name):
+        return model_cfg.get(name) if hasattr(model_cfg, "get") else getattr(model_cfg, name, None)
+
+    flags = []
+    for name, _ in LAYOUT_SETTINGS:
+        if name == "activation_fn":
+            if value(name) not in (None, "relu"):
+                flags += ["--activation-fn", value(name)]
+        elif name == "share_decoder_input_output_embed" and value("share_all_embeddings"):
+            continue  # implied by --share-all-embeddings (fairseq sets it when it builds the model)
+        elif value(name):
+            flags.append("--" + name.replace("_", "-"))
+    for side, stack in (("source", "encoder"), ("target", "decoder")):
+        if value(f"{stack}_learned_pos") and value(f"max_{side}_positions") is not None:
+            flags += [f"--max-{side}-positions", str(value(f"max_{side}_positions"))]
+    return flags
+
+
 class StudentInitError(UserError):
     pass
 
