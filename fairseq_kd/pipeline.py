@@ -64,6 +64,11 @@ def minutes(seconds):
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+# the layer layout of a model trained here unless told otherwise: fairseq's post-norm transformer, with one
+# embedding matrix for source, target and output (the data has one joint dictionary)
+DEFAULT_LAYOUT = ("--share-all-embeddings",)
+
+
 @dataclass
 class Shape:
     encoder_layers: int
@@ -72,9 +77,9 @@ class Shape:
     ffn_dim: int
     heads: int
 
-    def flags(self, arch="transformer", layout=("--share-all-embeddings",)):
-        """fairseq-train's architecture flags; LAYOUT: the layer layout's (the demo's by default, a given
-        teacher's from :func:`fairseq_kd.models.student_init.layout_flags`)."""
+    def flags(self, arch="transformer", layout=DEFAULT_LAYOUT):
+        """fairseq-train's architecture flags; LAYOUT: the layer layout's (post-norm layers with one shared
+        embedding matrix by default; a given teacher's from :func:`fairseq_kd.models.student_init.layout_flags`)."""
         return [
             "--arch", arch, *layout,
             "--encoder-layers", self.encoder_layers, "--decoder-layers", self.decoder_layers,

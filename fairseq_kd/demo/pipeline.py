@@ -22,7 +22,7 @@ import os
 import shutil
 
 from ..io import UserError, changed_settings, read_lines, run_lock, write_json, write_text
-from ..pipeline import Config, Pipeline, PipelineError, log
+from ..pipeline import DEFAULT_LAYOUT, Config, Pipeline, PipelineError, log
 from .corpus import build_corpus
 from .presets import PRESETS
 
@@ -68,12 +68,14 @@ class Demo:
             "teacher_training": dataclasses.asdict(self.preset["teacher_training"]),
             "vocab_size": self.preset["vocab_size"],
             "teacher_label_smoothing": self.preset["teacher_label_smoothing"],
+            "teacher_layout": list(self.preset.get("teacher_layout", DEFAULT_LAYOUT)),
         }
         path = self.path("demo.json")
         if os.path.exists(path):
             with open(path) as f:
                 earlier = json.load(f)
-            changed = [key for key, _, _ in changed_settings(earlier, record)]
+            # a run recorded before the layout was: the default layout's
+            changed = [key for key, _, _ in changed_settings(earlier, record, {"teacher_layout": list(DEFAULT_LAYOUT)})]
             if changed:
                 raise DemoError(
                     f"{self.out} holds a demo run of preset {earlier.get('preset')!r} on {earlier.get('data')} "
@@ -159,7 +161,10 @@ class Demo:
 
     def teacher(self):
         p = self.preset
-        flags = [self.path("data-bin"), "--source-lang", self.src, "--target-lang", self.tgt] + p["teacher"].flags()
+        layout = p.get("teacher_layout", DEFAULT_LAYOUT)  # the students take it from the teacher's checkpoint
+        flags = [self.path("data-bin"), "--source-lang", self.src, "--target-lang", self.tgt] + p["teacher"].flags(
+            layout=layout
+        )
         flags += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", p["teacher_label_smoothing"]]
         flags += p["teacher_training"].flags()
         self.pipeline.train(flags, self.path("teacher"), "teacher", p["teacher_training"].max_update)

@@ -2,8 +2,10 @@
 sentencepiece vocabulary; all students of a preset have the same shape and the same number of updates.
 The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
 
-* ``default``: the main job, meant for 20 minutes on 2 CPU cores (it takes 24: benchmarks/results/README.md): a teacher (4 encoder and 2 decoder layers,
-  which learn several times faster per second than 6+6 here), the recommended recipe (init_seq_kd: the
+* ``default``: the main job, meant for 20 minutes on 2 CPU cores (benchmarks/results/README.md): a pre-norm
+  teacher (4 encoder and 2 decoder layers, which learn several times faster per second than 6+6 here) and
+  students with small batches, a high learning rate and no dropout (what learns most in minutes,
+  benchmarks/results/default_sizing.md), the recommended recipe (init_seq_kd: the
   teacher's layers, then its translations) against the baseline at the same budget, and the recommended
   student in CTranslate2 int8. Systems below the chrF floor are not shown in its table.
 * ``full``: a 6+6 teacher of 7,600 updates and students of 4,200 updates on the whole corpus, every method
@@ -43,8 +45,11 @@ PRESETS = {
     "default": dict(
         REAL_DATA,
         teacher=FAST_TEACHER,
-        teacher_training=Training(max_update=800, warmup_updates=150),
-        student_training=Training(max_update=500, warmup_updates=100),
+        # pre-norm layers, which take a higher learning rate: on 2 cores they learn the most per second of the
+        # recipes tried, and the students take the layout (benchmarks/results/default_sizing.md)
+        teacher_layout=("--share-all-embeddings", "--encoder-normalize-before", "--decoder-normalize-before"),
+        teacher_training=Training(max_update=1100, warmup_updates=200, lr=0.003, max_tokens=2048, dropout=0.0),
+        student_training=Training(max_update=700, warmup_updates=100, lr=0.003, max_tokens=2048, dropout=0.0),
         methods=["baseline", "init_seq_kd"],
         seeds=1,
         # the teacher's translations by CTranslate2 float32: on the full preset's teacher the same labels as
