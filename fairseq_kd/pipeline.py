@@ -511,6 +511,15 @@ class Pipeline:
 
     # ---- report ----------------------------------------------------------------------------------
 
+    def budget_line(self):
+        """What every student of the comparison had: one shape and one training budget."""
+        s, t = self.config.student, self.config.training
+        return (
+            f"Every student: {s.encoder_layers}+{s.decoder_layers} layers, {s.embed_dim} wide (FFN {s.ffn_dim}, "
+            f"{s.heads} heads), {t.max_update:,} updates of up to {t.max_tokens:,} tokens, its last checkpoint: "
+            "the same budget for every method."
+        )
+
     def report(self):
         systems = self.systems()
         valid = {r.name: r for r in self.evaluate("valid", systems=systems)}
@@ -538,6 +547,7 @@ class Pipeline:
             note = json.load(f)["note"]
         baseline = next(r for r in records if r["name"] == "baseline")
         table = results_table(shown, {m: v for m, v in seeds.items() if m in {r["name"] for r in shown}}, baseline)
+        table += "\n" + self.budget_line() + "\n"
         if below:
             table += f"\nNot shown, test chrF below {floor} (they do not translate at this budget): {', '.join(below)}.\n"
         write_text(self.path("results.md"), f"{note}.\n\n{table}")

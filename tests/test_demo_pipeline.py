@@ -396,6 +396,8 @@ class TestSmokeRun(unittest.TestCase):
                 self.assertIn(record["name"], results["below_chrf_floor"])
         if results["below_chrf_floor"]:
             self.assertIn("Not shown, test chrF below 30.0", text)
+        # the budget of the comparison, in one line: the smoke preset's student shape and updates
+        self.assertIn("Every student: 1+1 layers, 32 wide (FFN 64, 2 heads), 10 updates of up to 2,048 tokens", text)
         with open(os.path.join(self.out, "bleu_vs_speed.png"), "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
