@@ -37,7 +37,7 @@ from fairseq.sequence_generator import SequenceGenerator
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 SHAPES = [
-    # the full preset's teacher and student
+    # the former full preset's teacher and its student
     "6+6/128/512/4000",
     "2+1/128/512/4000",
     # deeper encoders cost little: the encoder runs once per sentence

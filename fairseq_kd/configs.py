@@ -11,7 +11,7 @@ One YAML file per method of the guide, in ``configs/`` at the repository's root,
 Each file names the plugin through ``common.user_dir`` (``fairseq_kd``: run from the repository's root, or
 give its path), leaves what only the user knows as ``???`` (the data, the teacher, the pseudo-labels), and
 says in comments where each setting of its method comes from in the guide. The architecture and the
-optimisation are the full preset's student (2+1 layers, 128 wide, Adam at 0.002, 4,200 updates): a starting
+optimisation are the former full preset's student (2+1 layers, 128 wide, Adam at 0.002, 4,200 updates): a starting
 point to override (``model.encoder_layers=3``, ``optimization.max_update=...``).
 """
 
