@@ -68,7 +68,7 @@ class Demo:
             "teacher_training": dataclasses.asdict(self.preset["teacher_training"]),
             "vocab_size": self.preset["vocab_size"],
             "teacher_label_smoothing": self.preset["teacher_label_smoothing"],
-            "teacher_layout": list(self.preset.get("teacher_layout", DEFAULT_LAYOUT)),
+            "teacher_layout": list(self.preset["teacher_layout"]),
         }
         path = self.path("demo.json")
         if os.path.exists(path):
@@ -161,9 +161,9 @@ class Demo:
 
     def teacher(self):
         p = self.preset
-        layout = p.get("teacher_layout", DEFAULT_LAYOUT)  # the students take it from the teacher's checkpoint
+        # the students take the layout from the teacher's checkpoint
         flags = [self.path("data-bin"), "--source-lang", self.src, "--target-lang", self.tgt] + p["teacher"].flags(
-            layout=layout
+            layout=p["teacher_layout"]
         )
         flags += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", p["teacher_label_smoothing"]]
         flags += p["teacher_training"].flags()

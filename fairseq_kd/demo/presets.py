@@ -21,7 +21,7 @@ sized for. The student shape is one the DistilBERT-style initialisation allows: 
 """
 
 from ..methods import METHODS, TEACHER_LABEL_SMOOTHING
-from ..pipeline import Shape, Training
+from ..pipeline import DEFAULT_LAYOUT, Shape, Training
 
 TEACHER = Shape(encoder_layers=4, decoder_layers=2, embed_dim=128, ffn_dim=512, heads=4)
 STUDENT = Shape(encoder_layers=2, decoder_layers=1, embed_dim=128, ffn_dim=512, heads=4)
@@ -80,6 +80,7 @@ PRESETS = {
         vocab_size=200,
         teacher=Shape(encoder_layers=2, decoder_layers=2, embed_dim=32, ffn_dim=64, heads=2),
         student=Shape(encoder_layers=1, decoder_layers=1, embed_dim=32, ffn_dim=64, heads=2),
+        teacher_layout=DEFAULT_LAYOUT,
         teacher_training=Training(max_update=200, warmup_updates=10, lr=0.005, max_tokens=2048, dropout=0.0),
         student_training=Training(max_update=10, warmup_updates=10, lr=0.005, max_tokens=2048, dropout=0.0),
         teacher_label_smoothing=TEACHER_LABEL_SMOOTHING,
