@@ -10,7 +10,8 @@ On a finished full-preset run (its teacher, data-bin, pseudo-labels and students
    training budget, methods baseline (NLL on the references), seq_kd (random initialisation) and
    init_seq_kd (initialised from the teacher's sub-network by activation importance, then sequence-level
    KD). The run's pseudo-labels are reused, not made again.
-2. **Every system in every runtime**: the teacher and every student (the run's and the narrow ones) in
+2. **Every system in every runtime**: the teacher and the students (the run's baseline, seq_kd, init_seq_kd,
+   word_kd_nll, hybrid and its best by valid BLEU, and the narrow ones) in
    fairseq-generate (fp32), and converted to CTranslate2 float32 and int8 (the students' int8 also with a
    vocabulary map learned from the training split), evaluated on test with ``fairseq-kd-evaluate``'s
    settings (beam 4, batches of 64, length bound 1.5 x source + 10; CTranslate2 with one thread, see
@@ -23,6 +24,7 @@ Writes RESULTS.json and RESULTS.md (and RESULTS.png, BLEU against speed). Every 
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -72,8 +74,13 @@ def systems(args, config):
     models = os.path.join(args.out, "models")
     os.makedirs(models, exist_ok=True)
     fairseq = {"teacher": config.teacher}
+    names = ["baseline", "seq_kd", "init_seq_kd", "word_kd_nll", "hybrid"]
+    best = os.path.join(args.run, "models", "ctranslate2_int8.json")  # the run's best student by valid BLEU
+    if os.path.isfile(best):
+        with open(best) as f:
+            names += [n for n in [json.load(f)["student"]] if n not in names]
     for prefix, directory in (("", os.path.join(args.run, "models")), ("narrow_", os.path.join(args.out, "narrow", "models"))):
-        for name in ("baseline", "seq_kd", "init_seq_kd", "word_kd_nll", "hybrid"):
+        for name in names:
             path = os.path.join(directory, name + ".pt")
             if os.path.exists(path):
                 fairseq[prefix + name] = path
