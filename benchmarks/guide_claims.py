@@ -207,6 +207,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     translations_of, references_of, seeds, settings = run_files(args.run)
     answers = answer(CLAIMS, translations_of, references_of)
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     command = "python benchmarks/guide_claims.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_json(args.results + ".json", {"command": command, "run_settings": settings, "claims": answers, "seeds": seeds})
     write_text(args.results + ".md", markdown(answers, seeds, command))
