@@ -86,7 +86,7 @@ class TestGuideClaims(unittest.TestCase):
 
         measured = set(PRESETS["full"]["methods"])
         self.assertEqual([c.key for c in claims.CLAIMS], list("abcde"))
-        for claim in claims.CLAIMS:
+        for claim in claims.CLAIMS + claims.PROJECT_CLAIMS:
             for c in claim.comparisons:
                 self.assertIn(c.system, measured)
                 self.assertIn(c.reference, measured)
