@@ -8,9 +8,8 @@ The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
   benchmarks/results/default_sizing.md), the recommended recipe (init_seq_kd: the
   teacher's layers, then its translations) against the baseline at the same budget, and the recommended
   student in CTranslate2 int8. Systems below the chrF floor are not shown in its table.
-* ``full``: every method of the guide on the whole corpus, the baseline and the best student with 3 seeds,
-  in under 2 hours on 2 CPU cores (one working session of the machines it was sized for; every stage
-  resumes where it stopped). Its teacher is the default's trained longer (recipe T2 of
+* ``full``: every method of the guide on the whole corpus, the baseline and the best student with 3 seeds:
+  64 minutes on 2 CPU cores (benchmarks/results/demo_full_guide; every stage resumes where it stopped). Its teacher is the default's trained longer (recipe T2 of
   benchmarks/results/default_sizing.md, 2,000 updates), its students have the default's recipe with 800
   updates. The README's table comes from it.
 * ``smoke``: tiny models and a handful of updates, for the tests.
