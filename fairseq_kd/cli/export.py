@@ -78,7 +78,9 @@ def main(argv=None):
                 os.remove(vmap)  # the model directory holds its copy, vmap.txt
         print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
     cfg = state["cfg"]
-    num_params = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
+    from ..evaluate import count_parameters
+
+    num_params = count_parameters(state["model"])  # a shared embedding once, as fairseq-kd-evaluate counts
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MB, {num_params:,} parameters, "
         f"arch {cfg['model'].get('arch')}, task {cfg['task']['_name']})\n"
