@@ -4,8 +4,8 @@
 #   1. benchmarks/kd_step.py in fp32, fp16 and bf16 (the fused KD loss's step time and peak memory)
 #   2. benchmarks/topk_cache.py (KD from the top-k cache against the live teacher)
 #   3. benchmarks/fp16_kd_check.py: a short word-level KD fairseq-train with --fp16, every loss finite
-#   4. benchmarks/decode_speed.py: the demo's teacher and student shapes (and a half-width student) decoding
-#      in fairseq and in CTranslate2 (int8_float16, float16) on the GPU
+#   4. benchmarks/decode_speed.py: the demo's teacher shape (4+2), the former 6+6 one, the student shape and a
+#      half-width one, decoding in fairseq and in CTranslate2 (int8_float16, float16) on the GPU
 #
 #   bash benchmarks/gpu.sh [RESULTS_DIR]          # default benchmarks/results/gpu
 #   WHEELS=.whl bash benchmarks/gpu.sh OUT        # offline: installs from benchmarks/gpu_wheels.sh's files
@@ -51,5 +51,5 @@ done
 step topk_cache 60 $PY benchmarks/topk_cache.py --device cuda --output-dir "$RESULTS"
 step fp16_kd_check 120 $PY benchmarks/fp16_kd_check.py --device cuda --precision fp16 --out "$RESULTS"
 step decode_speed 150 $PY benchmarks/decode_speed.py --device cuda --ctranslate2 int8_float16 float16 \
-    --shapes 6+6/128/512/4000 2+1/128/512/4000 2+1/64/256/4000 --repeats 3 --name decode_speed_cuda --out "$RESULTS"
+    --shapes 4+2/128/512/4000 6+6/128/512/4000 2+1/128/512/4000 2+1/64/256/4000 --repeats 3 --name decode_speed_cuda --out "$RESULTS"
 cat "$STATUS"
