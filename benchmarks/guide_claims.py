@@ -116,9 +116,10 @@ def compare(comparison: Comparison, translations, references):
     intervals, the verdict and whether it is what the comparison expects."""
     pair = {n: translations[n] for n in (comparison.system, comparison.reference)}
     significance, _ = paired_bootstrap((comparison.reference, pair[comparison.reference]), pair, references)
+    scores = {n: score(hypotheses, references) for n, hypotheses in pair.items()}
     out = {}
     for metric in ("bleu", "chrf"):
-        a, b = (score(pair[n], references)[metric] for n in (comparison.system, comparison.reference))
+        a, b = (scores[n][metric] for n in (comparison.system, comparison.reference))
         s = significance[comparison.system][metric]
         out[metric] = {"system": a, "reference": b, "difference": round(a - b, 2), "p_value": s["p_value"],
                        "ci": s["ci"], "reference_ci": significance[comparison.reference][metric]["ci"],

@@ -9,9 +9,9 @@ The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
   teacher's layers, then its translations) against the baseline at the same budget, and the recommended
   student in CTranslate2 int8. Systems below the chrF floor are not shown in its table.
 * ``full``: every method of the guide on the whole corpus, the baseline and the best student with 3 seeds:
-  64 minutes on 2 CPU cores (benchmarks/results/demo_full_guide; every stage resumes where it stopped). Its teacher is the default's trained longer (recipe T2 of
-  benchmarks/results/default_sizing.md, 2,000 updates), its students have the default's recipe with 800
-  updates. The README's table comes from it.
+  64 minutes on 2 CPU cores (benchmarks/results/demo_full_guide; every stage resumes where it stopped).
+  Its teacher is the default's trained longer (recipe T2 of benchmarks/results/default_sizing.md, 2,000
+  updates), its students have the default's recipe with 800 updates. The README's table comes from it.
 * ``smoke``: tiny models and a handful of updates, for the tests.
 
 Everything runs on the CPU (training, generation and the timings), as on the machines the demo was
@@ -40,39 +40,40 @@ REAL_DATA = dict(
     max_len_a=1.5,
     max_len_b=10,
     teacher_label_smoothing=TEACHER_LABEL_SMOOTHING,
+    teacher=TEACHER,
+    # pre-norm layers, which take a higher learning rate: on 2 cores they learn the most per second of the
+    # recipes tried, and the students take the layout (benchmarks/results/default_sizing.md)
+    teacher_layout=PRE_NORM_LAYOUT,
+    # the teacher's translations by CTranslate2 float32: on the former 6+6 teacher the same labels as
+    # fairseq-generate's at twice its speed (benchmarks/results/pseudolabel_engines_full.md)
+    pseudolabel_engine="ctranslate2",
+    # each system's speed is that of its scoring translation; benchmarks/fast_students.py times them by turns
+    timing_rounds=0,
 )
+
+
+def recipe(max_update, warmup_updates):
+    """The optimisation that learns most in minutes on 2 cores (benchmarks/results/default_sizing.md)."""
+    return Training(max_update=max_update, warmup_updates=warmup_updates, lr=0.003, max_tokens=2048, dropout=0.0)
+
 
 PRESETS = {
     "default": dict(
         REAL_DATA,
-        teacher=TEACHER,
-        # pre-norm layers, which take a higher learning rate: on 2 cores they learn the most per second of the
-        # recipes tried, and the students take the layout (benchmarks/results/default_sizing.md)
-        teacher_layout=PRE_NORM_LAYOUT,
-        teacher_training=Training(max_update=1100, warmup_updates=200, lr=0.003, max_tokens=2048, dropout=0.0),
-        student_training=Training(max_update=700, warmup_updates=100, lr=0.003, max_tokens=2048, dropout=0.0),
+        teacher_training=recipe(max_update=1100, warmup_updates=200),
+        student_training=recipe(max_update=700, warmup_updates=100),
         methods=["baseline", "init_seq_kd"],
         seeds=1,
-        # the teacher's translations by CTranslate2 float32: on the full preset's teacher the same labels as
-        # fairseq-generate's at twice its speed (benchmarks/results/pseudolabel_engines_full.md)
-        pseudolabel_engine="ctranslate2",
-        # each system's speed is that of its scoring translation: 20 minutes leave no room for more rounds
-        timing_rounds=0,
         chrf_floor=30.0,
     ),
     "full": dict(
         REAL_DATA,
-        teacher=TEACHER,
-        teacher_layout=PRE_NORM_LAYOUT,
-        teacher_training=Training(max_update=2000, warmup_updates=200, lr=0.003, max_tokens=2048, dropout=0.0),
-        student_training=Training(max_update=800, warmup_updates=100, lr=0.003, max_tokens=2048, dropout=0.0),
+        teacher_training=recipe(max_update=2000, warmup_updates=200),
+        student_training=recipe(max_update=800, warmup_updates=100),
         # and init_kd, the DistilBERT-style student without its cosine loss: what the guide's claim about that
         # loss is measured against (benchmarks/guide_claims.py)
         methods=GUIDE_METHODS + ["init_kd"],
         seeds=3,
-        pseudolabel_engine="ctranslate2",
-        # one timing per system (its scoring translation); benchmarks/fast_students.py times them by turns
-        timing_rounds=0,
         chrf_floor=None,
     ),
     "smoke": dict(
