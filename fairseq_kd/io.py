@@ -26,6 +26,19 @@ def sha256_file(path, chunk=1 << 20):
 _HELD = {}  # lock path -> (open file, depth): the locks this process holds
 
 
+def _drop_inherited_locks():
+    """In a forked child (a data-loading worker, say): closes its copies of the parent's lock files, so that
+    the lock goes with the parent. A flock belongs to the open file, which a fork shares: a worker that
+    outlives its killed parent by a few seconds would otherwise keep the run's directory locked."""
+    for f, _ in _HELD.values():
+        with contextlib.suppress(OSError):
+            f.close()  # closing one copy leaves the parent's lock in place; unlocking would release it
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def run_lock(out_dir, what, shared=False, name=".lock"):
     """Holds OUT_DIR/NAME (.lock) for a run into OUT_DIR: a second run of WHAT into it is refused while this one runs
@@ -59,9 +72,9 @@ def run_lock(out_dir, what, shared=False, name=".lock"):
     try:
         yield
     finally:
-        del _HELD[path]
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        if _HELD.pop(path, None) is not None:  # absent in a forked child that unwinds: not its lock
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
 
 def changed_settings(recorded, now, defaults=None, ignore=(), keys=None):

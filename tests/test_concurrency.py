@@ -28,6 +28,20 @@ print("held", flush=True)
 time.sleep(600)
 """
 
+# a command whose data-loading worker (forked, as torch's DataLoader forks) sleeps on after the command is killed
+HOLDER_WITH_WORKER = """
+import os, sys, time
+from fairseq_kd.io import run_lock
+lock = run_lock(sys.argv[1], "test", shared=False, name=".lock")
+lock.__enter__()
+worker = os.fork()
+if worker == 0:
+    time.sleep(600)
+    os._exit(0)
+print("held", worker, flush=True)
+time.sleep(600)
+"""
+
 
 def raising(error):
     """A console script's main that fails with ERROR."""
@@ -141,6 +155,23 @@ class TestConcurrentRuns(TeacherTestCase):
         result = self.pseudolabel(out)
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
         self.assertTrue(os.path.isfile(os.path.join(out, "summary.json")))
+
+    def test_a_killed_runs_forked_worker_does_not_keep_its_lock(self):
+        out = os.path.join(self.dir, "worker")
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER_WITH_WORKER, out], stdout=subprocess.PIPE, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        held, worker = process.stdout.readline().split()
+        self.addCleanup(lambda: os.kill(int(worker), signal.SIGKILL))
+        self.assertEqual(held, "held")
+        self.assert_refused(self.pseudolabel(out), "fairseq-kd-pseudolabel")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        os.kill(int(worker), 0)  # the worker still runs
+        result = self.pseudolabel(out)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
 
     def test_shards_run_side_by_side_but_not_twice_and_not_beside_the_merge(self):
         out = os.path.join(self.dir, "sharded")
