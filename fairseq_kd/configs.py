@@ -21,10 +21,10 @@ import textwrap
 
 from .methods import LOW_DATA, METHODS, MIXTURE, REFERENCES, TEACHER, TEACHER_SAMPLED, TOPK_CACHE, Method
 
-# the methods of the guide that get a config (the ablations init_nll and init_kd, the baselines and the
-# top-k-sampled variant are measured by the demo, not recipes of their own)
-CONFIG_METHODS = ["word_kd", "word_kd_nll", "word_kd_topk", "distilbert", "seq_kd", "init_seq_kd", "interpolation",
-                  "hybrid", "low_data"]  # fmt: skip
+# the methods of the guide that get a config, and the recommended init_kd (the ablation init_nll, the baselines
+# and the top-k-sampled variant are measured by the demo, not recipes of their own)
+CONFIG_METHODS = ["word_kd", "word_kd_nll", "word_kd_topk", "distilbert", "seq_kd", "init_seq_kd", "init_kd",
+                  "interpolation", "hybrid", "low_data"]  # fmt: skip
 
 STUDENT = dict(
     encoder_layers=2, decoder_layers=1, encoder_embed_dim=128, decoder_embed_dim=128, encoder_ffn_embed_dim=512,

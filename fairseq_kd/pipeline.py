@@ -1,7 +1,7 @@
 """Distilling a teacher you already have: pseudo-labels -> students -> export -> CTranslate2 -> evaluation.
 
     python -m fairseq_kd.pipeline --teacher T.pt --data-bin DATA_BIN --references RAW_DIR --spm-model spm.model \
-        --methods baseline,seq_kd,init_seq_kd --out runs/distil [-s de -t en] [--transfer mono.de]
+        --methods baseline,init_kd,seq_kd --out runs/distil [-s de -t en] [--transfer mono.de]
 
 The teacher is any fairseq translation checkpoint and DATA_BIN the data-bin it was trained with (its
 dictionaries, the training split the students learn from, valid and test); RAW_DIR holds the raw
@@ -731,7 +731,7 @@ def last_update(log_path):
 
 def add_arguments(parser):
     """The options of a run with a given teacher (the demo adds its corpus and teacher stages in front)."""
-    parser.add_argument("--methods", default="baseline,seq_kd,init_seq_kd",
+    parser.add_argument("--methods", default="baseline,init_kd,seq_kd",
                         help="comma-separated methods of fairseq_kd.methods (python -m fairseq_kd.methods lists them)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1, help="train the baseline and the best student with N seeds")
     parser.add_argument("--timing-rounds", type=int, default=0, help="time every system N more times, by turns")
