@@ -2,7 +2,7 @@
 sentencepiece vocabulary; all students of a preset have the same shape and the same number of updates.
 The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
 
-* ``default``: the main job, in 19 minutes on 2 CPU cores (benchmarks/results/README.md): a pre-norm
+* ``default``: the main job, in 11 minutes on 2 CPU cores (benchmarks/results/README.md): a pre-norm
   teacher (4 encoder and 2 decoder layers, which learn several times faster per second than 6+6 here) and
   students with small batches, a high learning rate and no dropout (what learns most in minutes,
   benchmarks/results/default_sizing.md), the recommended recipe (init_kd: the
