@@ -7,9 +7,10 @@ On a finished full-preset run (its teacher, data-bin, pseudo-labels and students
 
 1. **Narrow students**, through the pipeline (``python -m fairseq_kd.pipeline``), into OUT/narrow: shape
    ``--narrow`` (default 2+1 layers, width 64, FFN 256, 2 heads of the teacher's head width 32), the run's
-   training budget, methods baseline (NLL on the references), seq_kd (random initialisation) and
+   training budget, methods baseline (NLL on the references), seq_kd (random initialisation),
    init_seq_kd (initialised from the teacher's sub-network by activation importance, then sequence-level
-   KD). The run's pseudo-labels are reused, not made again.
+   KD) and init_kd (the same initialisation, then NLL + word-level KD: the recommended recipe). The run's
+   pseudo-labels are reused, not made again.
 2. **Every system in every runtime**: the teacher and the students (the run's baseline, seq_kd, init_seq_kd,
    word_kd_nll, hybrid and its best by valid BLEU, and the narrow ones) in
    fairseq-generate (fp32), and converted to CTranslate2 float32 and int8 (the students' int8 also with a
@@ -18,7 +19,8 @@ On a finished full-preset run (its teacher, data-bin, pseudo-labels and students
    ``ct2_threads.py``) and ``--timing-rounds`` rounds by turns; valid is translated too, for choices.
 3. **Targets**: which students reach 3x the teacher's speed in the same runtime, and 10x the teacher's
    fairseq-generate speed in CTranslate2 int8, each keeping at least 95% of the teacher's test BLEU; the
-   paired bootstrap of pruned against random initialisation (same shape, same budget), on valid and test.
+   paired bootstrap of pruned against random initialisation (same shape, same budget), and of init_kd
+   against init_seq_kd at the narrow shape, on valid and test.
 
 Writes RESULTS.json and RESULTS.md (and RESULTS.png, BLEU against speed). Every stage resumes.
 """
@@ -40,6 +42,13 @@ BIN = os.path.dirname(sys.executable)
 SPEED_TARGET_SAME_RUNTIME = 3.0
 SPEED_TARGET_CT2_INT8 = 10.0
 BLEU_KEPT = 0.95
+# the paired comparisons at the narrow shape: (key in RESULTS.json, reference, system, what they test)
+COMPARISONS = [
+    ("pruned_vs_random", "narrow_seq_kd", "narrow_init_seq_kd",
+     "Pruned (init_seq_kd) against random (seq_kd) initialisation, both sequence-level KD"),
+    ("init_kd_vs_init_seq_kd", "narrow_init_seq_kd", "narrow_init_kd",
+     "NLL + word-level KD (init_kd) against sequence-level KD (init_seq_kd), both pruned"),
+]  # fmt: skip
 
 
 def run(cmd):
@@ -57,7 +66,7 @@ def narrow_students(args):
     training = config.training
     cmd = [sys.executable, "-m", "fairseq_kd.pipeline", "--teacher", config.teacher, "--data-bin", config.data_bin,
            "--references", config.references, "-s", config.src, "-t", config.tgt,
-           "--student", args.narrow, "--methods", "baseline,seq_kd,init_seq_kd",
+           "--student", args.narrow, "--methods", "baseline,seq_kd,init_seq_kd,init_kd",
            "--max-update", str(training.max_update), "--warmup-updates", str(training.warmup_updates),
            "--lr", str(training.lr), "--max-tokens", str(training.max_tokens),
            "--dropout", str(training.dropout), "--pseudolabel-engine", config.pseudolabel_engine,
@@ -79,7 +88,10 @@ def systems(args, config):
     if os.path.isfile(best):
         with open(best) as f:
             names += [n for n in [json.load(f)["student"]] if n not in names]
-    for prefix, directory in (("", os.path.join(args.run, "models")), ("narrow_", os.path.join(args.out, "narrow", "models"))):
+    for prefix, directory in (
+        ("", os.path.join(args.run, "models")),
+        ("narrow_", os.path.join(args.out, "narrow", "models")),
+    ):
         for name in names:
             path = os.path.join(directory, name + ".pt")
             if os.path.exists(path):
@@ -145,7 +157,7 @@ def write_results(args, rows, significance, config, settings):
     write_json(args.results + ".json", {
         "command": " ".join(sys.argv), "run": os.path.abspath(args.run), "narrow_shape": args.narrow,
         "timing_rounds": args.timing_rounds, "settings": settings.__dict__, "test": rows,
-        "pruned_vs_random": significance,
+        **significance,
         "targets": {"same_runtime": SPEED_TARGET_SAME_RUNTIME, "ct2_int8_vs_teacher_fairseq": SPEED_TARGET_CT2_INT8,
                     "bleu_kept": BLEU_KEPT},
     })  # fmt: skip
@@ -165,14 +177,15 @@ def write_results(args, rows, significance, config, settings):
             f"{r['x_teacher_same_runtime'] if r['x_teacher_same_runtime'] is not None else ''} | {r['x_teacher_fairseq']} | "
             f"{r['params'] or ''} | {'yes' if r['meets_3x_same_runtime'] else ''} | {'yes' if r['meets_10x_ct2_int8'] else ''} | {'yes' if r['pareto'] else ''} |"
         )
-    lines += ["", "Pruned (init_seq_kd) against random (seq_kd) initialisation at the narrow shape, paired bootstrap:", ""]
-    lines += ["| split | metric | random | pruned | p | verdict |", "|---|---|---|---|---|---|"]
-    for split, result in significance.items():
-        for metric in ("bleu", "chrf"):
-            a, b = result["narrow_seq_kd"][metric], result["narrow_init_seq_kd"][metric]
-            lines.append(
-                f"| {split} | {metric} | {a['mean']} ± {a['ci']} | {b['mean']} ± {b['ci']} | {b['p_value']} | {b['verdict']} |"
-            )
+    for key, reference, system, what in COMPARISONS:
+        lines += ["", f"{what}, at the narrow shape, paired bootstrap:", ""]
+        lines += [f"| split | metric | {reference} | {system} | p | verdict |", "|---|---|---|---|---|---|"]
+        for split, result in significance[key].items():
+            for metric in ("bleu", "chrf"):
+                a, b = result[reference][metric], result[system][metric]
+                lines.append(
+                    f"| {split} | {metric} | {a['mean']} ± {a['ci']} | {b['mean']} ± {b['ci']} | {b['p_value']} | {b['verdict']} |"
+                )
     write_text(args.results + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -191,17 +204,17 @@ def main():
     vmap = [n for n in found if n.endswith("_vmap")]
     settings = Settings(beam=4, batch_size=64, max_len_a=1.5, max_len_b=10)
     references = config.references
-    significance = {}
+    significance = {key: {} for key, *_ in COMPARISONS}
     for split, rounds in (("valid", 0), ("test", args.timing_rounds)):
         records = evaluate(found, config.data_bin, os.path.join(references, f"{split}.{config.tgt}"), split=split,
                            out_dir=os.path.join(args.out, "eval", split), baseline="teacher", timing_rounds=rounds,
                            settings=settings, source_lang=config.src, target_lang=config.tgt, vmap=vmap)  # fmt: skip
-        translations = {
-            n: read_lines(os.path.join(args.out, "eval", split, "translations", n + ".txt"))
-            for n in ("narrow_seq_kd", "narrow_init_seq_kd")
-        }
         refs = read_lines(os.path.join(references, f"{split}.{config.tgt}"))
-        significance[split], _ = paired_bootstrap(("narrow_seq_kd", translations["narrow_seq_kd"]), translations, refs)
+        for key, reference, system, _ in COMPARISONS:
+            pair = {
+                n: read_lines(os.path.join(args.out, "eval", split, "translations", n + ".txt")) for n in (reference, system)
+            }
+            significance[key][split], _ = paired_bootstrap((reference, pair[reference]), pair, refs)
     rows = summarise([r.as_dict() for r in records])
     write_results(args, rows, significance, config, settings)
     shutil.copyfile(os.path.join(args.out, "eval", "test", "bleu_vs_speed.png"), args.results + ".png")
