@@ -88,10 +88,7 @@ def systems(args, config):
     if os.path.isfile(best):
         with open(best) as f:
             names += [n for n in [json.load(f)["student"]] if n not in names]
-    for prefix, directory in (
-        ("", os.path.join(args.run, "models")),
-        ("narrow_", os.path.join(args.out, "narrow", "models")),
-    ):
+    for prefix, directory in (("", os.path.join(args.run, "models")), ("narrow_", os.path.join(args.out, "narrow", "models"))):
         for name in names:
             path = os.path.join(directory, name + ".pt")
             if os.path.exists(path):
