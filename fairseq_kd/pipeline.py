@@ -99,8 +99,11 @@ class Training:
     max_tokens: int = 4096
     dropout: float = 0.1
     save_interval_updates: int = 200
+    # stop when the valid NLL has not improved for this many validations (fairseq's --patience); None: never
+    patience: Optional[int] = None
 
     def flags(self, seed=1):
+        stop = [] if self.patience is None else ["--patience", self.patience]
         return [
             "--user-dir", PLUGIN_DIR, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0",
             "--lr", self.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", self.warmup_updates,
@@ -108,7 +111,7 @@ class Training:
             "--seed", seed, "--num-workers", "0", "--cpu",
             "--log-format", "simple", "--log-interval", "25", "--no-epoch-checkpoints",
             "--best-checkpoint-metric", "nll_loss", "--save-interval-updates", self.save_interval_updates,
-            "--keep-interval-updates", "1",
+            "--keep-interval-updates", "1", *stop,
         ]  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """The main job on real data: a corpus, a tokenizer and a teacher made here, then the distillation
 pipeline of :mod:`fairseq_kd.pipeline` (pseudo-labels, students, export, CTranslate2, evaluation).
 
-    python -m fairseq_kd.demo [--preset default|full|smoke] [--locale de] [--data DIR -s SRC -t TGT]
-        [--out runs/demo] [--timing-rounds N] [--methods a,b,...]
+    python -m fairseq_kd.demo [--preset default|full|big|smoke] [--locale de] [--data DIR -s SRC -t TGT]
+        [--out runs/demo] [--timing-rounds N] [--methods a,b,...] [--teacher-only]
 
 Stages in front of the pipeline (each skipped when a rerun finds it finished):
 
@@ -34,13 +34,16 @@ class DemoError(UserError):
 
 
 class Demo:
-    def __init__(self, out, preset="default", data=None, src="de", tgt="en", timing_rounds=None, methods=None):
+    def __init__(
+        self, out, preset="default", data=None, src="de", tgt="en", timing_rounds=None, methods=None, teacher_only=False
+    ):
         if preset not in PRESETS:
             raise DemoError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         if data is None and tgt != "en":
             raise DemoError(f"the gettext corpus translates into English: -t {tgt} needs --data DIR")
         self.out, self.preset_name, self.preset = out, preset, PRESETS[preset]
         self.data, self.src, self.tgt = data, src, tgt
+        self.teacher_only = teacher_only
         p = self.preset
         self.config = Config(
             teacher=self.path("teacher", "checkpoint_best.pt"), data_bin=self.path("data-bin"),
@@ -97,6 +100,9 @@ class Demo:
         for name, fn in (("corpus", self.corpus), ("sentencepiece", self.sentencepiece), ("binarize", self.binarize),
                          ("teacher", self.teacher)):  # fmt: skip
             self.pipeline.stage(name, fn)
+        if self.teacher_only:
+            log(f"    the teacher is {self.config.teacher}; rerun without --teacher-only for the students")
+            return
         self.pipeline.run()
 
     # ---- data ------------------------------------------------------------------------------------
@@ -200,13 +206,23 @@ def main(argv=None):
     parser.add_argument("--target-lang", "-t", default="en", help="the target language (default: en)")
     parser.add_argument("--methods", help="comma-separated methods (default: the preset's; python -m fairseq_kd.methods)")
     parser.add_argument("--timing-rounds", type=int, help="time every system N more times by turns (default: the preset's)")
+    parser.add_argument("--teacher-only", action="store_true", help="stop once the teacher is trained (a rerun goes on)")
     parser.add_argument("--out", help="output directory; a rerun resumes in it (default: runs/demo, or runs/demo-PRESET)")
     args = parser.parse_args(argv)
     if args.data is None and args.source_lang and args.source_lang != args.locale:
         raise DemoError(f"-s {args.source_lang} without --data: the gettext corpus's source is --locale ({args.locale})")
     out = args.out or ("runs/demo" if args.preset == "default" else f"runs/demo-{args.preset}")
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
-    Demo(out, args.preset, args.data, args.source_lang or args.locale, args.target_lang, args.timing_rounds, methods).run()
+    Demo(
+        out,
+        args.preset,
+        args.data,
+        args.source_lang or args.locale,
+        args.target_lang,
+        args.timing_rounds,
+        methods,
+        args.teacher_only,
+    ).run()
 
 
 def cli_main(argv=None):

@@ -12,6 +12,10 @@ The methods' settings are :mod:`fairseq_kd.methods`'s, the same in every preset.
   64 minutes on 2 CPU cores (benchmarks/results/demo_full_guide; every stage resumes where it stopped).
   Its teacher is the default's trained longer (recipe T2 of benchmarks/results/default_sizing.md, 2,000
   updates), its students have the default's recipe with 800 updates. The README's table comes from it.
+* ``big``: a transformer-base-deep teacher (6+6 pre-norm layers, 256 wide, FFN 1,024, 12.1M parameters) on
+  the same data as default and full, trained until its valid NLL has not improved for 5 validations (at
+  most 6,000 updates): hours on 2 CPU cores, sized from ``benchmarks/teacher_speed.py``
+  (benchmarks/results/big_teacher/). The preset's own student is the deep-encoder, shallow-decoder 6+1.
 * ``smoke``: tiny models and a handful of updates, for the tests.
 
 Everything runs on the CPU (training, generation and the timings), as on the machines the demo was
@@ -23,6 +27,7 @@ from ..methods import METHODS, TEACHER_LABEL_SMOOTHING
 from ..pipeline import DEFAULT_LAYOUT, Shape, Training
 
 TEACHER = Shape(encoder_layers=4, decoder_layers=2, embed_dim=128, ffn_dim=512, heads=4)
+BIG_TEACHER = Shape(encoder_layers=6, decoder_layers=6, embed_dim=256, ffn_dim=1024, heads=4)
 STUDENT = Shape(encoder_layers=2, decoder_layers=1, embed_dim=128, ffn_dim=512, heads=4)
 PRE_NORM_LAYOUT = ("--share-all-embeddings", "--encoder-normalize-before", "--decoder-normalize-before")
 
@@ -76,6 +81,19 @@ PRESETS = {
         # loss is measured against (benchmarks/guide_claims.py)
         methods=GUIDE_METHODS + ["init_kd"],
         seeds=3,
+        chrf_floor=None,
+    ),
+    "big": dict(
+        REAL_DATA,
+        teacher=BIG_TEACHER,
+        # 2.6 s an update of 4,096 tokens on 2 cores (benchmarks/results/big_teacher/speed.md): the default's
+        # high learning rate with a longer warm-up for 12 pre-norm layers; it stops once the valid NLL has not
+        # improved for 5 validations (one every 200 updates and at each epoch's end, about 164 updates)
+        teacher_training=Training(max_update=6000, warmup_updates=500, lr=0.002, max_tokens=4096, patience=5),
+        student=Shape(encoder_layers=6, decoder_layers=1, embed_dim=256, ffn_dim=1024, heads=4),
+        student_training=Training(max_update=3000, warmup_updates=400, lr=0.002, max_tokens=4096),
+        methods=["baseline", "init_kd"],
+        seeds=1,
         chrf_floor=None,
     ),
     "smoke": dict(
