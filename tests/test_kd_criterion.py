@@ -1,8 +1,10 @@
 import argparse
 import copy
+import dataclasses
 import math
 import tempfile
 import unittest
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,12 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from fairseq.logging import metrics
 
 import fairseq_kd  # noqa: F401
-from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import LabelSmoothedCrossEntropyWithKDCriterion
+from fairseq_kd.criterions.kd_losses import divergence
+from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
+    LabelSmoothedCrossEntropyWithKDCriterion,
+    LabelSmoothedCrossEntropyWithKDCriterionConfig,
+)
+from tests.test_divergences import CASES, reference
 from tests.test_kd_losses import reference_kl
 from tests.utils import TINY_ARCH, build_task_and_model, make_sample, write_dictionaries
 
@@ -18,22 +25,14 @@ LENGTHS = [(5, 4), (3, 6), (7, 2), (2, 5)]  # unequal lengths, so the batch has 
 
 
 def criterion_args(**kwargs):
-    defaults = dict(
-        sentence_avg=False,
-        label_smoothing=0.1,
-        ignore_prefix_size=0,
-        report_accuracy=False,
-        nll_weight=1.0,
-        kd_weight=0.0,
-        kd_temperature=1.0,
-        cosine_weight=0.0,
-        cosine_encoder=False,
-        hidden_loss="cosine",
-        kd_topk=0,
-        kd_selection="none",
-        kd_selection_ratio=0.5,
-        kd_selection_queue_size=30000,
-    )
+    """The criterion's settings: its config's defaults (fairseq's interpolations resolved as a run without
+    --sentence-avg), with NLL alone unless KWARGS say otherwise."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(LabelSmoothedCrossEntropyWithKDCriterionConfig)
+        if f.name != "_name" and not str(f.default).startswith("${")
+    }
+    defaults.update(sentence_avg=False, label_smoothing=0.1, nll_weight=1.0, kd_weight=0.0)
     defaults.update(kwargs)
     return argparse.Namespace(**defaults)
 
@@ -126,6 +125,50 @@ class TestKDTerms(KDCriterionTestCase):
         torch.testing.assert_close(
             loss.double(), nll_w * ls_loss.double() + kd_w * T**2 * kl + cos_w * cos, rtol=1e-5, atol=1e-4
         )
+
+    def test_every_divergence_is_weighted_with_temperature_squared(self):
+        nll_w, kd_w, T = 0.4, 0.6, 1.5
+        ls_loss, _, _ = self.run_criterion(self.build(nll_weight=1.0))
+        s, t, _, _ = self.student_and_teacher_logits()
+        pad = self.sample["target"].eq(self.dictionary.pad()).reshape(-1)
+        for kind, beta in CASES:
+            with self.subTest(kind=kind, beta=beta):
+                criterion = self.build(nll_weight=nll_w, kd_weight=kd_w, kd_temperature=T, kd_divergence=kind, kd_beta=beta)
+                loss, _, log = self.run_criterion(criterion)
+                d = reference(s.reshape(-1, s.size(-1)), t.reshape(-1, t.size(-1)), kind, beta, T).masked_fill(pad, 0).sum()
+                torch.testing.assert_close(log["kd_loss"].double(), d, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(loss.double(), nll_w * ls_loss.double() + kd_w * T**2 * d, rtol=1e-5, atol=1e-4)
+                # validation logs the same divergence at T = 1
+                with torch.no_grad():
+                    _, _, val_log = self.run_criterion(criterion, training=False)
+                d1 = reference(s.reshape(-1, s.size(-1)), t.reshape(-1, t.size(-1)), kind, beta, 1.0).masked_fill(pad, 0)
+                torch.testing.assert_close(val_log["kd_loss"].double(), d1.sum(), rtol=1e-5, atol=1e-5)
+
+    def test_divergence_of_an_ensemble_and_of_the_top_k(self):
+        # an ensemble: D to the mean of the members' distributions; --kd-topk: D to the renormalised top k
+        _, _, other = build_task_and_model(self.tmp.name)
+        self.task.teachers = [self.teacher, other.eval()]
+        s, t, _, _ = self.student_and_teacher_logits()
+        with torch.no_grad():
+            t2, _ = other(**self.sample["net_input"])
+        pad = self.sample["target"].eq(self.dictionary.pad()).reshape(-1)
+        flat = [x.reshape(-1, x.size(-1)).double() for x in (s, t, t2)]
+        mean_q = ((F.softmax(flat[1] / 2, -1) + F.softmax(flat[2] / 2, -1)) / 2).log()
+        for kind, beta in (("reverse_kl", None), ("jsd", 0.3), ("tvd", None)):
+            with self.subTest(kind=kind):
+                criterion = self.build(kd_weight=1.0, kd_temperature=2.0, kd_divergence=kind, kd_beta=beta)
+                _, _, log = self.run_criterion(criterion)
+                # the reference at T = 1 on tempered inputs: logits s / 2 and log of the mean distribution
+                expected = reference(flat[0] / 2, mean_q, kind, beta, 1.0).masked_fill(pad, 0).sum()
+                torch.testing.assert_close(log["kd_loss"].double(), expected, rtol=1e-5, atol=1e-5)
+        self.task.teachers = [self.teacher]
+        k = 3
+        values, ids = F.log_softmax(flat[1], -1).topk(k, -1)
+        dense = torch.full_like(flat[1], -math.inf).scatter(-1, ids, values - values.logsumexp(-1, keepdim=True))
+        criterion = self.build(kd_weight=1.0, kd_topk=k, kd_divergence="skew_kl", kd_beta=0.2)
+        _, _, log = self.run_criterion(criterion)
+        expected = divergence(F.log_softmax(flat[0], -1), dense, "skew_kl", 0.2, pad)
+        torch.testing.assert_close(log["kd_loss"].double(), expected, rtol=1e-5, atol=1e-5)
 
     def test_encoder_cosine_uses_source_padding(self):
         criterion = self.build(cosine_weight=1.0, cosine_encoder=True)
@@ -302,10 +345,26 @@ class TestBadSettings(KDCriterionTestCase):
             (dict(kd_weight=1.0, kd_temperature=0.0), "--kd-temperature must be > 0"),
             (dict(kd_weight=1.0, kd_temperature=-2.0), "--kd-temperature must be > 0"),
             (dict(cosine_encoder=True), "--cosine-encoder has no effect"),
+            (dict(kd_weight=1.0, kd_divergence="tvd", kd_beta=0.5), "--kd-beta 0.5 has no effect with --kd-divergence tvd"),
+            (dict(kd_weight=1.0, kd_divergence="jsd", kd_beta=1.2), r"--kd-beta of jsd must be in \[0, 1\]"),
+            (dict(kd_weight=1.0, kd_divergence="skew_kl", kd_beta=1.0), r"--kd-beta of skew_kl must be in \[0, 1\)"),
+            (dict(kd_weight=1.0, kd_divergence="reverse_kl", kd_topk=8), "reverse_kl is infinite with --kd-topk"),
+            (dict(kd_weight=1.0, kd_divergence="jsd", kd_beta=1.0, kd_topk=8), "jsd is infinite with --kd-topk"),
         ]
         for kwargs, message in cases:
             with self.subTest(**kwargs), self.assertRaisesRegex(ValueError, message):
                 self.build(**kwargs)
+
+    def test_divergence_infinite_on_a_topk_cache_is_refused(self):
+        with mock.patch.object(type(self.task), "teacher_kind", new_callable=mock.PropertyMock, return_value="topk_cache"):
+            for kind, beta in (("reverse_kl", None), ("jsd", 1.0)):
+                with (
+                    self.subTest(kind=kind),
+                    self.assertRaisesRegex(ValueError, f"{kind} is infinite with a --teacher-topk-cache"),
+                ):
+                    self.build(kd_weight=1.0, kd_divergence=kind, kd_beta=beta)
+            for kind, beta in (("forward_kl", None), ("jsd", 0.5), ("tvd", None), ("skew_kl", 0.1)):
+                self.assertEqual(self.build(kd_weight=1.0, kd_divergence=kind, kd_beta=beta).kd_divergence, kind)
 
     def test_kd_weight_without_teacher(self):
         _, task, _ = build_task_and_model(self.tmp.name)

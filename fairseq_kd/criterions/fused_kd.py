@@ -7,7 +7,11 @@ alive. The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the temp
 (tests compare values and gradients).
 """
 
+import math
+
 import torch
+
+from .kd_losses import defined_on_topk, effective_divergence
 
 
 def _compute_dtype(*tensors):
@@ -31,6 +35,18 @@ def _masked_sum(kl, ignore_mask, reduce):
 # chunk, so about 1/8 of one buffer in all), none smaller than _MIN_CHUNK_ELEMENTS values.
 _CHUNKS = 32
 _MIN_CHUNK_ELEMENTS = 1 << 16
+
+
+def _saved_gradient_times(ctx, grad_rows):
+    """The gradient that the forward pass saved, scaled by the incoming per-row gradient."""
+    (grad,) = ctx.saved_tensors
+    if ctx.in_place:
+        # the buffer is the Function's own: scaled in place (a second backward pass through the same graph is
+        # refused by autograd's check of saved tensors)
+        grad = grad.mul_(grad_rows.unsqueeze(-1))
+    else:
+        grad = grad * grad_rows.unsqueeze(-1)
+    return grad.to(ctx.student_dtype)
 
 
 class _TemperedKL(torch.autograd.Function):
@@ -64,14 +80,7 @@ class _TemperedKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_kl):
-        (grad,) = ctx.saved_tensors
-        if ctx.in_place:
-            # the buffer is this Function's own: scaled in place (a second backward pass through the same
-            # graph is refused by autograd's check of saved tensors)
-            grad = grad.mul_(grad_kl.unsqueeze(-1))
-        else:
-            grad = grad * grad_kl.unsqueeze(-1)
-        return grad.to(ctx.student_dtype), None, None, None
+        return _saved_gradient_times(ctx, grad_kl), None, None, None
 
 
 class _TemperedTopKKL(torch.autograd.Function):
@@ -126,3 +135,93 @@ def tempered_topk_kl_from_logits(student_logits, teacher_ids, teacher_lprobs, te
     (N, k), renormalised; see :func:`~fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd.kd_kl_loss_topk`."""
     kl = _TemperedTopKKL.apply(student_logits, teacher_ids, teacher_lprobs.detach(), temperature)
     return _masked_sum(kl, ignore_mask, reduce)
+
+
+def _divergence_rows(kind, beta, log_p, log_q):
+    """(D, p * dD/dp) per row of one chunk, for :func:`tempered_divergence_from_logits`: the loss and the
+    derivative in p, times p so that a p that underflows to 0 gives 0 instead of 0 / 0."""
+    p, q = log_p.exp(), log_q.exp()
+    if kind == "forward_kl":
+        return torch.where(q > 0, q * (log_q - log_p), 0.0).sum(-1), -q
+    if kind == "reverse_kl":  # the +1 of d/dp [p log p] cancels in the softmax's Jacobian
+        r = log_p - log_q
+        return torch.where(p > 0, p * r, 0.0).sum(-1), p * r
+    if kind == "tvd":
+        return 0.5 * (p - q).abs().sum(-1), 0.5 * p * torch.sign(p - q)
+    log_m = torch.logaddexp(log_q + math.log(beta), log_p + math.log(1 - beta))
+    kl_q_m = torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)
+    if kind == "jsd":  # d/dp [beta KL(q||m) + (1-beta) KL(p||m)] = (1 - beta)(log p - log m) + const
+        r = log_p - log_m
+        return beta * kl_q_m + (1 - beta) * torch.where(p > 0, p * r, 0.0).sum(-1), (1 - beta) * p * r
+    # skew_kl: d/dp KL(q || beta q + (1 - beta) p) = -(1 - beta) q / m
+    return kl_q_m, -(1 - beta) * (log_p + log_q - log_m).exp()
+
+
+class _TemperedDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, teacher_ids, kind, beta, temperature, teacher_is_log_probs, overwrite_teacher):
+        # As _TemperedKL, for any divergence D(q, p) with p = softmax(s / T): dD/ds = (g - p * sum(g)) / T with
+        # g = p * dD/dp, computed row chunk by row chunk in the forward pass into the one vocabulary-sized
+        # buffer. TEACHER is (N, V) logits (or log-probabilities, already tempered), or (N, k) log-probabilities
+        # at TEACHER_IDS (the teacher's top-k, 0 elsewhere), spread over the vocabulary one chunk at a time.
+        n, v = student.shape
+        dtype = _compute_dtype(student, teacher)
+        dense = teacher_ids is None
+        if not ctx.needs_input_grad[0]:
+            grad = None
+        elif dense and overwrite_teacher and teacher.dtype == dtype and teacher.is_contiguous():
+            grad = teacher
+        else:
+            grad = torch.empty((n, v), dtype=dtype, device=student.device)
+        loss = torch.empty(n, dtype=dtype, device=student.device)
+        rows = _row_chunk(n, v)
+        for i in range(0, n, rows):
+            log_p = torch.log_softmax(student[i : i + rows].to(dtype) / temperature, dim=-1)
+            if not dense:
+                log_q = torch.full_like(log_p, -math.inf).scatter_(
+                    -1, teacher_ids[i : i + rows], teacher[i : i + rows].to(dtype)
+                )
+            elif teacher_is_log_probs:
+                log_q = teacher[i : i + rows].to(dtype)
+            else:
+                log_q = torch.log_softmax(teacher[i : i + rows].to(dtype) / temperature, dim=-1)
+            loss[i : i + rows], g = _divergence_rows(kind, beta, log_p, log_q)
+            if grad is not None:
+                g.sub_(log_p.exp_().mul_(g.sum(-1, keepdim=True))).div_(temperature)
+                grad[i : i + rows] = g
+        ctx.in_place = grad is teacher
+        ctx.student_dtype = student.dtype
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        return (_saved_gradient_times(ctx, grad_loss),) + (None,) * 7
+
+
+def tempered_divergence_from_logits(
+    student_logits, teacher, kind, beta=None, temperature=1.0, teacher_ids=None, teacher_is_log_probs=False,
+    ignore_mask=None, reduce=True, overwrite_teacher=False,
+):  # fmt: skip
+    """D(q^T, p^T) of :mod:`~fairseq_kd.criterions.kd_losses` (``divergence``) per row, with the memory of
+    :func:`tempered_kl_from_logits`: one vocabulary-sized buffer, the gradient (the teacher's logits' own when
+    they are given up).
+
+    Args:
+        student_logits (Tensor): (N, V), with gradient; log-probabilities give the same result
+        teacher (Tensor): (N, V) the teacher's logits, or its log-probabilities at T with *teacher_is_log_probs*
+            (an ensemble's mean), or (N, k) log-probabilities at *teacher_ids*, summing to 1 over the k tokens
+        kind (str), beta (float, optional): as ``kd_losses.divergence``
+        temperature (float): T > 0
+        teacher_ids (LongTensor, optional): (N, k) the tokens of a top-k teacher
+        ignore_mask (BoolTensor, optional): (N,) True where the position is padding
+        reduce (bool): sum over rows
+        overwrite_teacher (bool): as :func:`tempered_kl_from_logits`
+    """
+    kind, beta = effective_divergence(kind, beta)
+    if teacher_ids is not None and not defined_on_topk(kind):
+        raise ValueError(f"{kind} is infinite for a teacher given on its top-k tokens only: use the whole vocabulary")
+    loss = _TemperedDivergence.apply(
+        student_logits, teacher.detach(), teacher_ids, kind, beta, temperature, teacher_is_log_probs, overwrite_teacher
+    )
+    return _masked_sum(loss, ignore_mask, reduce)

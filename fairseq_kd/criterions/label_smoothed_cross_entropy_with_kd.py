@@ -1,5 +1,6 @@
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,24 @@ from fairseq.logging import metrics
 
 from ..models.student_init import spread_layers
 from ..utils import capture_encoder_out
-from .fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
+from .fused_kd import tempered_divergence_from_logits, tempered_kl_from_logits, tempered_topk_kl_from_logits
+from .kd_losses import (  # noqa: F401 (the pure losses, importable from here as before)
+    DEFAULT_BETA,
+    DIVERGENCES,
+    HIDDEN_LOSSES,
+    defined_on_topk,
+    divergence,
+    effective_divergence,
+    hidden_cosine_loss,
+    hidden_mse_loss,
+    kd_kl_loss,
+    kd_kl_loss_topk,
+    tempered_log_probs,
+    topk_log_probs,
+)
 
 HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
+DIVERGENCE_CHOICES = ChoiceEnum(list(DIVERGENCES))
 KD_SELECTION_CHOICES = ChoiceEnum(["none", "batch", "global"])
 
 
@@ -34,6 +50,21 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     kd_temperature: float = field(
         default=1.0,
         metadata={"help": "softmax temperature T of word-level KD (training only; validation uses T=1)"},
+    )
+    kd_divergence: DIVERGENCE_CHOICES = field(
+        default="forward_kl",
+        metadata={
+            "help": "the divergence of word-level KD between teacher q and student p: forward_kl KL(q||p), reverse_kl "
+            "KL(p||q), jsd (generalised Jensen-Shannon of weight --kd-beta), tvd (total variation), skew_kl "
+            "KL(q || beta q + (1-beta) p) (fairseq_kd/criterions/kd_losses.py)"
+        },
+    )
+    kd_beta: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "jsd's beta in [0, 1] as TRL's GKD (0: forward KL, 1: reverse KL; default 0.5) or skew_kl's "
+            "weight in [0, 1) as DistiLLM's alpha (default 0.1); only with those two"
+        },
     )
     cosine_weight: float = field(
         default=0.0,
@@ -74,95 +105,6 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     )
 
 
-def _at_least_float32(x):
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def tempered_log_probs(logits, temperature=1.0):
-    """log softmax(logits / T) in float32; a list of logits (an ensemble) gives the log of the
-    mean of the members' tempered distributions.
-
-    Args:
-        logits (Tensor or list of Tensor): (..., V) unnormalised scores
-        temperature (float): T > 0
-
-    Returns:
-        Tensor: (..., V) float32 log-probabilities
-    """
-    if torch.is_tensor(logits):
-        return F.log_softmax(_at_least_float32(logits) / temperature, dim=-1)
-    if len(logits) == 1:
-        return tempered_log_probs(logits[0], temperature)
-    lprobs = torch.stack([tempered_log_probs(x, temperature) for x in logits])  # K x ... x V
-    return torch.logsumexp(lprobs, dim=0) - math.log(len(logits))
-
-
-def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
-    """Word-level KD loss KL(q || p) = sum_v q_v (log q_v - log p_v) per position
-    (Hinton et al., 2015, https://arxiv.org/abs/1503.02531; Kim & Rush, 2016,
-    https://arxiv.org/abs/1606.07947). The temperature is already in both distributions; the
-    T^2 gradient-scale correction is the caller's (it is applied once, in the criterion's loss).
-
-    Args:
-        student_lprobs (Tensor): (..., V) log p, with gradient
-        teacher_lprobs (Tensor): (..., V) log q, no gradient needed
-        ignore_mask (BoolTensor, optional): (...) True where the position is padding
-        reduce (bool): sum over positions
-
-    Returns:
-        Tensor: the summed KL (a scalar) if *reduce*, else per-position KL of shape (...)
-    """
-    teacher_lprobs = _at_least_float32(teacher_lprobs.detach())
-    q = teacher_lprobs.exp()
-    # sum_v q log q does not depend on the student: computed without a graph, it keeps the loss a
-    # true KL (0 when p == q) at no extra memory; xlogy makes 0 * log 0 = 0.
-    with torch.no_grad():
-        neg_entropy = torch.xlogy(q, q).sum(-1)
-    kl = neg_entropy - (q * _at_least_float32(student_lprobs)).sum(-1)
-    if ignore_mask is not None:
-        kl = kl.masked_fill(ignore_mask, 0.0)
-    return kl.sum() if reduce else kl
-
-
-def topk_log_probs(lprobs, k):
-    """The k most probable tokens of each distribution, and their log-probabilities renormalised over
-    those k: ``log q_i - log sum_{j in top-k} q_j``.
-
-    Args:
-        lprobs (Tensor): (..., V) log-probabilities
-        k (int): 1 <= k <= V
-
-    Returns:
-        (LongTensor, Tensor): (..., k) token ids and (..., k) log-probabilities
-    """
-    values, ids = lprobs.topk(k, dim=-1)
-    return ids, values - values.logsumexp(-1, keepdim=True)
-
-
-def kd_kl_loss_topk(student_lprobs, teacher_ids, teacher_lprobs, ignore_mask=None, reduce=True):
-    """KL(q~ || p) for a teacher distribution q~ given on k tokens only (its top-k, renormalised):
-    ``sum_{i in top-k} q~_i (log q~_i - log p_i)``, p being the student's distribution over the whole
-    vocabulary gathered at the k ids. It is 0 when the student puts exactly q~ on those tokens. Training
-    computes it fused, from the logits (:func:`~fairseq_kd.criterions.fused_kd.tempered_topk_kl_from_logits`);
-    this is its definition in plain torch, which the fused loss is tested against.
-
-    Args:
-        student_lprobs (Tensor): (..., V) log p, with gradient
-        teacher_ids (LongTensor): (..., k) the teacher's tokens
-        teacher_lprobs (Tensor): (..., k) log q~, summing (in probability) to 1 over the k tokens
-        ignore_mask (BoolTensor, optional): (...) True where the position is padding
-        reduce (bool): sum over positions
-    """
-    teacher_lprobs = _at_least_float32(teacher_lprobs.detach())
-    q = teacher_lprobs.exp()
-    with torch.no_grad():
-        neg_entropy = torch.xlogy(q, q).sum(-1)
-    kl = neg_entropy - (q * _at_least_float32(student_lprobs).gather(-1, teacher_ids)).sum(-1)
-    if ignore_mask is not None:
-        kl = kl.masked_fill(ignore_mask, 0.0)
-    return kl.sum() if reduce else kl
-
-
 def select_top_tokens(token_nll, ignore_mask, ratio):
     """Batch-level selection of Wang et al., 2021 (https://arxiv.org/abs/2105.12967): the ceil(ratio * n)
     non-padding positions with the highest student cross-entropy *token_nll*. Returns a BoolTensor
@@ -193,49 +135,8 @@ class SelectionQueue:
         return (token_nll.detach().float() >= threshold.to(token_nll.device)) & ~ignore_mask
 
 
-def _check_same_shape(student_states, teacher_states):
-    if student_states.shape != teacher_states.shape:
-        raise ValueError(
-            f"hidden-state loss needs states of equal shape, got student {tuple(student_states.shape)} "
-            f"and teacher {tuple(teacher_states.shape)}"
-        )
-
-
-def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
-    """1 - cos(h_student, h_teacher) per position, computed in float32.
-
-    Args:
-        student_states (Tensor): (..., C)
-        teacher_states (Tensor): (..., C), no gradient needed
-        ignore_mask (BoolTensor, optional): (...) True where the position is padding
-        reduce (bool): sum over positions
-    """
-    _check_same_shape(student_states, teacher_states)
-    student_states, teacher_states = _at_least_float32(student_states), _at_least_float32(teacher_states.detach())
-    loss = 1.0 - F.cosine_similarity(student_states, teacher_states, dim=-1)
-    if ignore_mask is not None:
-        loss = loss.masked_fill(ignore_mask, 0.0)
-    return loss.sum() if reduce else loss
-
-
-def hidden_mse_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
-    """Mean over channels of (h_student - h_teacher)^2 per position, computed in float32.
-
-    Args: as :func:`hidden_cosine_loss`.
-    """
-    _check_same_shape(student_states, teacher_states)
-    student_states, teacher_states = _at_least_float32(student_states), _at_least_float32(teacher_states.detach())
-    loss = (student_states - teacher_states).pow(2).mean(-1)
-    if ignore_mask is not None:
-        loss = loss.masked_fill(ignore_mask, 0.0)
-    return loss.sum() if reduce else loss
-
-
-HIDDEN_LOSSES = {"cosine": hidden_cosine_loss, "mse": hidden_mse_loss}
-
-
 def check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
-                   kd_selection_ratio, kd_selection_queue_size):  # fmt: skip
+                   kd_selection_ratio, kd_selection_queue_size, kd_divergence="forward_kl", kd_beta=None):  # fmt: skip
     """Every check of the criterion's own settings; raises ValueError naming the flag."""
     for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
         if not value >= 0 or math.isinf(value):
@@ -253,6 +154,16 @@ def check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_
             raise ValueError(f"--kd-selection-ratio must be in (0, 1], got {kd_selection_ratio}")
         if kd_selection == "global" and kd_selection_queue_size < 1:
             raise ValueError(f"--kd-selection-queue-size must be >= 1, got {kd_selection_queue_size}")
+    if kd_beta is not None and kd_divergence not in DEFAULT_BETA:
+        raise ValueError(
+            f"--kd-beta {kd_beta} has no effect with --kd-divergence {kd_divergence}: drop it or use jsd or skew_kl"
+        )
+    effective_divergence(kd_divergence, kd_beta)  # --kd-beta's range
+    if kd_topk > 0 and not defined_on_topk(kd_divergence, kd_beta):
+        raise ValueError(
+            f"--kd-divergence {kd_divergence} is infinite with --kd-topk: the teacher gives no probability off its top "
+            "k tokens; drop --kd-topk or choose forward_kl, jsd (beta < 1), tvd or skew_kl"
+        )
     if cosine_encoder and cosine_weight == 0:
         raise ValueError("--cosine-encoder has no effect with --cosine-weight 0: set a cosine weight or drop it")
 
@@ -263,12 +174,14 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     loss, with free non-negative weights::
 
         loss = nll_weight * LS-NLL(references)
-             + kd_weight * T^2 * KL(q^T || p^T)
+             + kd_weight * T^2 * D(q^T, p^T)
              + cosine_weight * hidden
 
     where q^T and p^T are the teacher's and student's softmax at temperature T over the whole
-    vocabulary (the mean of the members' distributions for a teacher ensemble). T^2 keeps the KD
-    gradients' scale independent of T (Hinton et al., 2015). Every term is a sum over non-padding
+    vocabulary (the mean of the members' distributions for a teacher ensemble) and D is
+    ``--kd-divergence``: KL(q^T || p^T) by default, or reverse KL, JSD(beta), total variation or skew KL
+    (:mod:`~fairseq_kd.criterions.kd_losses`). T^2 keeps the KD gradients' scale independent of T
+    (Hinton et al., 2015). Every term is a sum over non-padding
     target tokens, like fairseq's own losses. ``hidden`` is the mean over paired layers of the
     summed per-token ``1 - cos(W h_student, h_teacher)`` (or the mean squared error with
     ``--hidden-loss mse``) of the decoder's layer outputs, plus the same for the encoder (over
@@ -280,7 +193,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     against the first teacher of an ensemble.
 
     In validation the loss is the plain label-smoothed NLL at temperature 1, exactly what
-    ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; the KL at
+    ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; D at
     T=1 and the cosine loss are logged beside it when a teacher ran.
 
     The teacher's output comes in ``sample["teacher"]``, a :class:`~fairseq_kd.teacher.TeacherTargets` that
@@ -305,11 +218,13 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         kd_selection="none",
         kd_selection_ratio=0.5,
         kd_selection_queue_size=30000,
+        kd_divergence="forward_kl",
+        kd_beta=None,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        kd_selection = str(kd_selection)
+        kd_selection, kd_divergence = str(kd_selection), str(kd_divergence)
         check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
-                       kd_selection_ratio, kd_selection_queue_size)  # fmt: skip
+                       kd_selection_ratio, kd_selection_queue_size, kd_divergence, kd_beta)  # fmt: skip
         teacher = getattr(task, "teacher_kind", None)  # "live", "topk_cache" or None: what the task can give
         if (kd_weight > 0 or cosine_weight > 0) and teacher is None:
             raise ValueError(
@@ -317,11 +232,17 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
                 "--task translation_kd --teacher-path TEACHER.pt, or --teacher-topk-cache DIR for word-level KD "
                 "(or set both weights to 0)"
             )
+        if teacher == "topk_cache" and kd_weight > 0 and not defined_on_topk(kd_divergence, kd_beta):
+            raise ValueError(
+                f"--kd-divergence {kd_divergence} is infinite with a --teacher-topk-cache (no probability off the "
+                "cached tokens): train with --teacher-path, or choose forward_kl, jsd (beta < 1), tvd or skew_kl"
+            )
         if teacher == "topk_cache" and cosine_weight > 0:
             raise ValueError("--cosine-weight needs the teacher's hidden states, which a --teacher-topk-cache does not hold")
         self.nll_weight = nll_weight
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
+        self.kd_divergence, self.kd_beta = effective_divergence(kd_divergence, kd_beta)  # as computed
         self.cosine_weight = cosine_weight
         self.cosine_encoder = cosine_encoder
         self.hidden_loss = str(hidden_loss)
@@ -402,28 +323,45 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         return loss, sample_size, logging_output
 
     def compute_kd_loss(self, lprobs, student_logits, teacher, T, ignore, reduce=True):
-        """KL(q^T || p^T) over the positions not in IGNORE (without the T^2 factor), for each form of TEACHER.
+        """D(q^T, p^T) of ``--kd-divergence`` over the positions not in IGNORE (without the T^2 factor), for each
+        form of TEACHER; every form is fused (one vocabulary-sized buffer, the gradient).
 
         Args:
             lprobs (Tensor): (B * T') x V, the student's log-probabilities at T = 1
             student_logits (Tensor): B x T x V
             teacher (TeacherTargets): full logits (one per teacher) or top-k ids and scores
         """
+        kind, beta = self.kd_divergence, self.kd_beta
         student_logits = self._flat(student_logits)
         if teacher.topk_ids is not None:
             # renormalised at T: softmax(scores / T) over the k tokens (the fused loss takes the student's logits)
             q = F.log_softmax(self._flat(teacher.topk_scores).float() / T, dim=-1)
-            return tempered_topk_kl_from_logits(student_logits, self._flat(teacher.topk_ids), q, T, ignore, reduce)
+            return self._topk_divergence(student_logits, self._flat(teacher.topk_ids), q, T, ignore, reduce)
         if len(teacher.logits) == 1 and self.kd_topk == 0:
             # from the student's log-probs, which the NLL term keeps anyway (softmax(lprobs / T) equals
             # softmax(z / T)); the teacher's logits, popped, become the gradient's buffer
-            return tempered_kl_from_logits(lprobs, self._flat(teacher.logits.pop()), T, ignore, reduce, overwrite_teacher=True)
+            logits = self._flat(teacher.logits.pop())
+            if kind == "forward_kl":
+                return tempered_kl_from_logits(lprobs, logits, T, ignore, reduce, overwrite_teacher=True)
+            return tempered_divergence_from_logits(
+                lprobs, logits, kind, beta, T, ignore_mask=ignore, reduce=reduce, overwrite_teacher=True
+            )
         teacher_lprobs = tempered_log_probs([self._flat(x) for x in teacher.logits], T)  # an ensemble's mean
         teacher.logits = None
         if self.kd_topk > 0:
             ids, q = topk_log_probs(teacher_lprobs, min(self.kd_topk, teacher_lprobs.size(-1)))
+            return self._topk_divergence(student_logits, ids, q, T, ignore, reduce)
+        return tempered_divergence_from_logits(
+            student_logits, teacher_lprobs, kind, beta, T, teacher_is_log_probs=True, ignore_mask=ignore,
+            reduce=reduce, overwrite_teacher=True,
+        )  # fmt: skip
+
+    def _topk_divergence(self, student_logits, ids, q, T, ignore, reduce):
+        if self.kd_divergence == "forward_kl":
             return tempered_topk_kl_from_logits(student_logits, ids, q, T, ignore, reduce)
-        return kd_kl_loss(tempered_log_probs(student_logits, T), teacher_lprobs, ignore, reduce)
+        return tempered_divergence_from_logits(
+            student_logits, q, self.kd_divergence, self.kd_beta, T, teacher_ids=ids, ignore_mask=ignore, reduce=reduce
+        )
 
     def logging_output(self, model, net_output, sample, sample_size, loss, nll_loss, kd_loss, hidden_loss):
         out = {
