@@ -4,7 +4,10 @@
   (b) the teacher's forward alone (no gradients)
   (c) a word-level KD step (translation_kd's train_step: teacher forward + KD criterion + backward)
 
-and the ratios time(c) / (time(a) + time(b)) and peak(c) / peak(a).
+and the ratios time(c) / (time(a) + time(b)) and peak(c) / peak(a). With ``--divergences``, (c) once per
+divergence of ``--kd-divergence`` (each at its default beta) and (d) an on-policy KD step (forward KL; the
+student's sampled translations made inside the step, then the teacher and the loss on them), written to
+``kd_step_DEVICE_DTYPE_divergences.{json,md}``.
 
 Peak memory on CPU is the rise of the process's resident-set high-water mark over the step (Linux: the
 mark is reset through /proc/self/clear_refs before it), with glibc told to give every block of 64 KiB or
@@ -16,6 +19,7 @@ under-read the KD step by a third; the resident-set reading agrees with CUDA's t
 
     python benchmarks/kd_step.py                     # CPU, writes benchmarks/results/kd_step_cpu.{json,md}
     python benchmarks/kd_step.py --device cuda --dtype bf16
+    python benchmarks/kd_step.py --divergences       # writes benchmarks/results/kd_step_cpu_fp32_divergences.*
 """
 
 import argparse
@@ -34,6 +38,7 @@ from fairseq.data import Dictionary, LanguagePairDataset
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import fairseq_kd  # noqa: F401
+from fairseq_kd.criterions.kd_losses import DIVERGENCES
 
 
 def arch_flags(layers, dim, ffn, heads):
@@ -47,10 +52,11 @@ def arch_flags(layers, dim, ffn, heads):
     ]  # fmt: skip
 
 
-def build(data_dir, arch, criterion_flags):
+def build(data_dir, arch, criterion_flags, task_flags=()):
     args = options.parse_args_and_arch(
         options.get_training_parser(),
         ["--task", "translation_kd", data_dir, "--source-lang", "src", "--target-lang", "tgt", "--teacher-path", "unused"]
+        + list(task_flags)
         + arch
         + criterion_flags,
     )
@@ -136,6 +142,7 @@ def main(argv=None):
     parser.add_argument("--teacher", default="6,512,2048,8", help="layers,dim,ffn,heads")
     parser.add_argument("--kd-temperature", default="2")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--divergences", action="store_true", help="(c) for every --kd-divergence, and (d) on-policy")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -153,12 +160,24 @@ def main(argv=None):
         nll_task, student, nll_criterion = build(data_dir, student_arch, ["--criterion", "label_smoothed_cross_entropy"])
         kd_flags = ["--criterion", "label_smoothed_cross_entropy_with_kd", "--kd-weight", "0.5", "--nll-weight", "0.5"]
         kd_task, _, kd_criterion = build(data_dir, student_arch, kd_flags + ["--kd-temperature", args.kd_temperature])
+        criteria = {}
+        if args.divergences:
+            for kind in DIVERGENCES:
+                flags = kd_flags + ["--kd-temperature", args.kd_temperature, "--kd-divergence", kind]
+                criteria[kind] = build(data_dir, student_arch, flags)[2]
+            on_policy_task, _, on_policy_criterion = build(
+                data_dir, student_arch, kd_flags + ["--kd-temperature", args.kd_temperature],
+                ["--on-policy-fraction", "1", "--on-policy-decoding", "sample"],
+            )  # fmt: skip
         _, teacher, _ = build(data_dir, teacher_arch, ["--criterion", "label_smoothed_cross_entropy"])
-    for crit in (nll_criterion, kd_criterion):
+    for crit in (nll_criterion, kd_criterion, *criteria.values()):
         crit.eps = 0.1
     student.to(device=device, dtype=dtype)
     teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
     kd_task.teachers = [teacher]
+    if args.divergences:
+        on_policy_task.teachers = [teacher]
+        on_policy_criterion.eps = 0.1
     batch = make_batch(d, args.sentences, args.length)
     batch = {
         k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device) if torch.is_tensor(v) else v)
@@ -178,6 +197,22 @@ def main(argv=None):
         kd_task.train_step(dict(batch), student, kd_criterion, optimizer, 0)
 
     steps = {"a_nll_step": nll_step, "b_teacher_forward": teacher_forward, "c_kd_step": kd_step}
+    if args.divergences:
+
+        def divergence_step(criterion):
+            def step():
+                student.zero_grad(set_to_none=True)
+                kd_task.train_step(dict(batch), student, criterion, optimizer, 0)
+
+            return step
+
+        def on_policy_step():
+            student.zero_grad(set_to_none=True)
+            on_policy_task.train_step(dict(batch), student, on_policy_criterion, optimizer, 0)
+
+        steps = {"a_nll_step": nll_step, "b_teacher_forward": teacher_forward}
+        steps.update({f"c_kd_step_{kind}": divergence_step(c) for kind, c in criteria.items()})
+        steps["d_on_policy_kd_step"] = on_policy_step
     results = {}
     for name, fn in steps.items():
         fn()  # warm-up, and gradients allocated as in training
@@ -185,7 +220,8 @@ def main(argv=None):
             "seconds": measure_time(fn, device, args.repeats),
             "peak_bytes": measure_peak(fn, device),
         }
-    a, b, c = (results[k] for k in steps)
+    a, b = results["a_nll_step"], results["b_teacher_forward"]
+    c = results["c_kd_step_forward_kl" if args.divergences else "c_kd_step"]
     target_tokens = int(batch["ntokens"])
     report = {
         "machine": {
@@ -203,7 +239,7 @@ def main(argv=None):
         "memory_ratio_c_over_a": c["peak_bytes"] / a["peak_bytes"],
     }
     os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, f"kd_step_{device.type}_{args.dtype}")
+    stem = os.path.join(args.output_dir, f"kd_step_{device.type}_{args.dtype}" + ("_divergences" if args.divergences else ""))
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=2)
     lines = [
@@ -215,6 +251,11 @@ def main(argv=None):
     ]
     for name, r in results.items():
         lines.append(f"| {name} | {r['seconds'] * 1000:.1f} | {r['peak_bytes'] / 2**20:.1f} |")
+    if args.divergences:
+        lines += ["", "| step | time / forward-KL step | peak / forward-KL step |", "|---|---:|---:|"]
+        for name, r in results.items():
+            if name.startswith(("c_", "d_")):
+                lines.append(f"| {name} | {r['seconds'] / c['seconds']:.3f} | {r['peak_bytes'] / c['peak_bytes']:.3f} |")
     lines += [
         "",
         f"time ratio (c) / ((a) + (b)): {report['time_ratio_c_over_a_plus_b']:.3f}",

@@ -24,7 +24,8 @@ from .methods import LOW_DATA, METHODS, MIXTURE, REFERENCES, TEACHER, TEACHER_SA
 # the methods of the guide that get a config, and the recommended init_kd (the ablation init_nll, the baselines
 # and the top-k-sampled variant are measured by the demo, not recipes of their own)
 CONFIG_METHODS = ["word_kd", "word_kd_nll", "word_kd_topk", "distilbert", "seq_kd", "init_seq_kd", "init_kd",
-                  "interpolation", "hybrid", "low_data"]  # fmt: skip
+                  "interpolation", "hybrid", "low_data", "init_kd_rkl", "init_kd_jsd", "init_kd_tvd", "init_kd_skl",
+                  "init_kd_on_policy"]  # fmt: skip
 
 STUDENT = dict(
     encoder_layers=2, decoder_layers=1, encoder_embed_dim=128, decoder_embed_dim=128, encoder_ffn_embed_dim=512,
@@ -73,6 +74,10 @@ def config(method: Method) -> str:
         lines.append(f"  train_mixture: ???  # {TRAIN_DATA[m.data]}")
     if m.mixture:
         lines.append(f"  train_mixture_probs: \"{','.join(_value(p) for p in m.mixture)}\"")
+    if m.on_policy_fraction:
+        lines.append(
+            f"  on_policy_fraction: {_value(m.on_policy_fraction)}  # the share of updates on the student's translations"
+        )
     lines += ["", "model:", f"  _name: {'transformer_student' if m.init_from_teacher else 'transformer'}"]
     if m.init_from_teacher:
         lines.append("  init_from_teacher: true  # 1 of every n teacher layers, and the teacher's other tensors")
@@ -84,6 +89,10 @@ def config(method: Method) -> str:
                   f"  kd_temperature: {_value(m.kd_temperature)}"]  # fmt: skip
         if m.cosine_weight:
             lines += [f"  cosine_weight: {_value(m.cosine_weight)}", f"  cosine_encoder: {_value(m.cosine_encoder)}"]
+        if m.kd_divergence != "forward_kl":
+            lines.append(f"  kd_divergence: {m.kd_divergence}")
+        if m.kd_beta is not None:
+            lines.append(f"  kd_beta: {_value(m.kd_beta)}")
     else:
         lines += ["  _name: label_smoothed_cross_entropy", f"  label_smoothing: {_value(m.label_smoothing)}"]
     lines += ["", "optimizer:", "  _name: adam", '  adam_betas: "(0.9,0.98)"', "", "lr_scheduler:",

@@ -65,6 +65,9 @@ class Method:
     cosine_encoder: bool = False
     teacher: Optional[str] = None  # None, LIVE or TOPK_CACHE
     kd_topk: Optional[int] = None  # TOPK_CACHE: the cache's k (fairseq-kd-cache-topk --k)
+    kd_divergence: str = "forward_kl"  # --kd-divergence (fairseq_kd/criterions/kd_losses.py)
+    kd_beta: Optional[float] = None  # --kd-beta of jsd and skew_kl
+    on_policy_fraction: float = 0.0  # --on-policy-fraction: the share of updates on the student's translations
     init_from_teacher: bool = False
     mixture: Optional[Tuple[float, float]] = None
     sampling_topk: Optional[int] = None  # TEACHER_SAMPLED: fairseq-kd-pseudolabel --sampling-topk
@@ -84,6 +87,10 @@ class Method:
             raise ValueError(f"method {self.name}: mixture probabilities belong to mixed data, and it needs them")
         if (self.data == TEACHER_SAMPLED) != (self.sampling_topk is not None):
             raise ValueError(f"method {self.name}: sampling_topk belongs to sampled pseudo-labels")
+        if (self.kd_divergence != "forward_kl" or self.on_policy_fraction > 0) and not self.kd_weight > 0:
+            raise ValueError(f"method {self.name}: a divergence or on-policy batches need word-level KD")
+        if self.on_policy_fraction > 0 and self.teacher != LIVE:
+            raise ValueError(f"method {self.name}: on-policy batches need the live teacher")
 
     @property
     def needs_kd_criterion(self):
@@ -96,6 +103,10 @@ class Method:
         flags = ["--criterion", "label_smoothed_cross_entropy_with_kd", "--label-smoothing", _num(self.label_smoothing)]
         flags += ["--nll-weight", _num(self.nll_weight), "--kd-weight", _num(self.kd_weight)]
         flags += ["--kd-temperature", _num(self.kd_temperature)]
+        if self.kd_divergence != "forward_kl":
+            flags += ["--kd-divergence", self.kd_divergence]
+        if self.kd_beta is not None:
+            flags += ["--kd-beta", _num(self.kd_beta)]
         if self.cosine_weight:
             flags += ["--cosine-weight", _num(self.cosine_weight)] + (["--cosine-encoder"] if self.cosine_encoder else [])
         return flags
@@ -130,6 +141,8 @@ class Method:
             flags += ["--teacher-topk-cache", paths.topk_cache]
         if self.init_from_teacher:
             flags += ["--init-from-teacher"]
+        if self.on_policy_fraction > 0:
+            flags += ["--on-policy-fraction", _num(self.on_policy_fraction)]
         return flags + self.criterion_flags()
 
 
@@ -168,6 +181,17 @@ _INIT_NOTE = (
     "the student's width equals the teacher's (the initialisation copies whole layers); the guide \"do[es] not "
     'recommend DistilBERT initialization for NMT" (line 169): it is measured to test that claim'
 )
+
+# (name suffix, description, --kd-divergence, --kd-beta, source): the divergences beyond forward KL
+_DIVERGENCE_METHODS = [
+    ("rkl", "reverse KL", "reverse_kl", None, "reverse KL from Gu et al. 2024 (MiniLLM, https://arxiv.org/abs/2306.08543)"),
+    ("jsd", "JSD(0.5)", "jsd", 0.5, "the generalised JSD of Agarwal et al. 2024 (GKD, https://arxiv.org/abs/2306.13649) at "
+     "beta 0.5, TRL's default"),
+    ("tvd", "total variation", "tvd", None, "total variation distance from Wen et al. 2023 (f-DISTILL, "
+     "https://arxiv.org/abs/2307.15190)"),
+    ("skl", "skew KL(0.1)", "skew_kl", 0.1, "skew KL of Ko et al. 2024 (DistiLLM, https://arxiv.org/abs/2402.03898) at "
+     "its alpha 0.1"),
+]  # fmt: skip
 
 METHODS: Dict[str, Method] = {
     m.name: m
@@ -313,8 +337,42 @@ METHODS: Dict[str, Method] = {
             not_in_guide="distilbert without its cosine loss, not a method of the guide; the demo's recommended "
             "recipe: the best student of the full and the default preset on valid BLEU (benchmarks/results/README.md)",
         ),
+        # beyond the guide: init_kd with another divergence (init_kd_ and the divergence's short name), or with
+        # updates on the student's own translations; measured against init_kd in benchmarks/divergences.py
+        *[
+            Method(
+                f"init_kd_{short}",
+                f"init_kd with {title} instead of forward KL",
+                nll_weight=1.0,
+                kd_weight=GUIDE_KD_WEIGHT,
+                teacher=LIVE,
+                init_from_teacher=True,
+                kd_divergence=divergence,
+                kd_beta=beta,
+                guide=_INIT_GUIDE + "; word-level KD as word_kd_nll, with another divergence",
+                not_in_guide=f"the guide's word-level KD is forward KL only; {source}; every other setting is init_kd's",
+            )
+            for short, title, divergence, beta, source in _DIVERGENCE_METHODS
+        ],
+        Method(
+            "init_kd_on_policy",
+            "init_kd with half of the updates on the student's own sampled translations (on-policy, GKD)",
+            nll_weight=1.0,
+            kd_weight=GUIDE_KD_WEIGHT,
+            teacher=LIVE,
+            init_from_teacher=True,
+            on_policy_fraction=0.5,
+            guide=_INIT_GUIDE + "; word-level KD as word_kd_nll",
+            not_in_guide="on-policy distillation is not in the guide: Agarwal et al. 2024 (GKD, "
+            "https://arxiv.org/abs/2306.13649); lambda 0.5 (half of the updates on the student's translations, sampled at "
+            "temperature 1, with the divergence alone; the other half init_kd's) was chosen between GKD's supervised "
+            "(0) and fully on-policy (1) ends; forward KL, so that only the prefixes differ from init_kd",
+        ),
     ]
 }
+
+# the methods beyond the guide: the ablation's init_nll, the recommended init_kd and its variants
+BEYOND_GUIDE = ["init_nll", "init_kd"] + [f"init_kd_{short}" for short, *_ in _DIVERGENCE_METHODS] + ["init_kd_on_policy"]
 
 # the teacher: NLL on the references, without label smoothing
 TEACHER_LABEL_SMOOTHING = GUIDE_LABEL_SMOOTHING
@@ -329,7 +387,8 @@ def get(name) -> Method:
 def table() -> str:
     """Every method's settings, as a Markdown table."""
     keys = ["data", "mixture", "label_smoothing", "nll_weight", "kd_weight", "kd_temperature", "cosine_weight",
-            "teacher", "kd_topk", "init_from_teacher", "sampling_topk"]  # fmt: skip
+            "teacher", "kd_topk", "init_from_teacher", "sampling_topk", "kd_divergence", "kd_beta",
+            "on_policy_fraction"]  # fmt: skip
     lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m in METHODS.values():
         values = dataclasses.asdict(m)

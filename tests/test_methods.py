@@ -37,6 +37,21 @@ EXPECTED = {
     "low_data_baseline": "D --task translation_kd --train-mixture L " + NLL.format(ls="0.1"),
     "init_nll": "D --task translation_kd --teacher-path T.pt --init-from-teacher " + NLL.format(ls=0),
     "init_kd": "D --task translation_kd --teacher-path T.pt --init-from-teacher " + KD.format(nll=1),
+    # beyond the guide: init_kd with another divergence, or with on-policy updates
+    "init_kd_rkl": "D --task translation_kd --teacher-path T.pt --init-from-teacher "
+    + KD.format(nll=1)
+    + " --kd-divergence reverse_kl",
+    "init_kd_jsd": "D --task translation_kd --teacher-path T.pt --init-from-teacher "
+    + KD.format(nll=1)
+    + " --kd-divergence jsd --kd-beta 0.5",
+    "init_kd_tvd": "D --task translation_kd --teacher-path T.pt --init-from-teacher "
+    + KD.format(nll=1)
+    + " --kd-divergence tvd",
+    "init_kd_skl": "D --task translation_kd --teacher-path T.pt --init-from-teacher "
+    + KD.format(nll=1)
+    + " --kd-divergence skew_kl --kd-beta 0.1",
+    "init_kd_on_policy": "D --task translation_kd --teacher-path T.pt --init-from-teacher --on-policy-fraction 0.5 "
+    + KD.format(nll=1),
 }
 
 
@@ -108,7 +123,7 @@ def recipe_settings(text):
     """{flag: value} of the KD settings a recipe's fairseq-train command sets."""
     flags = {}
     for flag in ("--nll-weight", "--kd-weight", "--kd-temperature", "--label-smoothing", "--train-mixture-probs", "--criterion",
-                 "--cosine-weight"):  # fmt: skip
+                 "--cosine-weight", "--kd-divergence", "--kd-beta", "--on-policy-fraction"):  # fmt: skip
         found = re.findall(re.escape(flag) + r"\s+(\S+)", text)
         if found:
             flags[flag] = found[-1]
@@ -150,6 +165,8 @@ class TestRecipes(unittest.TestCase):
             expected = flag_values(method.criterion_flags())
             if method.mixture:
                 expected["--train-mixture-probs"] = ",".join(f"{p:g}" for p in method.mixture)
+            if method.on_policy_fraction:
+                expected["--on-policy-fraction"] = method.on_policy_fraction
             settings = recipe_settings(text)
             with self.subTest(os.path.basename(path)):
                 for flag, value in expected.items():

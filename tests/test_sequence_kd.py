@@ -118,7 +118,8 @@ class TestSequenceLevelKD(TeacherTestCase):
         # recipe: (the pseudo-labels it trains on, or None; whether the teacher runs in training)
         expected = {"seq_kd": ("teacher_train", False), "seq_interpolation": ("teacher_train", False),
                     "hybrid": ("teacher_train", True), "low_data": ("teacher_mono", True), "word_kd": (None, True),
-                    "init_kd": (None, True), "distilbert": (None, True)}  # fmt: skip
+                    "init_kd": (None, True), "distilbert": (None, True), "init_kd_jsd": (None, True),
+                    "init_kd_on_policy": (None, True)}  # fmt: skip
         for recipe, (pseudo, teacher) in expected.items():
             with self.subTest(recipe):
                 result = subprocess.run(

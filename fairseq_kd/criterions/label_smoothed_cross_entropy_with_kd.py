@@ -192,6 +192,10 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     saves a criterion's parameters), never part of the student model. Hidden states are matched
     against the first teacher of an ensemble.
 
+    On a batch whose targets are the student's own translations (``sample["on_policy"]``, the task's
+    ``--on-policy-fraction``) the NLL term is left out: the loss is the divergence to the teacher on the
+    student's prefixes (and the hidden-state loss), as GKD's.
+
     In validation the loss is the plain label-smoothed NLL at temperature 1, exactly what
     ``label_smoothed_cross_entropy`` reports, so checkpoints compare with non-KD runs; D at
     T=1 and the cosine loss are logged beside it when a teacher ran.
@@ -250,6 +254,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         self.kd_selection = kd_selection
         self.kd_selection_ratio = kd_selection_ratio
         self.selection_queue = SelectionQueue(kd_selection_queue_size) if kd_selection == "global" else None
+        # the share of on-policy sentences is logged where the task makes some
+        self.counts_on_policy = getattr(getattr(task, "cfg", None), "on_policy_fraction", 0) > 0
         # set by setup_hidden_matching once the student and teacher are known
         self.layer_pairs = None
         self.hidden_projections = None
@@ -312,14 +318,17 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         if not reduce:
             kd_loss, hidden_loss = (x.view_as(ls_loss) if x is not None else None for x in (kd_loss, hidden_loss))
         loss = ls_loss
+        on_policy = sample.get("on_policy", False)  # the target is the student's own translation: no NLL term
         if model.training:
-            loss = self.nll_weight * ls_loss
+            loss = (0.0 if on_policy else self.nll_weight) * ls_loss
             loss = loss + self.kd_weight * T**2 * kd_loss if kd_loss is not None else loss
             loss = loss + self.cosine_weight * hidden_loss if hidden_loss is not None else loss
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = self.logging_output(model, net_output, sample, sample_size, loss, nll_loss, kd_loss, hidden_loss)
         if kd_tokens is not None:
             logging_output["kd_tokens"] = kd_tokens
+        if model.training and self.counts_on_policy:
+            logging_output["on_policy_sentences"] = sample["target"].size(0) if on_policy else 0
         return loss, sample_size, logging_output
 
     def compute_kd_loss(self, lprobs, student_logits, teacher, T, ignore, reduce=True):
@@ -443,6 +452,11 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             metrics.log_scalar("kd_loss", kd_sum / max(kd_tokens, 1) / math.log(2), kd_tokens, round=3)
             if any("kd_tokens" in log for log in logging_outputs):
                 metrics.log_scalar("kd_selected", kd_tokens / ntokens, ntokens, round=3)
+        if any("on_policy_sentences" in log for log in logging_outputs):
+            # the share of sentences whose targets were the student's own translations
+            nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
+            on_policy = sum(log.get("on_policy_sentences", 0) for log in logging_outputs)
+            metrics.log_scalar("on_policy", on_policy / max(nsentences, 1), nsentences, round=3)
         for key in ("cos_loss", "mse_loss"):
             if any(key in log for log in logging_outputs):
                 hidden_sum = sum(log.get(key, 0) for log in logging_outputs)

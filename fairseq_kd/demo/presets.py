@@ -23,7 +23,7 @@ sized for. The student shape is one the DistilBERT-style initialisation allows: 
 2 encoder layers (1 of every 2 or 3) and 1 decoder layer (1 of every 2 or 6).
 """
 
-from ..methods import METHODS, TEACHER_LABEL_SMOOTHING
+from ..methods import BEYOND_GUIDE, METHODS, TEACHER_LABEL_SMOOTHING
 from ..pipeline import DEFAULT_LAYOUT, Shape, Training
 
 TEACHER = Shape(encoder_layers=4, decoder_layers=2, embed_dim=128, ffn_dim=512, heads=4)
@@ -31,8 +31,8 @@ BIG_TEACHER = Shape(encoder_layers=6, decoder_layers=6, embed_dim=256, ffn_dim=1
 STUDENT = Shape(encoder_layers=2, decoder_layers=1, embed_dim=128, ffn_dim=512, heads=4)
 PRE_NORM_LAYOUT = ("--share-all-embeddings", "--encoder-normalize-before", "--decoder-normalize-before")
 
-# every method of the guide, the baseline first (the ablation's init_nll and init_kd are not among them)
-GUIDE_METHODS = [name for name in METHODS if name not in ("init_nll", "init_kd")]
+# every method of the guide, the baseline first (the ablation's init_nll, init_kd and its variants are not among them)
+GUIDE_METHODS = [name for name in METHODS if name not in BEYOND_GUIDE]
 
 # what default and full share
 REAL_DATA = dict(

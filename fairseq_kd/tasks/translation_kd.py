@@ -1,3 +1,4 @@
+import argparse
 import atexit
 import importlib.util
 import logging
@@ -6,10 +7,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from fairseq import models, utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.data.multilingual.sampled_multi_dataset import SampledMultiDataset
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.models.transformer import TransformerModelBase
 from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -24,6 +27,12 @@ from ..teacher import TeacherTargets, run_teachers
 from ..topk_cache import TopKCache, TopKCacheDataset, TopKCacheError, split_identity
 
 logger = logging.getLogger(__name__)
+
+
+ON_POLICY_DECODING_CHOICES = ChoiceEnum(["sample", "greedy"])
+# the length bound of the student's on-policy translations, fairseq's max_len_a * source length + max_len_b, as
+# in the evaluation and the pseudo-labelling (fairseq_kd.evaluate.Settings)
+ON_POLICY_MAX_LEN = (1.5, 10)
 
 
 @dataclass
@@ -75,6 +84,24 @@ class TranslationKDConfig(TranslationConfig):
         metadata={"help": "cut the training batches anew at every epoch, so that a resumed run repeats an "
                   "uninterrupted one (the flag turns it off)"},
     )  # fmt: skip
+    # on-policy distillation (Agarwal et al. 2024, GKD)
+    on_policy_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "the probability that an update's targets are the student's own translations of its sources (made "
+            "without gradients in the training step), with word-level KD to the teacher on the student's prefixes and "
+            "no NLL term (GKD's lambda; 0: the references, as without it). Needs word-level KD (--kd-weight > 0)"
+        },
+    )
+    on_policy_decoding: ON_POLICY_DECODING_CHOICES = field(
+        default="sample",
+        metadata={
+            "help": "how the student translates for --on-policy-fraction: sample (at --on-policy-temperature) or greedy"
+        },
+    )
+    on_policy_temperature: float = field(
+        default=1.0, metadata={"help": "the student's sampling temperature for --on-policy-decoding sample"}
+    )
     seed: int = II("common.seed")
     tpu: bool = II("common.tpu")
 
@@ -180,8 +207,10 @@ class TranslationKDTask(TranslationTask):
                 "--teacher-topk-cache covers one binarized training split; it cannot follow a --train-mixture "
                 "(binarize the mixture as one corpus, or use --teacher-path)"
             )
+        check_on_policy_settings(cfg.on_policy_fraction, str(cfg.on_policy_decoding), cfg.on_policy_temperature)
         self.topk_cache = None
         self.teachers = []
+        self._on_policy_generator = None
         # what the criterion needs to know of the student: widths, depths, and the teacher layer
         # each student layer was initialised from (if it was)
         self._student_hidden_sizes = None
@@ -378,6 +407,17 @@ class TranslationKDTask(TranslationTask):
     def build_criterion(self, cfg, from_checkpoint=False):
         """Builds the criterion and checks that it and the teacher fit each other."""
         criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.on_policy_fraction > 0 and not from_checkpoint:
+            if self.teacher_kind != "live":
+                raise ValueError(
+                    "--on-policy-fraction needs the live teacher (--teacher-path): it scores the student's own "
+                    "translations, which no top-k cache holds"
+                )
+            if not getattr(criterion, "kd_weight", 0) > 0:
+                raise ValueError(
+                    "--on-policy-fraction trains on the teacher's distributions over the student's translations: use "
+                    "--criterion label_smoothed_cross_entropy_with_kd with --kd-weight > 0"
+                )
         if self.cfg.teacher_topk_cache and not from_checkpoint and not getattr(criterion, "needs_teacher", False):
             raise ValueError(
                 "--teacher-topk-cache is set but the criterion does not use it: use --criterion "
@@ -440,12 +480,61 @@ class TranslationKDTask(TranslationTask):
             sample["teacher"] = TeacherTargets(topk_ids=ids, topk_scores=scores)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if self.on_policy(update_num):
+            sample = self.student_translations(sample, model)
         self.add_teacher_targets(sample, model, criterion, optimizer)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def on_policy(self, update_num):
+        """Whether update UPDATE_NUM trains on the student's own translations: a draw with probability
+        --on-policy-fraction from a generator seeded with (--seed, UPDATE_NUM). Every batch of the update (with
+        --update-freq) and every process draws the same, and a run resumed from a checkpoint (which holds the
+        update number) draws what the uninterrupted run drew."""
+        fraction = self.cfg.on_policy_fraction
+        if fraction <= 0:
+            return False
+        return fraction >= 1 or np.random.default_rng([self.cfg.seed, update_num]).random() < fraction
+
+    @torch.no_grad()
+    def student_translations(self, sample, model):
+        """SAMPLE with the student's translations of its sources as target (fairseq's SequenceGenerator, beam 1,
+        sampling or greedy, the model in eval mode) and ``sample["on_policy"] = True``. Sampling draws from
+        torch's generator, which fairseq's trainer seeds with --seed + the update number before each update."""
+        student = model
+        while hasattr(student, "module"):  # fairseq's data-parallel wrappers (a proxy around DDP around the model)
+            student = student.module
+        was_training = student.training
+        if self._on_policy_generator is None:  # (fairseq's SequenceGenerator puts its models in eval mode)
+            sampling = str(self.cfg.on_policy_decoding) == "sample"
+            settings = argparse.Namespace(
+                beam=1, sampling=sampling, temperature=self.cfg.on_policy_temperature if sampling else 1.0,
+                max_len_a=ON_POLICY_MAX_LEN[0], max_len_b=ON_POLICY_MAX_LEN[1],
+            )  # fmt: skip
+            self._on_policy_generator = self.build_generator([student], settings)
+        student.eval()
+        try:
+            hypotheses = self._on_policy_generator.generate([student], sample)
+        finally:
+            student.train(was_training)
+        tokens = [h[0]["tokens"] for h in hypotheses]  # each ends with </s>
+        pad, eos = self.tgt_dict.pad(), self.tgt_dict.eos()
+        target = data_utils.collate_tokens(tokens, pad, eos, left_pad=False)
+        prev_output_tokens = data_utils.collate_tokens(tokens, pad, eos, left_pad=False, move_eos_to_beginning=True)
+        net_input = dict(sample["net_input"], prev_output_tokens=prev_output_tokens.to(target.device))
+        return dict(sample, net_input=net_input, target=target, ntokens=int(target.ne(pad).sum()), on_policy=True)
 
     def valid_step(self, sample, model, criterion):
         self.add_teacher_targets(sample, model, criterion)
         return super().valid_step(sample, model, criterion)
+
+
+def check_on_policy_settings(fraction, decoding, temperature):
+    if not 0 <= fraction <= 1:
+        raise ValueError(
+            f"--on-policy-fraction must be in [0, 1] (the share of updates on the student's translations), got {fraction}"
+        )
+    if decoding == "sample" and not 0 < temperature < float("inf"):
+        raise ValueError(f"--on-policy-temperature must be > 0 and finite, got {temperature}")
 
 
 def parse_mixture(paths, probs):
