@@ -24,6 +24,7 @@ BLEU-against-speed plot bleu_vs_speed.png, and translations/NAME.txt. A rerun in
 translates again only the systems whose files or settings changed.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,7 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .io import UserError, encode_lines, read_lines, sha256_file, write_json, write_text
+from .io import UserError, encode_lines, read_lines, run_lock, sha256_file, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -462,35 +463,37 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
     src = load_source(data_bin, split, references, source_lang, target_lang, source, spm_model, bpe_codes, work)
     for system in parsed:
         check_dictionaries(system, src)
-    os.makedirs(os.path.join(work, "translations"), exist_ok=True)  # every input checked: the work starts
-    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
-    say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+    # every input checked: the work starts, one writer per OUT_DIR at a time (a second is refused while it runs)
+    with run_lock(work, "an evaluation") if out_dir else contextlib.nullcontext():
+        os.makedirs(os.path.join(work, "translations"), exist_ok=True)
+        os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+        say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
 
-    translations, speeds = {}, {}
-    for system in parsed:
-        translations[system.name], speeds[system.name] = cached_translation(system, src, settings, work, say)
-    runs = timing(parsed, src, settings, timing_rounds, work, translations, say)
+        translations, speeds = {}, {}
+        for system in parsed:
+            translations[system.name], speeds[system.name] = cached_translation(system, src, settings, work, say)
+        runs = timing(parsed, src, settings, timing_rounds, work, translations, say)
 
-    records = []
-    for system in parsed:
-        scores = score(translations[system.name], src.references)
-        timed = runs[system.name] or [speeds[system.name]]
-        records.append(
-            Record(system.name, system.path, system.kind + ("+vmap" if system.use_vmap else ""), scores["bleu"], scores["chrf"],
-                   round(statistics.median(r["sentences_per_s"] for r in timed), 2),
-                   round(statistics.median(r["tokens_per_s"] for r in timed), 2),
-                   system.params, system.size_mb, scores["bleu_signature"], scores["chrf_signature"],
-                   speed_runs=runs[system.name] or [speeds[system.name]])  # fmt: skip
-        )
-    significance_signatures = {}
-    if baseline is not None and len(parsed) > 1:
-        tests, significance_signatures = paired_bootstrap(
-            (baseline, translations[baseline]), translations, src.references, settings.bootstrap_samples
-        )
-        for record in records:
-            record.significance = dict(tests[record.name], baseline=baseline)
-    if out_dir:
-        write_report(out_dir, records, src, settings, baseline, timing_rounds, significance_signatures, quiet)
+        records = []
+        for system in parsed:
+            scores = score(translations[system.name], src.references)
+            timed = runs[system.name] or [speeds[system.name]]
+            records.append(
+                Record(system.name, system.path, system.kind + ("+vmap" if system.use_vmap else ""), scores["bleu"], scores["chrf"],
+                       round(statistics.median(r["sentences_per_s"] for r in timed), 2),
+                       round(statistics.median(r["tokens_per_s"] for r in timed), 2),
+                       system.params, system.size_mb, scores["bleu_signature"], scores["chrf_signature"],
+                       speed_runs=runs[system.name] or [speeds[system.name]])  # fmt: skip
+            )
+        significance_signatures = {}
+        if baseline is not None and len(parsed) > 1:
+            tests, significance_signatures = paired_bootstrap(
+                (baseline, translations[baseline]), translations, src.references, settings.bootstrap_samples
+            )
+            for record in records:
+                record.significance = dict(tests[record.name], baseline=baseline)
+        if out_dir:
+            write_report(out_dir, records, src, settings, baseline, timing_rounds, significance_signatures, quiet)
     return records
 
 

@@ -169,6 +169,31 @@ def check_output_path(flag, path, file_expected=False):
         raise UserError(f"{flag} {path} cannot be made: {parent} is a file")
 
 
+def check_outputs_apart(inputs, outputs):
+    """Refuses, in one line and before any work, an output that is an input or a directory that holds one
+    (writing it, or replacing it with --overwrite, would destroy the input). INPUTS and OUTPUTS are {flag: path};
+    None paths are skipped. An output inside an input directory replaces nothing of it and is allowed (a top-k
+    cache lives in its data-bin by default)."""
+    for out_flag, out in outputs.items():
+        if not out:
+            continue
+        o = os.path.realpath(out)
+        for in_flag, inp in inputs.items():
+            if not inp:
+                continue
+            i = os.path.realpath(inp)
+            if o == i:
+                relation = "is"
+            elif i.startswith(o.rstrip(os.sep) + os.sep):
+                relation = "holds"
+            else:
+                continue
+            raise UserError(
+                f"{out_flag} {out} {relation} the input {in_flag} {inp}: writing there would destroy it; choose an "
+                "output path outside the inputs"
+            )
+
+
 def encode_lines(lines, spm_model=None, bpe_codes=None):
     """LINES in the subword units of a sentencepiece model or of subword-nmt BPE codes (fairseq's own
     encoders); with neither, whitespace-normalised as they are. Empty lines stay empty."""

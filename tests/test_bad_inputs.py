@@ -88,6 +88,33 @@ P, C, E, V, L, D = "fairseq-kd-pseudolabel", "fairseq-kd-cache-topk", "fairseq-k
 NOT_A_CHECKPOINT = "could not be read as a fairseq checkpoint"
 
 CASES = [
+    # ---- an output that is an input, or holds one ----
+    Case(
+        E,
+        "output: --ctranslate2 is the directory of the student's checkpoint",
+        lambda f: [f.teacher, os.path.join(f.out, "x.pt"), "--overwrite", "--ctranslate2", os.path.dirname(f.teacher),
+                   "--data", f.data],  # fmt: skip
+        "--ctranslate2 .* holds the input STUDENT_CHECKPOINT .*: writing there would destroy it",
+    ),
+    Case(
+        E,
+        "output: --ctranslate2 is the data-bin",
+        lambda f: [f.teacher, os.path.join(f.out, "x.pt"), "--overwrite", "--ctranslate2", f.data, "--data", f.data],
+        "--ctranslate2 .* is the input --data",
+    ),
+    Case(
+        P,
+        "output: --output holds --data",
+        lambda f: ["--teacher", f.teacher, "--data", f.data, "--output", os.path.dirname(f.data), "--subset", "train"],
+        "--output .* holds the input --data",
+    ),
+    Case(
+        C,
+        "output: --output holds --teacher",
+        lambda f: ["--teacher", f.teacher, "--data", f.data, "--output", os.path.dirname(f.teacher), "--cpu"],
+        "--output .* holds the input --teacher",
+    ),
+    Case(V, "output: --out is the data-bin", lambda f: f.evaluate("--out", f.data), "--out .* is the input DATA_BIN"),
     # ---- fairseq-kd-pseudolabel ----
     Case(
         P,
@@ -256,8 +283,8 @@ CASES = [
     Case(
         E,
         "path: output is the input",
-        lambda f: [f.teacher, f.teacher],
-        "the output path must differ from the student checkpoint",
+        lambda f: [f.teacher, f.teacher, "--overwrite"],
+        "OUTPUT_CHECKPOINT .* is the input STUDENT_CHECKPOINT",
     ),
     Case(E, "path: output exists", lambda f: [f.teacher, f.text], "already exists; remove it or pass --overwrite"),
     Case(E, "path: output under a file", lambda f: [f.teacher, os.path.join(f.text, "x.pt")], "cannot be made: .* is a file"),

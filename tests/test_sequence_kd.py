@@ -90,6 +90,15 @@ class TestSequenceLevelKD(TeacherTestCase):
         labels = self.pseudolabel(os.path.join(self.dir, "mono"), "--input", mono)
         with open(mono) as f:
             n = len(f.read().splitlines())
+        # other text at the same path is not paired with the old translations: the rerun is refused untouched
+        translations = read(os.path.join(labels, "train.out"))
+        shutil.copy(mono, mono + ".kept")
+        with open(mono, "a") as f:
+            f.write("a b c\n")
+        with self.assertRaisesRegex(ValueError, "made with other settings \\(source_sha256: '[0-9a-f]{64}' then"):
+            self.pseudolabel(os.path.join(self.dir, "mono"), "--input", mono)
+        self.assertEqual(read(os.path.join(labels, "train.out")), translations)
+        shutil.move(mono + ".kept", mono)
         self.assertEqual(
             len(read(os.path.join(labels, "train.ids")).split()) + len(read(os.path.join(labels, "dropped.tsv")).splitlines()),
             n,

@@ -43,7 +43,7 @@ def main(args):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from ..io import check_output_path, run_lock
+    from ..io import check_output_path, check_outputs_apart, run_lock
     from ..topk_cache import TopKCacheError, build_cache
 
     if args.k < 1 or args.shard_size < 1 or args.max_tokens < 1:
@@ -52,6 +52,7 @@ def main(args):
         raise TopKCacheError(f"--data {args.data!r} is not a directory (give the data-bin of the split)")
     output = args.output or os.path.join(args.data, f"topk-{args.subset}-k{args.k}")
     check_output_path("--output", output)
+    check_outputs_apart({"--teacher": args.teacher, "--data": args.data}, {"--output": output})
     flags = [args.data, "--task", "translation_kd", "--teacher-path", args.teacher, "--arch", "transformer"]
     if args.teacher_data:
         flags += ["--teacher-data", args.teacher_data]

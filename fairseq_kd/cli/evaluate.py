@@ -59,9 +59,13 @@ def main(argv=None):
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr
     )
     from ..evaluate import Settings, evaluate
+    from ..io import check_outputs_apart
 
     settings = Settings(args.beam, args.batch_size, args.max_len_a, args.max_len_b, args.post_process, args.threads,
                         args.bootstrap_samples)  # fmt: skip
+    inputs = {"DATA_BIN": args.data, "--references": args.references, "--source": args.source}
+    inputs.update({spec.partition("=")[0]: spec.partition("=")[2] for spec in args.systems})
+    check_outputs_apart(inputs, {"--out": args.out})
     records = evaluate(
         args.systems, args.data, args.references, split=args.split, out_dir=args.out, baseline=args.baseline,
         timing_rounds=args.timing_rounds, settings=settings, source_lang=args.source_lang,

@@ -46,8 +46,12 @@ def main(argv=None):
 
     from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student, write_vocabulary_map
     from fairseq_kd.ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
-    from fairseq_kd.io import check_output_path
+    from fairseq_kd.io import check_output_path, check_outputs_apart
 
+    check_outputs_apart(
+        {"STUDENT_CHECKPOINT": args.student, "--data": args.data},
+        {"OUTPUT_CHECKPOINT": args.output, "--ctranslate2": args.ctranslate2},
+    )
     if args.ctranslate2 and not args.data:
         raise CheckpointError("--ctranslate2 needs --data DATA_BIN (its dictionaries)")
     if args.ctranslate2 and os.path.exists(args.ctranslate2) and not args.overwrite:

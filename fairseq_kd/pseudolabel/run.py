@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
-from ..io import binarize, changed_settings, check_output_path, encode_lines, read_lines, run_lock, sha256_file, write_json
+from ..io import (
+    binarize,
+    changed_settings,
+    check_output_path,
+    check_outputs_apart,
+    encode_lines,
+    read_lines,
+    run_lock,
+    sha256_file,
+    write_json,
+)
 from .engines import decoding_seconds, shard_dir, shard_done, translate_shard
 from .labels import (
     Filters,
@@ -31,6 +41,7 @@ logger = logging.getLogger("fairseq_kd.pseudolabel")
 GENERATION_SETTINGS = {
     "teacher": None,
     "teacher_sha256": None,
+    "source_sha256": None,  # what is translated: --input, or the source side of --subset
     "data": None,
     "subset": None,
     "input": None,
@@ -93,6 +104,11 @@ def check_args(args):
     if args.min_score is not None and not -math.inf < args.min_score < math.inf:
         raise PseudoLabelError(f"--min-score must be a number (a log2-probability per token), got {args.min_score}")
     check_output_path("--output", args.output)
+    check_outputs_apart(
+        {"--data": args.data, "--input": args.input, "--spm-model": args.spm_model, "--bpe-codes": args.bpe_codes,
+         **{"--teacher": t for t in args.teachers}},
+        {"--output": args.output},
+    )  # fmt: skip
     if args.sampling_topk and args.nbest > 1:
         raise PseudoLabelError("--nbest applies to beam search: sampling (--sampling-topk) draws one translation")
     if args.select == "chrf" and args.nbest < 2:
@@ -143,13 +159,24 @@ def _check_ctranslate2(args):
     args.threads = args.threads or os.cpu_count() or 1
 
 
+def source_file(args, src, tgt):
+    """The file whose sentences are translated: --input, or the binarized source side of --subset."""
+    if args.input:
+        return args.input
+    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):  # fairseq-preprocess names a split by its direction
+        path = os.path.join(args.data, f"{args.subset}.{pair}.{src}.bin")
+        if os.path.isfile(path):
+            return path
+    raise PseudoLabelError(f"--subset {args.subset}: {args.data} has no binarized {src} side of it")
+
+
 def check_manifest(args, out_dir, settings):
     path = os.path.join(out_dir, "pseudolabel.json")
     if os.path.exists(path):
         with open(path) as f:
             recorded = json.load(f)
-        # the teacher's digest was not recorded by the first manifests
-        unrecorded = ("teacher_sha256",) if recorded.get("teacher_sha256") is None else ()
+        # the digests were not recorded by the first manifests
+        unrecorded = tuple(key for key in ("teacher_sha256", "source_sha256") if recorded.get(key) is None)
         different = changed_settings(recorded, settings, GENERATION_SETTINGS, unrecorded, keys=GENERATION_SETTINGS)
         if different:
             changes = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, then, now in different)
@@ -349,6 +376,7 @@ def main(args):
 def run(args, src, tgt, teacher_cfgs, tokenized):
     settings = settings_of(args)
     settings["teacher_sha256"] = ":".join(sha256_file(t) for t in args.teachers)
+    settings["source_sha256"] = sha256_file(source_file(args, src, tgt))
     check_manifest(args, args.output, settings)
     job = transfer_set(args, src, tgt, teacher_cfgs, settings["teacher_sha256"], tokenized)
     for shard in [args.shard_id] if args.shard_id is not None else range(args.num_shards):
