@@ -49,6 +49,32 @@ class EvaluationError(UserError):
     pass
 
 
+POST_PROCESSING = ("auto", "sentencepiece", "subword_nmt", "none")
+
+
+def detect_post_process(symbols):
+    """The post-processing that a dictionary's SYMBOLS (specials excluded) were made for: "sentencepiece" when
+    many start with "\u2581", "subword_nmt" when many end with "@@", else "none" (words, or a tokenizer whose
+    units are joined by spaces)."""
+    symbols = list(symbols) or [""]
+    if sum(s.startswith("\u2581") for s in symbols) >= 0.1 * len(symbols):
+        return "sentencepiece"
+    if sum(s.endswith("@@") for s in symbols) >= 0.05 * len(symbols):
+        return "subword_nmt"
+    return "none"
+
+
+def check_detokenized(name, hypotheses):
+    """Refuses hypotheses of which most still hold subword marks: scored as they are, every system would get
+    a BLEU near 0 and every comparison would mean nothing."""
+    marked = sum(("\u2581" in h) or ("@@ " in h + " ") for h in hypotheses)
+    if hypotheses and marked > 0.5 * len(hypotheses):
+        raise EvaluationError(
+            f"{name}: {marked} of {len(hypotheses)} translations still hold subword marks (\u2581 or @@) after "
+            "post-processing: give --post-process sentencepiece or subword_nmt, as the data was made"
+        )
+
+
 @dataclass
 class Settings:
     """How every system translates; the same for all of them."""
@@ -57,13 +83,16 @@ class Settings:
     batch_size: int = 64
     max_len_a: float = 1.5
     max_len_b: int = 10
-    post_process: str = "sentencepiece"  # fairseq's --post-process: how subword units become text
+    # fairseq's --post-process: how subword units become text; "auto": read from the target dictionary's symbols
+    post_process: str = "auto"
     threads: int = (
         1  # CTranslate2's intra_threads (0: every core; see fairseq_kd.ct2.DEFAULT_THREADS); fairseq-generate uses torch's default
     )
     bootstrap_samples: int = 1000
 
     def check(self):
+        if self.post_process not in POST_PROCESSING:
+            raise EvaluationError(f"--post-process {self.post_process!r}: choose one of {', '.join(POST_PROCESSING)}")
         if self.beam < 1 or self.batch_size < 1:
             raise EvaluationError(f"--beam and --batch-size must be at least 1 (got {self.beam} and {self.batch_size})")
         if not self.max_len_a >= 0 or self.max_len_b < 1:
@@ -463,6 +492,12 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
     src = load_source(data_bin, split, references, source_lang, target_lang, source, spm_model, bpe_codes, work)
     for system in parsed:
         check_dictionaries(system, src)
+    if settings.post_process == "auto":
+        from fairseq.data import Dictionary
+
+        target_dict = Dictionary.load(os.path.join(src.data_bin, f"dict.{src.tgt}.txt"))
+        post_process = detect_post_process(target_dict.symbols[target_dict.nspecial :])
+        settings = dataclasses.replace(settings, post_process=post_process)
     # every input checked: the work starts, one writer per OUT_DIR at a time (a second is refused while it runs)
     with run_lock(work, "an evaluation") if out_dir else contextlib.nullcontext():
         os.makedirs(os.path.join(work, "translations"), exist_ok=True)
@@ -476,6 +511,7 @@ def evaluate(systems, data_bin, references, split="test", out_dir=None, baseline
 
         records = []
         for system in parsed:
+            check_detokenized(system.name, translations[system.name])
             scores = score(translations[system.name], src.references)
             timed = runs[system.name] or [speeds[system.name]]
             records.append(

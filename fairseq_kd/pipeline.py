@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from . import methods as M
-from .evaluate import SIGNIFICANCE, Settings, evaluate
+from .evaluate import POST_PROCESSING, SIGNIFICANCE, Settings, evaluate
 from .io import WRITE_FAILURES, UserError, changed_settings, run_lock, write_json, write_text
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -767,6 +767,11 @@ def main(argv=None):
     parser.add_argument("--pseudolabel-beam", type=int, default=4, help="the teacher's beam for pseudo-labels (default: 4)")
     parser.add_argument("--pseudolabel-engine", choices=("fairseq", "ctranslate2"), default="fairseq",
                         help="the teacher's decoder for pseudo-labels (default: fairseq)")  # fmt: skip
+    parser.add_argument(
+        "--post-process", choices=POST_PROCESSING, default=None,
+        help="how the translations become text for scoring: sentencepiece, subword_nmt, none, or auto (from the "
+        "target dictionary); default: sentencepiece with --spm-model, subword_nmt with --bpe-codes, else auto",
+    )  # fmt: skip
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -780,7 +785,13 @@ def main(argv=None):
         bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
         pseudolabel_engine=args.pseudolabel_engine, pseudolabel_beam=args.pseudolabel_beam,
     )  # fmt: skip
+    config.evaluation.post_process = args.post_process or tokenizer_post_process(args.spm_model, args.bpe_codes)
     Pipeline(args.out, config).run()
+
+
+def tokenizer_post_process(spm_model=None, bpe_codes=None):
+    """The --post-process that undoes the data's tokenizer: the one given, else read from the dictionary."""
+    return "sentencepiece" if spm_model else "subword_nmt" if bpe_codes else "auto"
 
 
 if __name__ == "__main__":

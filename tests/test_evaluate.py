@@ -25,6 +25,7 @@ from fairseq_kd.evaluate import (
     verdict,
 )
 from fairseq_kd.io import UserError
+from tests.utils import TeacherTestCase
 
 BIN = os.path.dirname(sys.executable)
 
@@ -158,3 +159,34 @@ class TestPieces(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPostProcessing(unittest.TestCase):
+    def test_detected_from_the_dictionary(self):
+        from fairseq_kd.evaluate import detect_post_process
+
+        self.assertEqual(detect_post_process(["\u2581the", "\u2581cat", "s", "\u2581a"]), "sentencepiece")
+        self.assertEqual(detect_post_process(["the", "ca@@", "t", "dog", "s"] * 4), "subword_nmt")
+        self.assertEqual(detect_post_process(["the", "cat", "dog", "a"]), "none")
+        self.assertEqual(detect_post_process([]), "none")
+
+    def test_undetokenized_translations_stop_the_evaluation(self):
+        from fairseq_kd.evaluate import check_detokenized
+
+        with self.assertRaisesRegex(EvaluationError, "2 of 3 translations still hold subword marks.*--post-process"):
+            check_detokenized("student", ["\u2581the \u2581cat", "a b", "ca@@ t"])
+        check_detokenized("student", ["the cat", "a b", "one \u2581 two"])  # one in three: scored
+
+
+class TestWordLevelData(TeacherTestCase):
+    def test_word_level_data_is_scored_as_words(self):
+        # the tiny teacher's data are words (letter cipher), not sentencepiece: "auto" scores them as they are,
+        # where sentencepiece's post-processing would glue each translation into one word
+        refs = os.path.join(self.data, "test.out")
+        scores = {}
+        for post in ("auto", "none", "sentencepiece"):
+            (record,) = evaluate({"teacher": self.teacher}, self.data, refs, settings=Settings(beam=2, post_process=post))
+            scores[post] = record.bleu
+        self.assertEqual(scores["auto"], scores["none"])
+        self.assertGreater(scores["auto"], 5, scores)
+        self.assertLess(scores["sentencepiece"], scores["auto"] / 2, scores)

@@ -37,8 +37,9 @@ def get_parser():
     parser.add_argument(
         "--post-process",
         default=d.post_process,
-        choices=["sentencepiece", "subword_nmt", "none"],
-        help=f"how subword units become text, as fairseq's --post-process (default: {d.post_process})",
+        choices=["auto", "sentencepiece", "subword_nmt", "none"],
+        help="how subword units become text, as fairseq's --post-process; auto (the default): sentencepiece or "
+        "subword_nmt where the target dictionary's symbols are theirs, else none",
     )
     parser.add_argument(
         "--threads",

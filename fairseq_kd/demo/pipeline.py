@@ -55,6 +55,7 @@ class Demo:
         )  # fmt: skip
         self.config.evaluation.beam, self.config.evaluation.batch_size = p["beam"], p["eval_batch_size"]
         self.config.evaluation.max_len_a, self.config.evaluation.max_len_b = p["max_len_a"], p["max_len_b"]
+        self.config.evaluation.post_process = "sentencepiece"  # the demo's data is made with sentencepiece
         self.pipeline = Pipeline(out, self.config)
 
     def path(self, *parts):
