@@ -42,7 +42,7 @@ TEST_WORKERS ?= auto
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20 tests
 
-# make demo [PRESET=default|full] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
+# make demo [PRESET=default|full|big] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
 #           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N]
 demo: install
 	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(LOCALE),--locale $(LOCALE)) $(if $(DATA),--data $(DATA)) \

@@ -50,6 +50,9 @@ class EvaluationError(UserError):
 
 
 POST_PROCESSING = ("auto", "sentencepiece", "subword_nmt", "none")
+# bounds beyond which a translation cannot finish in reasonable memory and time: the output length bound
+# a * source length + b, and the beam (fairseq keeps beam x batch decoder states)
+MAX_LEN_A, MAX_BEAM = 10.0, 128
 
 
 def detect_post_process(symbols):
@@ -95,8 +98,14 @@ class Settings:
             raise EvaluationError(f"--post-process {self.post_process!r}: choose one of {', '.join(POST_PROCESSING)}")
         if self.beam < 1 or self.batch_size < 1:
             raise EvaluationError(f"--beam and --batch-size must be at least 1 (got {self.beam} and {self.batch_size})")
-        if not self.max_len_a >= 0 or self.max_len_b < 1:
-            raise EvaluationError(f"--max-len-a must be >= 0 and --max-len-b >= 1 (got {self.max_len_a}, {self.max_len_b})")
+        if self.beam > MAX_BEAM:
+            raise EvaluationError(f"--beam {self.beam}: at most {MAX_BEAM} (each hypothesis keeps its own decoder state)")
+        if not 0 <= self.max_len_a <= MAX_LEN_A or not 1 <= self.max_len_b <= 1024:
+            raise EvaluationError(
+                f"--max-len-a must be in [0, {MAX_LEN_A}] and --max-len-b in [1, 1024] (got {self.max_len_a}, {self.max_len_b})"
+            )
+        if self.threads < 0:
+            raise EvaluationError(f"--threads {self.threads}: give 0 (every core) or more")
         if self.bootstrap_samples < 100:
             raise EvaluationError(f"--bootstrap-samples must be at least 100 (got {self.bootstrap_samples})")
 

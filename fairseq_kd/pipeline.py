@@ -77,6 +77,17 @@ class Shape:
     ffn_dim: int
     heads: int
 
+    def check(self):
+        """One-line errors for a shape fairseq would take and then fail on (as --student's five numbers)."""
+        values = (self.encoder_layers, self.decoder_layers, self.embed_dim, self.ffn_dim, self.heads)
+        if min(values) < 1:
+            raise PipelineError(f"--student {','.join(map(str, values))}: every number must be at least 1")
+        if self.embed_dim % self.heads:
+            raise PipelineError(
+                f"--student: {self.heads} attention heads do not divide the width {self.embed_dim} (fairseq needs "
+                "width = heads x head size)"
+            )
+
     def flags(self, arch="transformer", layout=DEFAULT_LAYOUT):
         """fairseq-train's architecture flags; LAYOUT: the layer layout's (post-norm layers with one shared
         embedding matrix by default; a given teacher's from :func:`fairseq_kd.models.student_init.layout_flags`)."""
@@ -101,6 +112,20 @@ class Training:
     save_interval_updates: int = 200
     # stop when the valid NLL has not improved for this many validations (fairseq's --patience); None: never
     patience: Optional[int] = None
+
+    def check(self):
+        """One-line errors for optimisation values that fairseq would take and fail on later (a NaN at the first
+        update, a batch that holds no sentence)."""
+        if not 0 < self.lr < 1:
+            raise PipelineError(f"--lr {self.lr}: give a learning rate in (0, 1), e.g. 0.002")
+        if not 0 <= self.dropout < 1:
+            raise PipelineError(f"--dropout {self.dropout}: give a probability in [0, 1)")
+        if self.warmup_updates < 0:
+            raise PipelineError(f"--warmup-updates {self.warmup_updates}: give 0 or more")
+        if self.max_tokens < 64:
+            raise PipelineError(f"--max-tokens {self.max_tokens}: a batch must hold at least one sentence; give 64 or more")
+        if self.patience is not None and self.patience < 1:
+            raise PipelineError(f"patience {self.patience}: give 1 or more validations (or none)")
 
     def flags(self, seed=1):
         stop = [] if self.patience is None else ["--patience", self.patience]
@@ -152,6 +177,8 @@ def check_settings(config: Config):
         )
     if config.training.max_update < 1:
         raise PipelineError(f"the students' budget must be at least 1 update (got {config.training.max_update})")
+    config.training.check()
+    config.student.check()
     if config.transfer and not (config.spm_model or config.bpe_codes):
         raise PipelineError("--transfer is raw text: give the tokenizer the data was made with (--spm-model or --bpe-codes)")
     config.evaluation.check()

@@ -2,16 +2,16 @@
 
 The ``translation_kd`` task builds them for each batch: from a live teacher or an ensemble
 (:func:`run_teachers`), or from the top-k rows of ``--teacher-topk-cache`` that the data loader attached to
-the batch (:class:`fairseq_kd.topk_cache.TopKCacheDataset`). The criterion only reads them.
+the batch (:class:`fairseq_kd.topk_cache.TopKCacheDataset`). The criterion pops them from the sample and
+pops the logits from them, so that their memory is freed (or reused for the gradient) as soon as it is read.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 from torch import Tensor
-
-from .utils import capture_encoder_out
 
 
 @dataclass
@@ -40,9 +40,25 @@ class TeacherTargets:
         if (self.logits is None) == (self.topk_ids is None) or (self.topk_ids is None) != (self.topk_scores is None):
             raise ValueError("TeacherTargets hold either full logits or top-k ids with their scores")
 
-    @property
-    def has_distribution(self):
-        return self.logits is not None or self.topk_ids is not None
+
+@contextlib.contextmanager
+def capture_encoder_out(model, enabled=True):
+    """Records what ``model.encoder`` returns during a ``model(...)`` call, in the yielded dict's
+    ``"encoder_out"`` key. A forward hook, rather than calling the encoder and decoder separately,
+    keeps the call going through ``model.forward`` (and so through data-parallel wrappers)."""
+    captured = {}
+    if not enabled:
+        yield captured
+        return
+
+    def hook(module, args, output):
+        captured["encoder_out"] = output
+
+    handle = model.encoder.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()

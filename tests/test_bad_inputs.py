@@ -344,6 +344,19 @@ CASES = [
     Case(L, "list: a method twice", lambda f: f.pipeline("--methods", "baseline,baseline"), "names a method twice"),
     Case(L, "list: no baseline", lambda f: f.pipeline("--methods", "seq_kd"), "--methods must include baseline"),
     Case(L, "number: seeds 0", lambda f: f.pipeline("--seeds", "0"), "--seeds must be at least 1"),
+    Case(L, "number: learning rate NaN", lambda f: f.pipeline("--lr", "nan"), "--lr nan: give a learning rate in"),
+    Case(L, "number: dropout 1", lambda f: f.pipeline("--dropout", "1"), r"--dropout 1.0: give a probability in \[0, 1\)"),
+    Case(L, "number: warm-up negative", lambda f: f.pipeline("--warmup-updates", "-5"), "--warmup-updates -5: give 0"),
+    Case(L, "number: max tokens below a sentence", lambda f: f.pipeline("--max-tokens", "3"), "--max-tokens 3: a batch"),
+    Case(
+        L,
+        "shape: heads do not divide the width",
+        lambda f: f.pipeline("--student", "2,1,128,512,3"),
+        "3 attention heads do not divide the width 128",
+    ),  # fmt: skip
+    Case(V, "number: beam absurd", lambda f: f.evaluate("--beam", "100000"), "--beam 100000: at most 128"),
+    Case(V, "number: length bound infinite", lambda f: f.evaluate("--max-len-a", "inf"), "--max-len-a must be in"),
+    Case(V, "number: threads negative", lambda f: f.evaluate("--threads", "-1"), "--threads -1: give 0"),
     Case(L, "number: budget 0", lambda f: f.pipeline("--max-update", "0"), "at least 1 update"),
     Case(
         L,

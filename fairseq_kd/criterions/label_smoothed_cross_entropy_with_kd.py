@@ -15,7 +15,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..models.student_init import spread_layers
-from ..utils import capture_encoder_out
+from ..teacher import capture_encoder_out
 from .fused_kd import tempered_divergence_from_logits, tempered_kl_from_logits, tempered_topk_kl_from_logits
 from .kd_losses import (  # noqa: F401 (the pure losses, importable from here as before)
     DEFAULT_BETA,
