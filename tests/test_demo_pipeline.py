@@ -169,7 +169,7 @@ class TestPieces(unittest.TestCase):
             check_data_dir(data, SRC, SRC)
 
     def test_unknown_preset_and_methods(self):
-        with self.assertRaisesRegex(DemoError, "unknown preset 'fast': choose one of default, full, smoke"):
+        with self.assertRaisesRegex(DemoError, "unknown preset 'fast': choose one of default, full, big, smoke"):
             Demo(self.tmp, "fast")
         for methods, message in [(["baseline", "hinton"], "unknown method 'hinton'"),
                                  (["seq_kd"], "must include baseline"),
