@@ -328,6 +328,7 @@ class Pipeline:
 
     def run(self):
         check_inputs(self.config)
+        self.check_students_fit()
         with run_lock(self.out, "pipeline"):
             self.run_stages()
 
@@ -344,6 +345,35 @@ class Pipeline:
                 self.stage(f"student {name}.seed{seed}", self.student, name, seed)
         self.report()
         log(f"done in {minutes(time.time() - start)}")
+
+    def check_students_fit(self):
+        """The student shape checked against the teacher for every method that starts from the teacher's layers
+        (1 of every n layers; a narrower width as a sub-network), before any stage: a shape that does not fit
+        fails here, not after the pseudo-labels and the first students."""
+        from argparse import Namespace
+
+        from .models.student_init import StudentInitError, select_layers
+        from .models.width_pruning import WidthError, check_widths
+
+        initialised = [name for name in self.config.methods if M.get(name).init_from_teacher]
+        if not initialised:
+            return
+        model = self.teacher_cfg["model"]
+        teacher = Namespace(**model) if isinstance(model, dict) else model
+        s = self.config.student
+        student = Namespace(encoder_embed_dim=s.embed_dim, decoder_embed_dim=s.embed_dim, encoder_ffn_embed_dim=s.ffn_dim,
+                            decoder_ffn_embed_dim=s.ffn_dim, encoder_attention_heads=s.heads,
+                            decoder_attention_heads=s.heads)  # fmt: skip
+        try:
+            for stack, layers in (("encoder", s.encoder_layers), ("decoder", s.decoder_layers)):
+                select_layers(getattr(teacher, f"{stack}_layers"), layers, stack)
+            check_widths(student, teacher)
+        except (StudentInitError, WidthError) as e:
+            reason = str(e).split(". ")[0]
+            raise PipelineError(
+                f"--student {s.encoder_layers},{s.decoder_layers},{s.embed_dim},{s.ffn_dim},{s.heads} does not fit the "
+                f"teacher for {', '.join(initialised)}: {reason}; choose a --student that does"
+            ) from None
 
     # ---- data ------------------------------------------------------------------------------------
 

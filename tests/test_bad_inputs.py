@@ -344,6 +344,18 @@ CASES = [
     Case(L, "list: a method twice", lambda f: f.pipeline("--methods", "baseline,baseline"), "names a method twice"),
     Case(L, "list: no baseline", lambda f: f.pipeline("--methods", "seq_kd"), "--methods must include baseline"),
     Case(L, "number: seeds 0", lambda f: f.pipeline("--seeds", "0"), "--seeds must be at least 1"),
+    Case(
+        L,
+        "shape: student depth does not fit the teacher's for init_kd",
+        lambda f: f.pipeline("--methods", "baseline,init_kd", "--student", "3,1,16,32,2"),
+        "does not fit the teacher for init_kd: cannot take 1 of every n encoder layers",
+    ),  # fmt: skip
+    Case(
+        L,
+        "shape: student wider than the teacher for init_kd",
+        lambda f: f.pipeline("--methods", "baseline,init_kd", "--student", "2,1,64,32,2"),
+        "does not fit the teacher for init_kd: cannot initialise the student from the teacher: its encoder width",
+    ),  # fmt: skip
     Case(L, "number: learning rate NaN", lambda f: f.pipeline("--lr", "nan"), "--lr nan: give a learning rate in"),
     Case(L, "number: dropout 1", lambda f: f.pipeline("--dropout", "1"), r"--dropout 1.0: give a probability in \[0, 1\)"),
     Case(L, "number: warm-up negative", lambda f: f.pipeline("--warmup-updates", "-5"), "--warmup-updates -5: give 0"),
