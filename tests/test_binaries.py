@@ -157,12 +157,50 @@ class TestKDBinaries(TeacherTestCase):
         self.assertFalse(any(p.requires_grad for p in task.teachers[0].parameters()))
         self.assertFalse(task.teachers[0].training)
 
-    def test_teacher_ensemble(self):
-        a, b = self.copy_teacher("a.pt"), self.copy_teacher("b.pt")
-        state = torch.load(
-            self.train_student(os.path.join(self.dir, "s"), f"{a}:{b}", ["--max-epoch", "1"]), weights_only=True
+    def test_teacher_ensemble_distribution_is_the_mean_of_its_members(self):
+        # two different teachers: the tiny one and a copy with other output weights
+        a = self.copy_teacher("a.pt")
+        state = torch.load(self.teacher, map_location="cpu", weights_only=False)
+        generator = torch.Generator().manual_seed(0)
+        for key, value in state["model"].items():
+            if key.startswith("decoder.layers.1.") and value.is_floating_point():
+                state["model"][key] = value + 0.5 * torch.randn(value.shape, generator=generator)
+        b = os.path.join(self.dir, "b.pt")
+        torch.save(state, b)
+        from fairseq import checkpoint_utils, options
+
+        args = options.parse_args_and_arch(
+            options.get_training_parser(),
+            ["--task", "translation_kd", self.data, "--teacher-path", f"{a}:{b}", "--dropout", "0"] + TINY_ARCH + KD_FLAGS,
         )
-        self.assertEqual(state["cfg"]["task"]["teacher_path"], f"{a}:{b}")
+        cfg = convert_namespace_to_omegaconf(args)
+        with quiet():
+            task = tasks.setup_task(cfg.task)
+            student = task.build_model(cfg.model)
+            criterion = task.build_criterion(cfg.criterion)
+            task.load_dataset("valid")
+        self.assertEqual(len(task.teachers), 2)
+        dataset = task.dataset("valid")
+        sample = dataset.collater([dataset[i] for i in range(8)])
+        student.train()
+        task.add_teacher_targets(sample, student, criterion)
+        _, _, log = criterion(student, dict(sample))
+
+        # the reference: each member loaded by stock fairseq, its tempered softmax averaged here
+        T = float(cfg.criterion.kd_temperature)
+        members, _ = checkpoint_utils.load_model_ensemble([a, b], task=tasks.setup_task(cfg.task))
+        with torch.no_grad():
+            q = sum(torch.softmax(m.eval()(**sample["net_input"])[0].double() / T, -1) for m in members) / 2
+            p = torch.log_softmax(student(**sample["net_input"])[0].double() / T, -1)
+        kl = (q * (q.log() - p)).sum(-1).masked_fill(sample["target"].eq(task.tgt_dict.pad()), 0).sum()
+        self.assertGreater(float(kl), 0)
+        torch.testing.assert_close(log["kd_loss"].double(), kl, rtol=1e-5, atol=1e-5)
+        # and it differs from either member's alone
+        for m in members:
+            with torch.no_grad():
+                q1 = torch.softmax(m(**sample["net_input"])[0].double() / T, -1)
+            one = (q1 * (q1.log() - p)).sum(-1).masked_fill(sample["target"].eq(task.tgt_dict.pad()), 0).sum()
+            self.assertGreater(abs(float(one - kl)), 1e-3)
 
     def assert_fails_before_training(self, save_dir, error, message, **kwargs):
         with self.assertRaisesRegex(error, message):
