@@ -31,6 +31,7 @@ $(STAMP): setup.py requirements.txt
 	$(PY) -c "import fairseq" 2>/dev/null || \
 		$(PIP) install --no-build-isolation "fairseq-fixed==$(FAIRSEQ_VERSION)"
 	$(PIP) install -r requirements.txt
+	$(PIP) install "transformers==5.25.0"  # the [hf] extra: fairseq-kd-import-hf
 	$(PIP) install --no-build-isolation --no-deps -e .
 	$(PY) -c "import fairseq_kd, fairseq; print('fairseq', fairseq.__version__, '+ fairseq_kd ready')"
 	touch $(STAMP)

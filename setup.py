@@ -11,12 +11,15 @@ setup(
     # fairseq-fixed must be built without build isolation after torch is installed;
     # `make install` does that before installing this package (see Makefile).
     install_requires=["torch>=2.0", "fairseq-fixed==0.12.3.1", "sacrebleu", "sentencepiece"],
+    # Hugging Face models in and out (fairseq-kd-import-hf); the version tested with torch 2.13
+    extras_require={"hf": ["transformers==5.25.0"]},
     entry_points={
         "console_scripts": [
             "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
             "fairseq-kd-pseudolabel = fairseq_kd.cli.pseudolabel:cli_main",
             "fairseq-kd-cache-topk = fairseq_kd.cli.cache_topk:cli_main",
             "fairseq-kd-evaluate = fairseq_kd.cli.evaluate:cli_main",
+            "fairseq-kd-import-hf = fairseq_kd.cli.import_hf:cli_main",
         ],
     },
 )

@@ -1,0 +1,201 @@
+"""Hugging Face MarianMT (OPUS-MT) models as fairseq teachers.
+
+``fairseq-kd-import-hf MODEL_DIR OUT`` reads a local ``save_pretrained`` directory of a ``MarianMTModel`` (its
+``config.json``, weights, ``vocab.json`` and, when there, ``source.spm`` and ``target.spm``) and writes OUT/
+``model.pt`` (a stock fairseq ``transformer`` checkpoint of the ``translation`` task), OUT/dict.SRC.txt and
+dict.TGT.txt (the same symbols, Marian's vocabulary in fairseq's order) and copies of the sentencepiece
+models. Nothing is downloaded.
+
+MarianMT is fairseq's post-norm transformer with these differences, each mapped or refused:
+
+* **Vocabulary**: Marian's ids put ``</s>`` at 0, ``<unk>`` at 1 and ``<pad>`` last; fairseq's dictionary has
+  ``<s> <pad> </s> <unk>`` first, then the symbols. Every tensor indexed by the vocabulary is reordered.
+  fairseq has one entry more (``<s>``, which Marian lacks): its output weights are chosen so that its logit
+  is the same large negative constant for every input (``_suppressed_row``), so that the two models'
+  log-probabilities of every Marian token are equal.
+* **Decoder start**: Marian starts decoding from ``<pad>``, fairseq from ``</s>``. The decoder's input
+  embedding of ``</s>`` is therefore Marian's ``<pad>`` row, while its output row stays Marian's ``</s>``:
+  the imported model has separate encoder, decoder-input and output embeddings
+  (``--share-all-embeddings`` and ``--share-decoder-input-output-embed`` off).
+* **Positions**: Marian's sinusoidal table has other frequencies than fairseq's and starts at position 0;
+  it becomes fairseq's learned positions (``--encoder-learned-pos --decoder-learned-pos``), row
+  ``pad + 1 + i`` holding Marian's position ``i``.
+* **Activation**: relu and gelu (exact, as transformers' ``gelu``) are fairseq's. OPUS-MT's ``swish`` (SiLU) is
+  refused for now: fairseq 0.12's transformer does not accept ``--activation-fn swish`` (its argparse
+  choices lack it) and its ``get_activation_fn("swish")`` returns the class ``torch.nn.SiLU`` rather than a
+  function, so no stock fairseq tool could run such a model.
+
+Refused, each in one line naming the setting: separate source and target vocabularies
+(``share_encoder_decoder_embeddings`` false), a non-zero ``final_logits_bias``, an activation other than
+relu and gelu, and a vocabulary without Marian's special symbols.
+"""
+
+import json
+import os
+import shutil
+from typing import Dict, List, Tuple
+
+import torch
+
+from .checkpoints import export_student
+from .io import UserError
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's dictionary, in its order
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}
+SUPPRESSED_LOGIT = -1e4  # the logit of fairseq's <s>, which Marian's vocabulary has no row for
+
+
+class HFImportError(UserError):
+    pass
+
+
+def read_vocab(model_dir) -> Dict[str, int]:
+    path = os.path.join(model_dir, "vocab.json")
+    if not os.path.isfile(path):
+        raise HFImportError(f"{model_dir} has no vocab.json: give a MarianMT save_pretrained directory")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def fairseq_order(vocab: Dict[str, int], config) -> Tuple[List[str], List[int]]:
+    """(the symbols of fairseq's dict.txt, in order; the Marian id of each fairseq index, -1 for <s>)."""
+    by_id = {i: s for s, i in vocab.items()}
+    if len(by_id) != config.vocab_size or sorted(by_id) != list(range(config.vocab_size)):
+        raise HFImportError(
+            f"vocab.json holds {len(by_id)} symbols with ids that are not 0..{config.vocab_size - 1} (config vocab_size)"
+        )
+    pad, eos = config.pad_token_id, config.eos_token_id
+    unk = vocab.get("<unk>")
+    if unk is None or by_id.get(pad) != "<pad>" or by_id.get(eos) != "</s>":
+        raise HFImportError("vocab.json lacks Marian's special symbols (</s> at eos_token_id, <unk>, <pad> at pad_token_id)")
+    special_ids = {pad, eos, unk}
+    symbols = [by_id[i] for i in range(config.vocab_size) if i not in special_ids]
+    clash = [s for s in symbols if s in SPECIALS or any(c.isspace() for c in s)]
+    if clash:
+        raise HFImportError(f"vocab.json symbol {clash[0]!r} is a fairseq special symbol or holds white space")
+    marian_ids = [-1, pad, eos, unk] + [i for i in range(config.vocab_size) if i not in special_ids]
+    return symbols, marian_ids
+
+
+def check_config(config, state):
+    """Refuses, in one line, what the conversion cannot represent."""
+    if config.model_type != "marian":
+        raise HFImportError(f"model_type {config.model_type!r}: only MarianMT (model_type marian) is imported")
+    if not config.share_encoder_decoder_embeddings:
+        raise HFImportError(
+            "share_encoder_decoder_embeddings is false (separate source and target vocabularies): not imported"
+        )
+    if config.activation_function in ("swish", "silu"):
+        raise HFImportError(
+            f"activation_function {config.activation_function!r} (OPUS-MT's): fairseq 0.12's transformer does not accept "
+            "--activation-fn swish (its choices lack it, and its get_activation_fn returns the class torch.nn.SiLU): "
+            "not imported yet"
+        )
+    if config.activation_function not in ACTIVATIONS:
+        raise HFImportError(f"activation_function {config.activation_function!r}: fairseq's transformer has relu and gelu")
+    bias = state.get("final_logits_bias")
+    if bias is not None and bias.abs().max() > 0:
+        raise HFImportError("final_logits_bias is not zero: fairseq's output layer has no bias")
+    if config.d_model % config.encoder_attention_heads or config.d_model % config.decoder_attention_heads:
+        raise HFImportError("d_model is not divisible by the attention heads")
+
+
+def _suppressed_row(layer_norm_weight, layer_norm_bias, logit=SUPPRESSED_LOGIT):
+    """An output row w with w . h = LOGIT for every output h of the decoder's last (post-norm) layer norm:
+    h = g * n + b with sum(n) = 0, so w = a / g gives w . h = a * sum(b / g), a constant."""
+    g, b = layer_norm_weight.double(), layer_norm_bias.double()
+    if (g.abs() < 1e-6).any():
+        raise HFImportError("the decoder's last layer norm has a weight near 0: cannot suppress fairseq's <s>")
+    k = float((b / g).sum())
+    if abs(k) < 1e-6:
+        raise HFImportError("the decoder's last layer norm has no bias: cannot suppress fairseq's <s>")
+    return ((logit / k) / g).to(layer_norm_weight.dtype)
+
+
+def fairseq_flags(config, data_dir, src, tgt) -> List[str]:
+    return [
+        data_dir, "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--arch", "transformer",
+        "--encoder-layers", str(config.encoder_layers), "--decoder-layers", str(config.decoder_layers),
+        "--encoder-embed-dim", str(config.d_model), "--decoder-embed-dim", str(config.d_model),
+        "--encoder-ffn-embed-dim", str(config.encoder_ffn_dim), "--decoder-ffn-embed-dim", str(config.decoder_ffn_dim),
+        "--encoder-attention-heads", str(config.encoder_attention_heads),
+        "--decoder-attention-heads", str(config.decoder_attention_heads),
+        "--activation-fn", ACTIVATIONS[config.activation_function],
+        "--encoder-learned-pos", "--decoder-learned-pos",
+        "--max-source-positions", str(config.max_position_embeddings),
+        "--max-target-positions", str(config.max_position_embeddings),
+        "--dropout", str(config.dropout), "--attention-dropout", str(config.attention_dropout),
+        "--activation-dropout", str(config.activation_dropout),
+    ] + ([] if config.scale_embedding else ["--no-scale-embedding"])  # fmt: skip
+
+
+def convert_state(hf_state, config, marian_ids, pad) -> Dict[str, torch.Tensor]:
+    """The fairseq transformer's state dict from a MarianMTModel's."""
+    index = torch.tensor([i if i >= 0 else config.pad_token_id for i in marian_ids])
+    shared = hf_state["model.shared.weight"]
+    out = {}
+    out["encoder.embed_tokens.weight"] = shared[index].clone()
+    decoder_in = shared[index].clone()
+    decoder_in[2] = shared[config.decoder_start_token_id]  # fairseq starts decoding from </s>, Marian from this
+    out["decoder.embed_tokens.weight"] = decoder_in
+    output = hf_state.get("lm_head.weight", shared)[index].clone()
+    last = f"model.decoder.layers.{config.decoder_layers - 1}.final_layer_norm"
+    output[0] = _suppressed_row(hf_state[last + ".weight"], hf_state[last + ".bias"])
+    out["decoder.output_projection.weight"] = output
+    for stack in ("encoder", "decoder"):
+        table = hf_state[f"model.{stack}.embed_positions.weight"]
+        positions = torch.zeros(table.size(0) + pad + 1, table.size(1), dtype=table.dtype)
+        positions[pad + 1 :] = table
+        out[f"{stack}.embed_positions.weight"] = positions
+    for key, value in hf_state.items():
+        if key.startswith(("model.encoder.layers.", "model.decoder.layers.")):
+            out[key[len("model.") :]] = value.clone()
+    return out
+
+
+def import_marian(model_dir, out_dir, src="src", tgt="tgt"):
+    """Writes OUT_DIR/model.pt, dict.SRC.txt, dict.TGT.txt (and the sentencepiece models found) from the
+    MarianMT model in MODEL_DIR; returns the checkpoint's path."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+    from transformers import MarianConfig, MarianMTModel
+
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise HFImportError(f"{model_dir} has no config.json: give a local save_pretrained directory (nothing is downloaded)")
+    config = MarianConfig.from_pretrained(model_dir)
+    model = MarianMTModel.from_pretrained(model_dir).eval()
+    hf_state = model.state_dict()
+    check_config(config, hf_state)
+    symbols, marian_ids = fairseq_order(read_vocab(model_dir), config)
+    os.makedirs(out_dir, exist_ok=True)
+    for lang in (src, tgt):
+        with open(os.path.join(out_dir, f"dict.{lang}.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"{s} 1\n" for s in symbols)
+    for name in ("source.spm", "target.spm"):
+        if os.path.isfile(os.path.join(model_dir, name)):
+            shutil.copyfile(os.path.join(model_dir, name), os.path.join(out_dir, name))
+    args = options.parse_args_and_arch(options.get_training_parser(), fairseq_flags(config, out_dir, src, tgt))
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    fairseq_model = task.build_model(cfg.model)
+    pad = task.source_dictionary.pad()
+    fairseq_model.load_state_dict(convert_state(hf_state, config, marian_ids, pad), strict=True)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    cfg_dict["task"]["data"] = os.path.abspath(out_dir)
+    state = {
+        "cfg": cfg_dict,
+        "args": None,
+        "model": fairseq_model.state_dict(),
+        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none",
+                               "lr_scheduler_state": {}, "num_updates": 0}],  # fmt: skip
+        "extra_state": {"imported_from": os.path.abspath(model_dir)},
+    }
+    path = os.path.join(out_dir, "model.pt")
+    converted = os.path.join(out_dir, "converted.pt")
+    torch.save(state, converted)
+    try:  # as every exported model: plain containers only, which stock fairseq loads on torch >= 2.6
+        export_student(converted, path, overwrite=True)
+    finally:
+        os.remove(converted)
+    return path

@@ -1,0 +1,191 @@
+"""Hugging Face MarianMT models imported as fairseq teachers: on tiny random models built here with
+transformers (no hub, no network), the imported model's log-probabilities equal the MarianMT model's and
+greedy translations are identical token for token."""
+
+import json
+import os
+import tempfile
+import unittest
+
+import torch
+
+import fairseq_kd  # noqa: F401
+
+try:
+    import transformers  # noqa: F401
+
+    HAVE_TRANSFORMERS = True
+except ImportError:  # the optional extra: pip install .[hf]
+    HAVE_TRANSFORMERS = False
+
+VOCAB = 40  # Marian's ids: </s> 0, <unk> 1, 38 pieces, <pad> 39
+
+
+def tiny_marian(directory, activation="gelu", seed=0):
+    """A random MarianMTModel of 2+2 layers, 16 wide, saved with a vocab.json into DIRECTORY and loaded back
+    from it, as a user's would be. Every weight is random, the layer norms included (their biases are 0 at
+    initialisation); the sinusoidal positions are not weights (transformers computes them when it loads)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        activation_function=activation, pad_token_id=VOCAB - 1, eos_token_id=0, decoder_start_token_id=VOCAB - 1,
+        forced_eos_token_id=0, scale_embedding=True, dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = MarianMTModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:
+                continue
+            p.copy_(
+                torch.randn_like(p) * (0.5 if "layer_norm" not in name else 0.3)
+                + (1.0 if name.endswith("layer_norm.weight") else 0.0)
+            )
+    model.save_pretrained(directory)
+    vocab = {"</s>": 0, "<unk>": 1, "<pad>": VOCAB - 1}
+    vocab.update({f"\u2581w{i}": i for i in range(2, VOCAB - 1)})
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    return MarianMTModel.from_pretrained(directory).eval()
+
+
+@unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
+class TestMarianImport(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.hf_dir = os.path.join(self.tmp.name, "hf")
+        self.out = os.path.join(self.tmp.name, "fairseq")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def load(self, path):
+        from fairseq import checkpoint_utils
+
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([path])
+        return models[0].eval(), task
+
+    def test_log_probabilities_and_greedy_translations_are_marians(self):
+        from fairseq_kd.hf import import_marian
+
+        for activation in ("gelu", "relu"):
+            with self.subTest(activation=activation):
+                hf = tiny_marian(self.hf_dir, activation)
+                model, task = self.load(import_marian(self.hf_dir, self.out))
+                d = task.target_dictionary
+                # fairseq index of each Marian id: by symbol
+                with open(os.path.join(self.hf_dir, "vocab.json")) as f:
+                    to_fairseq = {i: d.index(s) for s, i in json.load(f).items()}
+                self.assertEqual(len(d), VOCAB + 1)  # fairseq's <s> more
+                generator = torch.Generator().manual_seed(1)
+                for length, target_length in ((5, 4), (9, 7), (1, 3)):
+                    src = torch.randint(2, VOCAB - 1, (1, length), generator=generator)
+                    tgt = torch.randint(2, VOCAB - 1, (1, target_length), generator=generator)
+                    src = torch.cat([src, torch.tensor([[0]])], 1)  # Marian ends the source with </s>
+                    with torch.no_grad():
+                        decoder_input = torch.cat([torch.tensor([[VOCAB - 1]]), tgt], 1)
+                        hf_lprobs = hf(input_ids=src, decoder_input_ids=decoder_input).logits.log_softmax(-1)[0]
+                        fs_src = src.clone().apply_(lambda i: to_fairseq[i])
+                        fs_prev = torch.cat([torch.tensor([[d.eos()]]), tgt.clone().apply_(lambda i: to_fairseq[i])], 1)
+                        logits, _ = model(fs_src, torch.tensor([fs_src.size(1)]), fs_prev)
+                        fs_lprobs = logits.log_softmax(-1)[0]
+                    order = torch.tensor([to_fairseq[i] for i in range(VOCAB)])
+                    diff = (fs_lprobs[:, order] - hf_lprobs).abs().max().item()
+                    self.assertLessEqual(diff, 1e-4, f"max |log p difference| {diff}")
+                    self.assertLess(fs_lprobs[:, d.bos()].max().item(), -1000)  # fairseq's extra <s>: never chosen
+
+                # greedy translations: fairseq's SequenceGenerator against transformers' generate()
+                from argparse import Namespace
+
+                generator_fs = task.build_generator([model], Namespace(beam=1, max_len_a=0, max_len_b=12))
+                for seed in range(4):
+                    g = torch.Generator().manual_seed(seed)
+                    src = torch.cat([torch.randint(2, VOCAB - 1, (1, 6), generator=g), torch.tensor([[0]])], 1)
+                    with torch.no_grad():
+                        # 12 free tokens, then transformers forces </s> (forced_eos_token_id) as fairseq ends at its bound
+                        hf_out = hf.generate(input_ids=src, num_beams=1, do_sample=False, max_new_tokens=13)
+                    hf_tokens = [to_fairseq[i] for i in hf_out[0, 1:].tolist() if i != VOCAB - 1]
+                    fs_src = src.clone().apply_(lambda i: to_fairseq[i])
+                    sample = {"net_input": {"src_tokens": fs_src, "src_lengths": torch.tensor([fs_src.size(1)])}}
+                    fs_tokens = generator_fs.generate([model], sample)[0][0]["tokens"].tolist()
+                    self.assertEqual(fs_tokens, hf_tokens, f"seed {seed}")
+
+    def test_what_cannot_be_represented_is_refused(self):
+        from fairseq_kd.hf import HFImportError, import_marian
+
+        hf = tiny_marian(self.hf_dir)
+        hf.final_logits_bias.fill_(0.5)
+        hf.save_pretrained(self.hf_dir)
+        with self.assertRaisesRegex(HFImportError, "final_logits_bias is not zero"):
+            import_marian(self.hf_dir, self.out)
+        tiny_marian(self.hf_dir, activation="swish")
+        with self.assertRaisesRegex(HFImportError, "activation_function 'swish'.*not imported yet"):
+            import_marian(self.hf_dir, self.out)
+        self.assertFalse(os.path.exists(os.path.join(self.out, "model.pt")))
+        with self.assertRaisesRegex(HFImportError, "has no config.json"):
+            import_marian(self.tmp.name, self.out)
+
+
+@unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
+class TestImportedTeacher(unittest.TestCase):
+    def test_the_console_script_then_a_kd_student_then_stock_generation(self):
+        import random
+
+        from tests.utils import (
+            KD_FLAGS,
+            TINY_ARCH,
+            preprocess_translation_data,
+            quiet,
+            run_console_script,
+            train_translation_model,
+        )
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_dir, teacher_dir, data = (os.path.join(tmp, name) for name in ("hf", "teacher", "data"))
+            tiny_marian(hf_dir)
+            result = run_console_script("fairseq-kd-import-hf", [hf_dir, teacher_dir, "-s", "in", "-t", "out"])
+            self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+            again = run_console_script("fairseq-kd-import-hf", [hf_dir, teacher_dir, "-s", "in", "-t", "out"])
+            self.assertIn("exists: give --overwrite", again.stderr)
+            # a corpus in the imported vocabulary, binarized with its dictionaries
+            rng = random.Random(0)
+            os.makedirs(data)
+            for split, n in (("train", 60), ("valid", 10), ("test", 10)):
+                for lang in ("in", "out"):
+                    with open(os.path.join(data, f"{split}.{lang}"), "w") as f:
+                        f.writelines(
+                            " ".join(f"\u2581w{rng.randrange(2, VOCAB - 1)}" for _ in range(5)) + "\n" for _ in range(n)
+                        )
+            dicts = [
+                "--srcdict",
+                os.path.join(teacher_dir, "dict.in.txt"),
+                "--tgtdict",
+                os.path.join(teacher_dir, "dict.out.txt"),
+            ]
+            with quiet():
+                preprocess_translation_data(data, dicts, destdir=os.path.join(data, "bin"))
+                student = train_translation_model(
+                    os.path.join(data, "bin"), task="translation_kd", save_dir=os.path.join(tmp, "student"),
+                    extra_flags=["--teacher-path", os.path.join(teacher_dir, "model.pt"), "--max-update", "3"] + KD_FLAGS,
+                )  # fmt: skip
+            import torch as _torch
+
+            state = _torch.load(os.path.join(student, "checkpoint_last.pt"), weights_only=False)
+            self.assertGreater(state["optimizer_history"][-1]["num_updates"], 0)
+            self.assertIn("kd_loss", [name for _, name, _, _ in state["extra_state"]["metrics"]["train"]])
+            # the imported teacher runs in stock fairseq-generate, without the plugin
+            generated = run_console_script(
+                "fairseq-generate", [os.path.join(data, "bin"), "--path", os.path.join(teacher_dir, "model.pt"),
+                                     "--beam", "2", "--max-len-b", "10", "--cpu"],
+            )  # fmt: skip
+            self.assertEqual(generated.returncode, 0, generated.stderr[-2000:])
+            lines = generated.stdout.splitlines()
+            hypotheses = sum(line.startswith("H-") for line in lines)
+            self.assertGreater(hypotheses, 0)
+            self.assertEqual(hypotheses, sum(line.startswith("S-") for line in lines))
+
+
+if __name__ == "__main__":
+    unittest.main()
