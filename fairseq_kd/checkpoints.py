@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
-from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY
 from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 
@@ -88,7 +88,16 @@ def load_checkpoint(path, what="checkpoint"):
         raise CheckpointError(f"{what} {path!r} does not exist (or is not a file)")
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        OSError,
+        KeyError,
+        ValueError,
+        UnicodeDecodeError,
+    ) as e:  # fmt: skip  (a text file read as a pickle raises KeyError)
         raise CheckpointError(
             f"{what} {path!r} could not be read as a fairseq checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Is the file complete, and was it written by "
@@ -100,6 +109,25 @@ def load_checkpoint(path, what="checkpoint"):
             "(checkpoints from fairseq < 0.10 must be upgraded by loading and saving them with fairseq first)"
         )
     return state
+
+
+def check_ctranslate2_convertible(state, what="the model"):
+    """Raises CheckpointError, before anything is written, for a model that CTranslate2's fairseq converter
+    cannot take: another architecture family than a translation transformer, or its activation."""
+    from ctranslate2.converters import fairseq as ct2_fairseq
+
+    model_cfg = _stock_model_config(_plain(state["cfg"]["model"]))
+    arch = model_cfg.get("arch") or model_cfg.get("_name")
+    family = ARCH_MODEL_NAME_REGISTRY.get(arch)
+    supported = set(ct2_fairseq._SUPPORTED_MODELS) - {"transformer_lm"}  # a language model translates nothing
+    if family not in supported:
+        raise CheckpointError(
+            f"{what} is a {family or arch} model (arch {arch}): CTranslate2 converts the translation models "
+            f"{', '.join(sorted(supported))}; export it without --ctranslate2"
+        )
+    activation = model_cfg.get("activation_fn", "relu")
+    if activation not in ct2_fairseq._SUPPORTED_ACTIVATIONS:
+        raise CheckpointError(f"{what} uses --activation-fn {activation}, which CTranslate2 does not convert")
 
 
 def check_dictionaries(model_state, data_bin, src, tgt, what="the model"):

@@ -41,7 +41,7 @@ from typing import List, Optional
 
 from . import methods as M
 from .evaluate import POST_PROCESSING, SIGNIFICANCE, Settings, evaluate
-from .io import WRITE_FAILURES, UserError, changed_settings, run_lock, write_json, write_text
+from .io import WRITE_FAILURES, UserError, changed_settings, read_lines, run_lock, write_json, write_text
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -202,9 +202,27 @@ def check_inputs(config: Config):
         path = os.path.join(config.references, f"{split}.{config.tgt}")
         if not os.path.isfile(path):
             raise PipelineError(f"--references {config.references} has no {split}.{config.tgt} (the raw references)")
+        # the same number of sentences as the binarized split: a wrong file is found now, not after the students
+        sentences = binarized_sentences(config.data_bin, split, config.src, config.tgt)
+        references = len(read_lines(path, "--references"))
+        if references != sentences:
+            raise PipelineError(
+                f"--references {path} has {references} lines but the {split} split of {config.data_bin} has {sentences} "
+                "sentences: give the raw references of that split"
+            )
     for flag, path in (("--spm-model", config.spm_model), ("--bpe-codes", config.bpe_codes), ("--transfer", config.transfer)):
         if path and not os.path.isfile(path):
             raise PipelineError(f"{flag} {path!r} does not exist")
+
+
+def binarized_sentences(data_bin, split, src, tgt):
+    """The number of sentences of a binarized split (its index's size field)."""
+    from fairseq.data import data_utils
+
+    dataset = data_utils.load_indexed_dataset(os.path.join(data_bin, f"{split}.{src}-{tgt}.{tgt}"), None)
+    if dataset is None:
+        raise PipelineError(f"--data-bin {data_bin}: the {split} split for {src}-{tgt} cannot be read")
+    return len(dataset)
 
 
 def config_record(config: Config):

@@ -52,6 +52,18 @@ class Files:
         self.a_dir = os.path.join(root, "a_dir")
         os.makedirs(self.a_dir)
         self.refs_short = self.write("short.out", "x\n")
+        self.short_refs = os.path.join(root, "short_refs")  # valid and test references of one line each
+        os.makedirs(self.short_refs)
+        for split in ("valid", "test"):
+            self.write(f"short_refs/{split}.out", "x\n")
+        state = torch.load(self.teacher, map_location="cpu", weights_only=False)
+        model_cfg = state["cfg"]["model"]
+        if isinstance(model_cfg, dict):
+            model_cfg["arch"] = "lstm"
+        else:
+            model_cfg.arch = "lstm"
+        self.lstm = os.path.join(root, "lstm.pt")  # a checkpoint whose config names an LSTM
+        torch.save(state, self.lstm)
         self.unequal = os.path.join(root, "unequal")
         os.makedirs(self.unequal)
         for split in ("train", "valid", "test"):
@@ -113,6 +125,19 @@ CASES = [
         "output: --output holds --teacher",
         lambda f: ["--teacher", f.teacher, "--data", f.data, "--output", os.path.dirname(f.teacher), "--cpu"],
         "--output .* holds the input --teacher",
+    ),
+    Case(
+        E,
+        "file kind: an LSTM model with --ctranslate2 (nothing written)",
+        lambda f: [f.lstm, os.path.join(f.out, "x.pt"), "--ctranslate2", os.path.join(f.out, "ct2"), "--data", f.data],
+        "is a lstm model .*CTranslate2 converts the translation models",
+    ),
+    Case(E, "file kind: a text file as the student", lambda f: [f.text, os.path.join(f.out, "x.pt")], NOT_A_CHECKPOINT),
+    Case(
+        L,
+        "data: references shorter than the split",
+        lambda f: f.pipeline("--references", f.short_refs),
+        "has 1 lines but the valid split of .* has \\d+ sentences",
     ),
     Case(V, "output: --out is the data-bin", lambda f: f.evaluate("--out", f.data), "--out .* is the input DATA_BIN"),
     # ---- fairseq-kd-pseudolabel ----

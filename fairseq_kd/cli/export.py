@@ -44,7 +44,14 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
-    from fairseq_kd.checkpoints import CheckpointError, export_ctranslate2, export_student, write_vocabulary_map
+    from fairseq_kd.checkpoints import (
+        CheckpointError,
+        check_ctranslate2_convertible,
+        export_ctranslate2,
+        export_student,
+        load_checkpoint,
+        write_vocabulary_map,
+    )
     from fairseq_kd.ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
     from fairseq_kd.io import check_output_path, check_outputs_apart
 
@@ -65,6 +72,8 @@ def main(argv=None):
     if args.vocab_map_split and not glob.glob(os.path.join(glob.escape(args.data), f"{args.vocab_map_split}.*-*.*.idx")):
         raise CheckpointError(f"--vocab-map-split {args.vocab_map_split}: {args.data} has no binarized split of that name")
     check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)
+    if args.ctranslate2:  # before OUTPUT_CHECKPOINT is written
+        check_ctranslate2_convertible(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.student)
     state = export_student(args.student, args.output, overwrite=args.overwrite)
     if args.ctranslate2:
         vmap = None
