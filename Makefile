@@ -1,7 +1,7 @@
 # fairseq_kd: knowledge distillation for fairseq translation models.
 #
 #   make install   create .venv with torch, fairseq-fixed and this package (idempotent)
-#   make test      install if needed, then run the whole test suite [TEST_WORKERS=N]
+#   make test      install if needed, then the lint and the whole test suite [TEST_WORKERS=N]
 #   make demo      install if needed, then run the main job on real data (teacher -> students -> results)
 #   make toy-demo  the same story in two minutes on generated data
 
@@ -40,7 +40,7 @@ $(STAMP): setup.py requirements.txt
 # them: a class's tests share what its setUpClass made (the smoke run, a tiny teacher).
 TEST_WORKERS ?= auto
 
-test: install
+test: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20 tests
 
 # make demo [PRESET=default|full|big] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
