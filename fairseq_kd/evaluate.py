@@ -181,10 +181,11 @@ def inspect_system(name, path) -> System:
     if task not in TASK_REGISTRY or (arch and arch not in ARCH_MODEL_REGISTRY):
         raise EvaluationError(f"{name}: {path} is a checkpoint of task {task!r}, arch {arch!r}, which fairseq does not know")
     from .checkpoints import CheckpointError, check_loadable_by_stock_fairseq
+    from .models.swish import uses_swish
 
     try:
         check_loadable_by_stock_fairseq(path)  # an exported student: stock fairseq-generate runs it
-        needs_plugin = False
+        needs_plugin = uses_swish(model)  # but fairseq 0.12 runs swish only with the plugin
     except CheckpointError:
         needs_plugin = True  # a training checkpoint: fairseq-generate loads it with the plugin
     return System(

@@ -20,14 +20,14 @@ MarianMT is fairseq's post-norm transformer with these differences, each mapped 
 * **Positions**: Marian's sinusoidal table has other frequencies than fairseq's and starts at position 0;
   it becomes fairseq's learned positions (``--encoder-learned-pos --decoder-learned-pos``), row
   ``pad + 1 + i`` holding Marian's position ``i``.
-* **Activation**: relu and gelu (exact, as transformers' ``gelu``) are fairseq's. OPUS-MT's ``swish`` (SiLU) is
-  refused for now: fairseq 0.12's transformer does not accept ``--activation-fn swish`` (its argparse
-  choices lack it) and its ``get_activation_fn("swish")`` returns the class ``torch.nn.SiLU`` rather than a
-  function, so no stock fairseq tool could run such a model.
+* **Activation**: relu and gelu (exact, as transformers' ``gelu``) are fairseq's. OPUS-MT's ``swish`` (SiLU)
+  is not in fairseq 0.12 (its transformer's choices lack it, and ``get_activation_fn("swish")`` returns the
+  class ``torch.nn.SiLU``): importing fairseq_kd adds it (:mod:`fairseq_kd.models.swish`), so a swish model
+  runs in fairseq with ``--user-dir fairseq_kd``, and in CTranslate2 as it is.
 
 Refused, each in one line naming the setting: separate source and target vocabularies
 (``share_encoder_decoder_embeddings`` false), a non-zero ``final_logits_bias``, an activation other than
-relu and gelu, and a vocabulary without Marian's special symbols.
+relu, gelu and swish, and a vocabulary without Marian's special symbols.
 """
 
 import json
@@ -41,7 +41,7 @@ from .checkpoints import export_student
 from .io import UserError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's dictionary, in its order
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
 SUPPRESSED_LOGIT = -1e4  # the logit of fairseq's <s>, which Marian's vocabulary has no row for
 
 
@@ -85,14 +85,10 @@ def check_config(config, state):
         raise HFImportError(
             "share_encoder_decoder_embeddings is false (separate source and target vocabularies): not imported"
         )
-    if config.activation_function in ("swish", "silu"):
-        raise HFImportError(
-            f"activation_function {config.activation_function!r} (OPUS-MT's): fairseq 0.12's transformer does not accept "
-            "--activation-fn swish (its choices lack it, and its get_activation_fn returns the class torch.nn.SiLU): "
-            "not imported yet"
-        )
     if config.activation_function not in ACTIVATIONS:
-        raise HFImportError(f"activation_function {config.activation_function!r}: fairseq's transformer has relu and gelu")
+        raise HFImportError(
+            f"activation_function {config.activation_function!r}: fairseq's transformer has relu, gelu and swish"
+        )
     bias = state.get("final_logits_bias")
     if bias is not None and bias.abs().max() > 0:
         raise HFImportError("final_logits_bias is not zero: fairseq's output layer has no bias")

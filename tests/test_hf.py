@@ -70,7 +70,7 @@ class TestMarianImport(unittest.TestCase):
     def test_log_probabilities_and_greedy_translations_are_marians(self):
         from fairseq_kd.hf import import_marian
 
-        for activation in ("gelu", "relu"):
+        for activation in ("swish", "gelu", "relu"):
             with self.subTest(activation=activation):
                 hf = tiny_marian(self.hf_dir, activation)
                 model, task = self.load(import_marian(self.hf_dir, self.out))
@@ -120,8 +120,8 @@ class TestMarianImport(unittest.TestCase):
         hf.save_pretrained(self.hf_dir)
         with self.assertRaisesRegex(HFImportError, "final_logits_bias is not zero"):
             import_marian(self.hf_dir, self.out)
-        tiny_marian(self.hf_dir, activation="swish")
-        with self.assertRaisesRegex(HFImportError, "activation_function 'swish'.*not imported yet"):
+        tiny_marian(self.hf_dir, activation="tanh")
+        with self.assertRaisesRegex(HFImportError, "activation_function 'tanh': fairseq's transformer has relu"):
             import_marian(self.hf_dir, self.out)
         self.assertFalse(os.path.exists(os.path.join(self.out, "model.pt")))
         with self.assertRaisesRegex(HFImportError, "has no config.json"):
@@ -185,6 +185,20 @@ class TestImportedTeacher(unittest.TestCase):
             hypotheses = sum(line.startswith("H-") for line in lines)
             self.assertGreater(hypotheses, 0)
             self.assertEqual(hypotheses, sum(line.startswith("S-") for line in lines))
+
+            # OPUS-MT's swish: fairseq 0.12 runs it with the plugin only
+            from tests.utils import PLUGIN_DIR
+
+            swish_dir = os.path.join(tmp, "swish")
+            tiny_marian(os.path.join(tmp, "hf_swish"), activation="swish")
+            result = run_console_script(
+                "fairseq-kd-import-hf", [os.path.join(tmp, "hf_swish"), swish_dir, "-s", "in", "-t", "out"]
+            )
+            self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+            flags = [os.path.join(data, "bin"), "--path", os.path.join(swish_dir, "model.pt"), "--beam", "2", "--cpu"]
+            with_plugin = run_console_script("fairseq-generate", flags + ["--user-dir", PLUGIN_DIR])
+            self.assertEqual(with_plugin.returncode, 0, with_plugin.stderr[-2000:])
+            self.assertNotEqual(run_console_script("fairseq-generate", flags).returncode, 0)
 
 
 if __name__ == "__main__":

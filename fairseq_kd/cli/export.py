@@ -94,6 +94,10 @@ def main(argv=None):
     from ..evaluate import count_parameters
 
     num_params = count_parameters(state["model"])  # a shared embedding once, as fairseq-kd-evaluate counts
+    from ..models.swish import uses_swish
+
+    if uses_swish(cfg["model"]):
+        print("its activation is swish, which fairseq 0.12 runs only with --user-dir fairseq_kd (CTranslate2 as it is)")
     print(
         f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MB, {num_params:,} parameters, "
         f"arch {cfg['model'].get('arch')}, task {cfg['task']['_name']})\n"
