@@ -37,6 +37,17 @@ _CHUNKS = 32
 _MIN_CHUNK_ELEMENTS = 1 << 16
 
 
+def _gradient_buffer(ctx, student, dtype, reusable=None):
+    """The one vocabulary-sized buffer of a fused loss, the gradient: None in evaluation (the loss only),
+    REUSABLE (teacher logits the caller gave up) where it has the computation's dtype and is contiguous, else
+    a new one of the student's shape."""
+    if not ctx.needs_input_grad[0]:
+        return None
+    if reusable is not None and reusable.dtype == dtype and reusable.is_contiguous():
+        return reusable
+    return torch.empty(student.shape, dtype=dtype, device=student.device)
+
+
 def _saved_gradient_times(ctx, grad_rows):
     """The gradient that the forward pass saved, scaled by the incoming per-row gradient."""
     (grad,) = ctx.saved_tensors
@@ -58,12 +69,7 @@ class _TemperedKL(torch.autograd.Function):
         # softmax(z / T) is the same for both.
         n, v = student.shape
         dtype = _compute_dtype(student, teacher_logits)
-        if not ctx.needs_input_grad[0]:
-            grad = None  # evaluation: the loss only
-        elif overwrite_teacher and teacher_logits.dtype == dtype and teacher_logits.is_contiguous():
-            grad = teacher_logits
-        else:
-            grad = torch.empty((n, v), dtype=dtype, device=student.device)
+        grad = _gradient_buffer(ctx, student, dtype, teacher_logits if overwrite_teacher else None)
         kl = torch.empty(n, dtype=dtype, device=student.device)
         rows = _row_chunk(n, v)
         for i in range(0, n, rows):
@@ -167,12 +173,7 @@ class _TemperedDivergence(torch.autograd.Function):
         n, v = student.shape
         dtype = _compute_dtype(student, teacher)
         dense = teacher_ids is None
-        if not ctx.needs_input_grad[0]:
-            grad = None
-        elif dense and overwrite_teacher and teacher.dtype == dtype and teacher.is_contiguous():
-            grad = teacher
-        else:
-            grad = torch.empty((n, v), dtype=dtype, device=student.device)
+        grad = _gradient_buffer(ctx, student, dtype, teacher if dense and overwrite_teacher else None)
         loss = torch.empty(n, dtype=dtype, device=student.device)
         rows = _row_chunk(n, v)
         for i in range(0, n, rows):
