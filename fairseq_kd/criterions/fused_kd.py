@@ -48,6 +48,12 @@ def _gradient_buffer(ctx, student, dtype, reusable=None):
     return torch.empty(student.shape, dtype=dtype, device=student.device)
 
 
+def _save_gradient(ctx, grad, teacher, student):
+    ctx.in_place = grad is teacher  # the teacher's memory: the backward pass may scale it in place
+    ctx.student_dtype = student.dtype
+    ctx.save_for_backward(grad)
+
+
 def _saved_gradient_times(ctx, grad_rows):
     """The gradient that the forward pass saved, scaled by the incoming per-row gradient."""
     (grad,) = ctx.saved_tensors
@@ -79,9 +85,7 @@ class _TemperedKL(torch.autograd.Function):
             kl[i : i + rows] = torch.linalg.vecdot(q, log_q.sub_(log_p))
             if grad is not None:
                 torch.sub(log_p.exp_(), q, out=grad[i : i + rows]).div_(temperature)
-        ctx.in_place = grad is teacher_logits
-        ctx.student_dtype = student.dtype
-        ctx.save_for_backward(grad)
+        _save_gradient(ctx, grad, teacher_logits, student)
         return kl
 
     @staticmethod
@@ -190,9 +194,7 @@ class _TemperedDivergence(torch.autograd.Function):
             if grad is not None:
                 g.sub_(log_p.exp_().mul_(g.sum(-1, keepdim=True))).div_(temperature)
                 grad[i : i + rows] = g
-        ctx.in_place = grad is teacher
-        ctx.student_dtype = student.dtype
-        ctx.save_for_backward(grad)
+        _save_gradient(ctx, grad, teacher, student)
         return loss
 
     @staticmethod
