@@ -15,11 +15,11 @@ setup(
     extras_require={"hf": ["transformers==5.25.0"]},
     entry_points={
         "console_scripts": [
-            "fairseq-kd-export = fairseq_kd.cli.export:cli_main",
-            "fairseq-kd-pseudolabel = fairseq_kd.cli.pseudolabel:cli_main",
-            "fairseq-kd-cache-topk = fairseq_kd.cli.cache_topk:cli_main",
-            "fairseq-kd-evaluate = fairseq_kd.cli.evaluate:cli_main",
-            "fairseq-kd-import-hf = fairseq_kd.cli.import_hf:cli_main",
+            "fairseq-kd-export = fairseq_kd.cli.kd_export:cli_main",
+            "fairseq-kd-pseudolabel = fairseq_kd.cli.kd_pseudolabel:cli_main",
+            "fairseq-kd-cache-topk = fairseq_kd.cli.kd_cache_topk:cli_main",
+            "fairseq-kd-evaluate = fairseq_kd.cli.kd_evaluate:cli_main",
+            "fairseq-kd-import-hf = fairseq_kd.cli.kd_import_hf:cli_main",
         ],
     },
 )

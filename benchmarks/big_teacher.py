@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from fairseq_kd.demo.presets import PRESETS  # noqa: E402
 from fairseq_kd.evaluate import Settings, evaluate  # noqa: E402
 from fairseq_kd.io import sha256_file, write_json, write_text  # noqa: E402
-from fairseq_kd.pipeline import checkpoint_updates, load_config  # noqa: E402
+from fairseq_kd.pipeline import load_config  # noqa: E402
+from fairseq_kd.runs import checkpoint_updates  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 VALID_LINE = re.compile(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss ([\d.]+) .*\| num_updates (\d+)")

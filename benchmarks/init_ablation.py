@@ -16,8 +16,8 @@ import json
 import os
 
 from fairseq_kd.cli import run
-from fairseq_kd.demo.pipeline import Demo
 from fairseq_kd.demo.presets import PRESETS
+from fairseq_kd.demo.stages import Demo
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ABLATION = ["init_nll", "init_kd"]

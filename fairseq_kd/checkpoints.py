@@ -24,12 +24,15 @@ import zipfile
 
 import numpy as np
 import torch
+from ctranslate2.converters import fairseq as ct2_fairseq
 from fairseq import checkpoint_utils, tasks
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
+from fairseq.data import Dictionary, data_utils
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY
 from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 
+from .ct2 import vocabulary_map, write_vocabulary_map
 from .io import UserError
 
 logger = logging.getLogger(__name__)
@@ -114,7 +117,6 @@ def load_checkpoint(path, what="checkpoint"):
 def check_ctranslate2_convertible(state, what="the model"):
     """Raises CheckpointError, before anything is written, for a model that CTranslate2's fairseq converter
     cannot take: another architecture family than a translation transformer, or its activation."""
-    from ctranslate2.converters import fairseq as ct2_fairseq
 
     model_cfg = _stock_model_config(_plain(state["cfg"]["model"]))
     arch = model_cfg.get("arch") or model_cfg.get("_name")
@@ -130,10 +132,9 @@ def check_ctranslate2_convertible(state, what="the model"):
         raise CheckpointError(f"{what} uses --activation-fn {activation}, which CTranslate2 does not convert")
 
 
-def check_dictionaries(model_state, data_bin, src, tgt, what="the model"):
+def check_embeddings_fit(model_state, data_bin, src, tgt, what="the model"):
     """Raises CheckpointError unless the model's encoder and decoder embeddings have as many rows as
     DATA_BIN's dict.SRC.txt and dict.TGT.txt have symbols: a model trained with other dictionaries."""
-    from fairseq.data import Dictionary
 
     for prefix, lang in (("encoder", src), ("decoder", tgt)):
         key = f"{prefix}.embed_tokens.weight"
@@ -276,7 +277,7 @@ def export_ctranslate2(
     CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` as an
     ``argparse.Namespace``, which exported checkpoints keep as plain data in ``cfg["model"]`` (so that torch
     loads them weights-only): the converter is given a temporary copy that has both. A VOCABULARY_MAP file
-    (:func:`write_vocabulary_map`) is included in the model for ``use_vmap``."""
+    (:func:`learn_vocabulary_map`) is included in the model for ``use_vmap``."""
     try:
         from ctranslate2.converters import FairseqConverter
     except ImportError:
@@ -303,14 +304,10 @@ def export_ctranslate2(
     return output_dir
 
 
-def write_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=None, frequent=100, per_source=50):
+def learn_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=None, frequent=100, per_source=50):
     """Learns a lexical shortlist from DATA_BIN's binarized SPLIT (:func:`fairseq_kd.ct2.vocabulary_map`)
     and writes it to PATH in CTranslate2's format. Returns (number of source tokens mapped, mean candidates
     per source token, sentence pairs read)."""
-    from fairseq.data import Dictionary, data_utils
-
-    from .ct2 import vocabulary_map
-    from .ct2 import write_vocabulary_map as write_map
 
     if source_lang is None or target_lang is None:
         source_lang, target_lang = data_utils.infer_language_pair(data_bin)
@@ -330,6 +327,6 @@ def write_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=No
     pairs = ((datasets[0][i].numpy(), datasets[1][i].numpy()) for i in range(len(datasets[0])))
     size = max(len(src_dict), len(tgt_dict))
     always, candidates = vocabulary_map(pairs, size, min(src_dict.nspecial, tgt_dict.nspecial), frequent, per_source)
-    write_map(path, always, candidates, src_dict.symbols, tgt_dict.symbols)
+    write_vocabulary_map(path, always, candidates, src_dict.symbols, tgt_dict.symbols)
     mean = sum(len(c) for c in candidates.values()) / max(1, len(candidates))
     return len(candidates), mean, len(datasets[0])

@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+import ctranslate2
 import numpy as np
+import torch
+from fairseq.data import data_utils
 
 # CTranslate2's intra_threads when none is given. On the 2-core machine this project is measured on, one
 # thread decoded about twice as fast as two, in int8 and float32 alike (benchmarks/results/ct2_threads.md);
@@ -30,8 +33,6 @@ def translator(path, device="cpu", threads=DEFAULT_THREADS, compute_type="defaul
     decoded at once (CTranslate2's inter_threads; :func:`translate` then submits its batches together).
     Creating one sets the process's OpenMP thread count, torch's included (torch.get_num_threads() went from
     2 to 1 here); torch's count is put back, so that what runs next in the process computes as it did before."""
-    import ctranslate2
-    import torch
 
     torch_threads = torch.get_num_threads()
     try:
@@ -51,7 +52,6 @@ class Hypotheses:
 
 def batches(lengths: Sequence[int], max_tokens: Optional[int] = None, batch_size: Optional[int] = None):
     """Lists of positions into LENGTHS (token counts without </s>), in fairseq-generate's order and cut."""
-    from fairseq.data import data_utils
 
     order = np.argsort(np.asarray(lengths, dtype=np.int64) + 1, kind="stable")
     return data_utils.batch_by_size(

@@ -36,6 +36,9 @@ import shutil
 from typing import Dict, List, Tuple
 
 import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import OmegaConf
 
 from .checkpoints import export_student
 from .io import UserError
@@ -152,9 +155,7 @@ def convert_state(hf_state, config, marian_ids, pad) -> Dict[str, torch.Tensor]:
 def import_marian(model_dir, out_dir, src="src", tgt="tgt"):
     """Writes OUT_DIR/model.pt, dict.SRC.txt, dict.TGT.txt (and the sentencepiece models found) from the
     MarianMT model in MODEL_DIR; returns the checkpoint's path."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
+    # here, not at the top: an optional dependency (the [hf] extra)
     from transformers import MarianConfig, MarianMTModel
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):

@@ -10,6 +10,10 @@ import json
 import os
 import shutil
 
+from fairseq import options
+from fairseq.data import encoders
+from fairseq_cli import preprocess
+
 
 class UserError(ValueError):
     """A mistake in what the user gave (a path, a number, a file's content): reported as one line."""
@@ -75,21 +79,6 @@ def run_lock(out_dir, what, shared=False, name=".lock"):
         if _HELD.pop(path, None) is not None:  # absent in a forked child that unwinds: not its lock
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
-
-
-def changed_settings(recorded, now, defaults=None, ignore=(), keys=None):
-    """The settings of an earlier run (RECORDED) that differ from NOW's, as [(key, then, now)] sorted by key:
-    what every resumable stage checks before it continues a run. A key that RECORDED lacks takes its value
-    from DEFAULTS (a setting added since, at the value the earlier runs had); keys in IGNORE are not compared;
-    KEYS limits the comparison (default: every key of both)."""
-    defaults = defaults or {}
-    names = set(recorded) | set(now) if keys is None else keys
-    changes = []
-    for key in sorted(names):
-        then = recorded.get(key, defaults.get(key))
-        if key not in ignore and then != now.get(key):
-            changes.append((key, then, now.get(key)))
-    return changes
 
 
 def write_json(path, value):
@@ -199,7 +188,6 @@ def encode_lines(lines, spm_model=None, bpe_codes=None):
     encoders); with neither, whitespace-normalised as they are. Empty lines stay empty."""
     if not (spm_model or bpe_codes):
         return [" ".join(line.split()) for line in lines]
-    from fairseq.data import encoders
 
     flag, path = ("--spm-model", spm_model) if spm_model else ("--bpe-codes", bpe_codes)
     if not os.path.isfile(path):
@@ -222,8 +210,6 @@ def encode_lines(lines, spm_model=None, bpe_codes=None):
 def binarize(prefix, dest_dir, src, tgt, data_dir, only_source=False, split="train"):
     """fairseq-preprocess of PREFIX.SRC (and PREFIX.TGT) as SPLIT with DATA_DIR's dictionaries, into
     DEST_DIR (replaced atomically); the dictionaries are copied along."""
-    from fairseq import options
-    from fairseq_cli import preprocess
 
     tmp = dest_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""What a teacher gives the KD criterion: :class:`TeacherTargets`.
+"""The teacher: loaded frozen and checked against the student's task (:func:`load_teacher`), and what it gives
+the KD criterion, :class:`TeacherTargets`.
 
 The ``translation_kd`` task builds them for each batch: from a live teacher or an ensemble
 (:func:`run_teachers`), or from the top-k rows of ``--teacher-topk-cache`` that the data loader attached to
@@ -7,11 +8,21 @@ pops the logits from them, so that their memory is freed (or reused for the grad
 """
 
 import contextlib
+import logging
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
+from fairseq import models, utils
+from fairseq.data import Dictionary, data_utils
+from fairseq.models import FairseqEncoderDecoderModel
 from torch import Tensor
+
+from .checkpoints import load_checkpoint
+from .io import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,3 +93,107 @@ def run_teachers(teachers, net_input, *, topk=0, hidden_states=False, encoder_st
         scores, ids = logits[0].topk(min(topk, logits[0].size(-1)), dim=-1)
         return TeacherTargets(topk_ids=ids, topk_scores=scores, decoder_states=decoder_states, encoder_states=encoder)
     return TeacherTargets(logits=logits, decoder_states=decoder_states, encoder_states=encoder)
+
+
+class TeacherError(UserError):
+    pass
+
+
+def dictionary_difference(ours: Dictionary, theirs: Dictionary):
+    """A description of the first difference between two dictionaries, or None if they are equal."""
+    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
+        if a != b:
+            return f"index {i} is {a!r} for the student but {b!r} for the teacher"
+    if len(ours) != len(theirs):
+        shorter, longer, who = (ours, theirs, "teacher") if len(ours) < len(theirs) else (theirs, ours, "student")
+        return (
+            f"the student has {len(ours)} symbols and the teacher {len(theirs)}; the {who}'s extra symbols "
+            f"start with {longer.symbols[len(shorter)]!r} at index {len(shorter)}"
+        )
+    return None
+
+
+def recorded_data_dir(task_cfg):
+    """The first data directory that a checkpoint's task config records (None if it records none): where
+    the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
+    directory elsewhere, or missing here."""
+    return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
+
+
+def hidden_sizes(model):
+    """{"encoder": C, "decoder": C'}: the width of the per-layer hidden states of a transformer-like model."""
+    return {"encoder": model.encoder.embed_tokens.embedding_dim, "decoder": model.decoder.embed_dim}
+
+
+def layer_counts(model):
+    """{"encoder": L, "decoder": L'}, or None for a model without transformer-like layer stacks."""
+    if not all(hasattr(getattr(model, stack), "layers") for stack in ("encoder", "decoder")):
+        return None
+    return {stack: len(getattr(model, stack).layers) for stack in ("encoder", "decoder")}
+
+
+def check_output_layer(model, who):
+    if getattr(model.decoder, "adaptive_softmax", None) is not None:
+        raise TeacherError(
+            f"the {who} uses an adaptive softmax, whose output is not a distribution over the whole "
+            "vocabulary: word-level KD needs a full softmax output layer"
+        )
+
+
+def load_teacher(task, path: str, teacher_data: Optional[str] = None) -> FairseqEncoderDecoderModel:
+    """The teacher of checkpoint PATH, frozen (eval mode, no gradients), after checking that it translates in
+    TASK's direction with TASK's dictionaries (found in TEACHER_DATA, else where its checkpoint says)."""
+    state = load_checkpoint(path, what="teacher checkpoint")
+    teacher_cfg = state["cfg"]
+    check_teacher_dictionaries(task, path, teacher_cfg, teacher_data)
+    model_type = getattr(teacher_cfg.model, "_name", None) or getattr(teacher_cfg.model, "arch", None)
+    if model_type not in models.ARCH_MODEL_REGISTRY and model_type not in models.MODEL_REGISTRY:
+        # the teacher's architecture comes from a plugin of its own
+        utils.import_user_module(teacher_cfg.common)
+    try:
+        # models.build_model, not task.build_model: the latter would also rebuild the
+        # --eval-bleu sequence generator around the teacher.
+        teacher = models.build_model(teacher_cfg.model, task, from_checkpoint=True)
+        teacher.load_state_dict(state["model"], strict=True, model_cfg=teacher_cfg.model)
+    except RuntimeError as e:
+        raise TeacherError(f"could not load the teacher weights of {path!r} into its own architecture: {e}") from e
+    if not isinstance(teacher, FairseqEncoderDecoderModel):
+        raise TeacherError(f"teacher {path!r} is a {type(teacher).__name__}, not an encoder-decoder translation model")
+    check_output_layer(teacher, f"teacher {path!r}")
+    # eval() turns off dropout (and layer drop); requires_grad_(False) keeps the teacher out of
+    # autograd even where a caller forgets torch.no_grad().
+    teacher.eval()
+    teacher.requires_grad_(False)
+    num_params = sum(p.numel() for p in teacher.parameters())
+    logger.info(f"teacher {path}: {type(teacher).__name__}, {num_params:,} parameters (frozen)")
+    return teacher
+
+
+def check_teacher_dictionaries(task, path: str, teacher_cfg, teacher_data: Optional[str] = None) -> None:
+    """The teacher must translate in TASK's direction with TASK's dictionaries, symbol by symbol."""
+    data_dir = teacher_data or recorded_data_dir(teacher_cfg.task)
+    pair = teacher_cfg.task.get("source_lang"), teacher_cfg.task.get("target_lang")
+    if None in pair and data_dir and os.path.isdir(data_dir):
+        # not recorded when fairseq inferred it from the data-bin's file names: infer it the same way
+        pair = tuple(data_utils.infer_language_pair(data_dir))
+    if None not in pair and pair != (task.cfg.source_lang, task.cfg.target_lang):
+        raise TeacherError(
+            f"teacher {path!r} translates {pair[0]}->{pair[1]}, the student "
+            f"{task.cfg.source_lang}->{task.cfg.target_lang}: a teacher must translate in the student's direction"
+        )
+    for side, ours in [("source", task.src_dict), ("target", task.tgt_dict)]:
+        our_lang = task.cfg.source_lang if side == "source" else task.cfg.target_lang
+        dict_path = os.path.join(data_dir or "", f"dict.{our_lang}.txt")
+        if data_dir is None or not os.path.isfile(dict_path):
+            raise TeacherError(
+                f"cannot check the teacher's {side} dictionary: {dict_path!r} does not exist. Pass "
+                f"--teacher-data DIR, where DIR holds the dict.{task.cfg.source_lang}.txt and "
+                f"dict.{task.cfg.target_lang}.txt that teacher {path!r} was trained with"
+            )
+        difference = dictionary_difference(ours, task.load_dictionary(dict_path))
+        if difference is not None:
+            raise TeacherError(
+                f"teacher {path!r} and the student must share one {side} dictionary, but they differ "
+                f"({dict_path} vs the student's): {difference}. Binarize the student's data with the "
+                f"teacher's dictionaries (fairseq-preprocess --srcdict/--tgtdict)"
+            )

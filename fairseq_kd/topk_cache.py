@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
-from .io import UserError, changed_settings, sha256_file, write_json
+from .io import UserError, sha256_file, write_json
+from .runs import check_recorded, is_done, mark_done
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
         "data": os.path.abspath(data_dir),
         "identity": identity,
         "teacher": os.path.abspath(teacher_path) if teacher_path else None,
+        # what the teacher file holds: a cache of another teacher at the same path is not resumed
+        "teacher_sha256": sha256_file(teacher_path) if teacher_path else None,
         "sentences": len(dataset),
         "tokens": int(offsets[-1]),
         "shard_size": shard_size,
@@ -161,14 +164,13 @@ def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens
     num_shards = (len(dataset) + shard_size - 1) // shard_size
     for shard in range(num_shards):
         marker = os.path.join(cache_dir, "shards", f"{shard:05d}.done")
-        if os.path.isfile(marker):
+        if is_done(marker):
             continue
         indices = np.arange(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
         _write_rows(task, teacher, dataset, indices, offsets, k, max_tokens, ids_out, lprobs_out)
         ids_out.flush()
         lprobs_out.flush()
-        with open(marker, "w") as f:
-            f.write("done\n")
+        mark_done(marker)
         logger.info(f"{cache_dir}: shard {shard + 1} of {num_shards} done")
     meta["complete"] = True
     write_json(meta_path, meta)
@@ -180,14 +182,9 @@ def _start_or_resume(cache_dir, meta, offsets, vocab):
     that cache is complete."""
     os.makedirs(os.path.join(cache_dir, "shards"), exist_ok=True)
     meta_path = os.path.join(cache_dir, "meta.json")
-    if os.path.isfile(meta_path):
-        recorded = read_meta(cache_dir)
-        different = [key for key, _, _ in changed_settings(recorded, meta, ignore=("complete",), keys=meta)]
-        if different:
-            raise TopKCacheError(
-                f"{cache_dir!r} holds a top-k cache built with other settings or data ({', '.join(different)}): "
-                "rerun with the same settings to resume, or choose another output directory"
-            )
+    recorded = check_recorded(meta_path, meta, "a top-k cache", TopKCacheError, may_change=("complete",), keys=meta,
+                              unrecorded_ok=("teacher_sha256",), write=False)  # fmt: skip
+    if recorded is not None:
         return bool(recorded.get("complete"))
     rows, k = int(offsets[-1]), meta["k"]
     np.save(os.path.join(cache_dir, "offsets.npy"), offsets)

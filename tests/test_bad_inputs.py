@@ -15,7 +15,9 @@ from typing import Callable, List
 
 import torch
 
-from fairseq_kd.cli import run
+from fairseq_kd.cli import kd_cache_topk, kd_evaluate, kd_export, kd_pseudolabel, run
+from fairseq_kd.demo import stages as demo_stages
+from fairseq_kd.pipeline import __main__ as pipeline_main
 
 from .utils import TeacherTestCase, tiny_teacher
 
@@ -431,28 +433,16 @@ CASES = [
 def entry_point(command):
     """The command's main(argv), as its console script calls it."""
     if command == P:
-        from fairseq_kd.cli import pseudolabel
-
-        return lambda argv: pseudolabel.main(pseudolabel.get_parser().parse_args(argv))
+        return lambda argv: kd_pseudolabel.main(kd_pseudolabel.get_parser().parse_args(argv))
     if command == C:
-        from fairseq_kd.cli import cache_topk
-
-        return lambda argv: cache_topk.main(cache_topk.get_parser().parse_args(argv))
+        return lambda argv: kd_cache_topk.main(kd_cache_topk.get_parser().parse_args(argv))
     if command == E:
-        from fairseq_kd.cli import export
-
-        return export.main
+        return kd_export.main
     if command == V:
-        from fairseq_kd.cli import evaluate
-
-        return evaluate.main
+        return kd_evaluate.main
     if command == L:
-        from fairseq_kd import pipeline
-
-        return pipeline.main
-    from fairseq_kd.demo import pipeline as demo
-
-    return demo.main
+        return pipeline_main.main
+    return demo_stages.main
 
 
 def run_case(case, files):

@@ -8,10 +8,13 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
+import big_students  # noqa: E402
 import big_teacher  # noqa: E402
 
 from fairseq_kd.demo.presets import PRESETS  # noqa: E402
-from fairseq_kd.evaluate import Record  # noqa: E402
+from fairseq_kd.evaluate import Record, Settings, evaluate  # noqa: E402
+from fairseq_kd.pipeline import Training  # noqa: E402
+from tests.utils import TINY_ARCH, TeacherTestCase, run_console_script  # noqa: E402
 
 LOG = """2026-12-06 22:23:42 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.481 | nll_loss 7.481 | ppl 178.64 | wps 2911.8 | wpb 1938.8 | bsz 164 | num_updates 164
 2026-12-06 22:23:42 | INFO | train_inner | epoch 002:     25 / 164 loss=6.2, nll_loss=6.2, num_updates=189
@@ -49,6 +52,39 @@ class TestBigTeacher(unittest.TestCase):
             self.assertEqual(result["teacher"][key], value, key)
         self.assertEqual(result["students"], [])
         json.dumps(result)
+
+
+class TestStudentCurve(TeacherTestCase):
+    def test_valid_bleu_logged_while_training_is_the_evaluations_bleu(self):
+        """A student trained with the pipeline's Training(eval_bleu=...) logs valid BLEU at every validation, and
+        big_students reads the curve. fairseq's --eval-bleu is a training-time estimate, computed batch by
+        batch on the binarized references (fairseq issue #3245): its last point is near fairseq-kd-evaluate's
+        BLEU of the last checkpoint (same beam and length bound; 54.3 against 52.7 here), not equal to it."""
+        save = os.path.join(self.dir, "student")
+        training = Training(max_update=200, warmup_updates=10, lr=0.01, max_tokens=500, save_interval_updates=100,
+                            eval_bleu="none")  # fmt: skip
+        flags = [
+            self.data,
+            "--task",
+            "translation_kd",
+            *TINY_ARCH,
+            "--criterion",
+            "label_smoothed_cross_entropy",
+            "--save-dir",
+            save,
+        ]
+        result = run_console_script("fairseq-train", flags + [str(f) for f in training.flags()])
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        log = os.path.join(self.dir, "train.log")
+        with open(log, "w") as f:
+            f.write(result.stdout + result.stderr)
+        curve = big_students.valid_curve(log)
+        self.assertEqual([u for u, _, _ in curve][-1], 200)
+        self.assertTrue(all(0 <= b <= 100 and n > 0 for _, n, b in curve), curve)
+        valid_refs = os.path.join(self.data, "valid.out")  # the raw references beside the data-bin's files
+        record = evaluate({"student": os.path.join(save, "checkpoint_last.pt")}, self.data, valid_refs, split="valid",
+                          settings=Settings(post_process="none"), quiet=True)[0]  # fmt: skip
+        self.assertAlmostEqual(curve[-1][2], record.bleu, delta=3.0)
 
 
 if __name__ == "__main__":

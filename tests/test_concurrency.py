@@ -15,7 +15,8 @@ import unittest
 from unittest import mock
 
 from fairseq_kd.cli import run
-from fairseq_kd.io import changed_settings, write_json
+from fairseq_kd.io import write_json
+from fairseq_kd.runs import changed_settings
 
 from .utils import TeacherTestCase, run_console_script
 

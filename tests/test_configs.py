@@ -6,7 +6,7 @@ import struct
 
 import torch
 
-from fairseq_kd.configs import CONFIG_METHODS, config
+from fairseq_kd.hydra_configs import CONFIG_METHODS, config
 from fairseq_kd.methods import METHODS
 
 from .utils import KD_FLAGS, PLUGIN_DIR, TeacherTestCase, quiet, run_console_script, train_translation_model
@@ -42,7 +42,7 @@ class TestConfigs(TeacherTestCase):
         self.assertEqual(sorted(os.listdir(CONFIGS)), sorted(f"{name}.yaml" for name in CONFIG_METHODS))
         for name in CONFIG_METHODS:
             with self.subTest(name), open(os.path.join(CONFIGS, f"{name}.yaml")) as f:
-                self.assertEqual(f.read(), config(METHODS[name]), "rerun: python -m fairseq_kd.configs configs")
+                self.assertEqual(f.read(), config(METHODS[name]), "rerun: python -m fairseq_kd.hydra_configs configs")
 
     def test_fairseq_hydra_train_runs_a_config_with_its_kd_settings(self):
         save_dir = os.path.join(self.dir, "student")

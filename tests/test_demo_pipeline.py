@@ -4,6 +4,7 @@ pseudo-labels, students with two seeds, CTranslate2, evaluation with the paired 
 report); a rerun that redoes nothing; fairseq-kd-evaluate on its exported models; and the pipeline on a
 teacher it did not train, with a monolingual transfer set."""
 
+import hashlib
 import json
 import os
 import queue
@@ -24,19 +25,14 @@ from unittest import mock
 import sacrebleu
 import torch
 
-from fairseq_kd.demo.pipeline import Demo, DemoError, check_data_dir
+from fairseq_kd.demo.stages import Demo, DemoError, check_data_dir
+from fairseq_kd.evaluate import seed_summary
 from fairseq_kd.io import UserError
-from fairseq_kd.pipeline import (
-    PipelineError,
-    checkpoint_updates,
-    config_from_record,
-    config_record,
-    load_config,
-    low_data_selector,
-    repair_last_checkpoint,
-    results_table,
-    seed_summary,
-)
+from fairseq_kd.pipeline import PipelineError, load_config
+from fairseq_kd.pipeline.config import config_from_record, config_record
+from fairseq_kd.pipeline.data import low_data_selector
+from fairseq_kd.pipeline.distil import students_table
+from fairseq_kd.runs import checkpoint_updates, repair_last_checkpoint
 from tests.utils import create_dummy_data, quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,9 +182,11 @@ class TestPieces(unittest.TestCase):
         Demo(out, "smoke").check_run_dir()
         with open(os.path.join(out, "demo.json"), "rb") as f:
             before = f.read()
-        with self.assertRaisesRegex(DemoError, "holds a demo run of preset 'smoke' on gettext catalogs.*differs in.*preset"):
+        with self.assertRaisesRegex(
+            DemoError, r'holds a demo run made with other settings \(.*preset: "smoke" then, "default" now'
+        ):
             Demo(out, "default").check_run_dir()
-        with self.assertRaisesRegex(DemoError, "differs in languages"):
+        with self.assertRaisesRegex(DemoError, "made with other settings \\(languages: "):
             Demo(out, "smoke", src="fr").check_run_dir()
         with open(os.path.join(out, "demo.json"), "rb") as f:
             self.assertEqual(f.read(), before)
@@ -202,7 +200,7 @@ class TestPieces(unittest.TestCase):
         changed = Demo(out, "smoke")
         changed.config.training.lr = 0.01
         with self.assertRaisesRegex(
-            PipelineError, r"made with other training.lr \(0.005, now 0.01\): .*give another output directory"
+            PipelineError, r"made with other settings \(training.lr: 0.005 then, 0.01 now\): .*give another output directory"
         ):
             changed.pipeline.check_run_dir()
         with open(os.path.join(out, "pipeline.json"), "rb") as f:
@@ -212,6 +210,42 @@ class TestPieces(unittest.TestCase):
         threads = Demo(out, "smoke")
         threads.config.evaluation.threads = 2
         threads.pipeline.check_run_dir()
+
+    def test_a_changed_input_file_is_refused(self):
+        """A run directory records what its inputs hold: a rerun after one changed at the same path is refused
+        untouched; a run recorded before inputs were takes them at its next run."""
+        out = os.path.join(self.tmp, "run")
+        teacher = os.path.join(self.tmp, "teacher.pt")
+        with open(teacher, "wb") as f:
+            f.write(b"one teacher")
+        demo = Demo(out, "smoke")
+        demo.config.teacher = teacher
+        demo.pipeline.check_run_dir()
+        with open(os.path.join(out, "pipeline.json")) as f:
+            record = json.load(f)
+        self.assertEqual(record["inputs"]["teacher"], hashlib.sha256(b"one teacher").hexdigest())
+        demo.pipeline.check_run_dir()  # the same contents: accepted
+        with open(teacher, "wb") as f:
+            f.write(b"another teacher")
+        with open(os.path.join(out, "pipeline.json"), "rb") as f:
+            before = f.read()
+        with self.assertRaisesRegex(PipelineError, r"made with other settings \(inputs.teacher: \"[0-9a-f]+.*now\): "):
+            demo.pipeline.check_run_dir()
+        with open(os.path.join(out, "pipeline.json"), "rb") as f:
+            self.assertEqual(f.read(), before)
+        # the demo checks its settings before it has made the teacher: without the inputs, and writing nothing
+        early = Demo(out, "smoke")
+        early.config.teacher = teacher
+        early.pipeline.check_run_dir(inputs=False)
+        with open(os.path.join(out, "pipeline.json"), "rb") as f:
+            self.assertEqual(f.read(), before)
+        # a record without inputs (made before they were recorded) takes them
+        del record["inputs"]
+        with open(os.path.join(out, "pipeline.json"), "w") as f:
+            json.dump(record, f)
+        demo.pipeline.check_run_dir()
+        with open(os.path.join(out, "pipeline.json")) as f:
+            self.assertEqual(json.load(f)["inputs"]["teacher"], hashlib.sha256(b"another teacher").hexdigest())
 
     def test_a_run_s_settings_read_back_from_its_record(self):
         out = os.path.join(self.tmp, "run")
@@ -235,7 +269,7 @@ class TestPieces(unittest.TestCase):
         with open(os.path.join(fake, "full-disk"), "w") as f:
             f.write(f"#!{sys.executable}\n{code}\n")
         os.chmod(os.path.join(fake, "full-disk"), 0o755)
-        with mock.patch("fairseq_kd.pipeline.BIN", fake):
+        with mock.patch("fairseq_kd.runs.BIN", fake):
             with self.assertRaisesRegex(
                 PipelineError,
                 r"^full-disk could not write \(No space left on device; see the end of .*full_disk.log\): free some space",
@@ -274,7 +308,7 @@ class TestPieces(unittest.TestCase):
         seeds = seed_summary(records)
         self.assertEqual(seeds, {"baseline": {"seeds": 2, "bleu_mean": 30.5, "bleu_std": 0.71, "chrf_mean": 50.5, "chrf_std": 0.71},
                                  "kd": {"seeds": 2, "bleu_mean": 33.5, "bleu_std": 0.71, "chrf_mean": 54.0, "chrf_std": 1.41}})  # fmt: skip
-        table = results_table(records, seeds)
+        table = students_table(records, seeds)
         self.assertIn("| kd | m | 33.00 ± 1.00 | +3.00 (gain) | 0.0010 |", table)
         self.assertIn("| baseline.seed2 | m | 31.00 ± 1.00 | +1.00 (no significant difference) | 0.2000 |", table)
         self.assertIn("| kd | 2 | 33.50 ± 0.71 | 54.00 ± 1.41 |", table)

@@ -19,11 +19,11 @@ from fairseq_kd.evaluate import (
     Settings,
     evaluate,
     paired_bootstrap,
-    parse_generate_output,
     parse_systems,
     results_table,
     verdict,
 )
+from fairseq_kd.generate_log import read_translations
 from fairseq_kd.io import UserError
 from tests.utils import TeacherTestCase
 
@@ -101,13 +101,13 @@ class TestPieces(unittest.TestCase):
             "S-2\tdrei\nH-2\t-0.5\t▁three\nD-2\t-0.5\tthree\nD-0\t-0.1\tone two\nD-1\t-0.2\t\n"
             "2026-11-25 | INFO | fairseq_cli.generate | Translated 3 sentences (9 tokens) in 0.5s (6.00 sentences/s, 18.00 tokens/s)\n"
         )
-        hypotheses, speed = parse_generate_output(text, 3)
+        hypotheses, speed = read_translations(text, 3)
         self.assertEqual(hypotheses, ["one two", "", "three"])
         self.assertEqual(speed, {"sentences_per_s": 6.0, "tokens_per_s": 18.0, "seconds": 0.5})
         with self.assertRaisesRegex(RuntimeError, "no translation of 1 sentences"):
-            parse_generate_output(text, 4)
+            read_translations(text, 4)
         with self.assertRaisesRegex(RuntimeError, "Translated"):
-            parse_generate_output("D-0\t0\tx\n", 1)
+            read_translations("D-0\t0\tx\n", 1)
 
     def test_bad_systems_are_refused_before_any_work(self):
         ct2 = os.path.join(self.tmp, "not_ct2")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import fairseq_kd  # noqa: F401
 from fairseq_kd.criterions import fused_kd
 from fairseq_kd.criterions.fused_kd import tempered_kl_from_logits, tempered_topk_kl_from_logits
-from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
+from fairseq_kd.criterions.kd_losses import (
     hidden_cosine_loss,
     kd_kl_loss,
     kd_kl_loss_topk,

@@ -12,7 +12,7 @@ import torch
 
 import fairseq_kd  # noqa: F401
 from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import LabelSmoothedCrossEntropyWithKDCriterion
-from fairseq_kd.tasks.translation_kd import ON_POLICY_MAX_LEN
+from fairseq_kd.tasks.on_policy import ON_POLICY_MAX_LEN
 from tests.test_kd_criterion import criterion_args
 from tests.test_scale import checkpoint_position, command, free_port, kill_when
 from tests.utils import (

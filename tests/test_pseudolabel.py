@@ -10,11 +10,11 @@ from fairseq_kd.pseudolabel import (
     PseudoLabelError,
     check_pseudolabels,
     merge_shards,
-    read_hypotheses,
+    read_nbest,
     select,
     write_pseudolabels,
 )
-from fairseq_kd.tasks.translation_kd import parse_mixture
+from fairseq_kd.tasks.mixture import parse_mixture
 
 # fairseq-generate's output: sorted by length, not by id; id 3 skipped; --nbest 2 (best first)
 GENERATE_LOG = """\
@@ -34,6 +34,12 @@ H-1\t-0.40\tP Q R
 Generate test with beam=2: BLEU4 = 50.00
 """
 
+
+def read_hypotheses(lines):
+    """{sentence id: its best-scored hypothesis}."""
+    return {i: hypotheses[0] for i, hypotheses in read_nbest(lines).items()}
+
+
 SOURCES = ["u v w", "p q r s", "x y", "a b c d e"]
 
 
@@ -43,6 +49,14 @@ class TestReadAndMerge(unittest.TestCase):
         self.assertEqual(sorted(hypotheses), [0, 1, 2])
         self.assertEqual(hypotheses[0], Hypothesis(-0.10, "U V W"))
         self.assertEqual(hypotheses[2], Hypothesis(-0.20, "X Y"))  # the first of the two, not "Y X"
+
+    def test_nbest_lists_and_detokenized_lines(self):
+        nbest = read_nbest(GENERATE_LOG.splitlines())
+        self.assertEqual([h.text for h in nbest[2]], ["X Y", "Y X"])  # best first, as printed
+        self.assertEqual([h.score for h in nbest[1]], [-0.30, -0.40])
+        self.assertEqual(
+            read_nbest(GENERATE_LOG.splitlines(), kind="D"), {2: [Hypothesis(-0.20, "X Y"), Hypothesis(-0.90, "Y X")]}
+        )
 
     def test_empty_hypothesis_is_read(self):
         self.assertEqual(read_hypotheses(["H-5\t-1.5\t\n"]), {5: Hypothesis(-1.5, "")})

@@ -8,7 +8,7 @@ import shutil
 import ctranslate2
 from sacrebleu.metrics import CHRF
 
-from fairseq_kd.cli import pseudolabel
+from fairseq_kd.cli import kd_pseudolabel
 from fairseq_kd.ct2 import WEIGHT_TYPES
 from fairseq_kd.pseudolabel import read_nbest
 
@@ -26,12 +26,12 @@ def lines(path):
 
 class TestEngines(TeacherTestCase):
     def pseudolabel(self, output, *flags):
-        args = pseudolabel.get_parser().parse_args(
+        args = kd_pseudolabel.get_parser().parse_args(
             ["--teacher", self.teacher, "--data", self.data, "--output", output, "--cpu", "--max-tokens", "300",
              "--subset", "train"] + list(flags)
         )  # fmt: skip
         with quiet():
-            pseudolabel.main(args)
+            kd_pseudolabel.main(args)
         return output
 
     def test_ctranslate2_labels_equal_fairseq_generate_ones_and_resume(self):
@@ -71,10 +71,10 @@ class TestEngines(TeacherTestCase):
         self.assertEqual(os.stat(os.path.join(ct2, "ctranslate2-teacher", "model.bin")).st_mtime_ns, converted)
         self.assertEqual(os.stat(os.path.join(ct2, "shards", "000-of-002", "DONE")).st_mtime_ns, shard)
         for flags, change in [
-            (["--num-shards", "2"], "engine: 'ctranslate2' then, 'fairseq' now"),
+            (["--num-shards", "2"], 'engine: "ctranslate2" then, "fairseq" now'),
             (
                 ["--engine", "ctranslate2", "--num-shards", "2", "--quantization", "int8"],
-                "quantization: 'float32' then, 'int8' now",
+                'quantization: "float32" then, "int8" now',
             ),
         ]:
             with self.subTest(change), self.assertRaisesRegex(ValueError, "other settings.*" + change):
@@ -133,12 +133,12 @@ class TestEngines(TeacherTestCase):
         twin = os.path.join(self.dir, "twin.pt")
         shutil.copy(self.teacher, twin)
         single = self.pseudolabel(os.path.join(self.dir, "single"))
-        args = pseudolabel.get_parser().parse_args(
+        args = kd_pseudolabel.get_parser().parse_args(
             ["--teacher", f"{self.teacher}:{twin}", "--data", self.data, "--output", os.path.join(self.dir, "ensemble"),
              "--cpu", "--max-tokens", "300", "--subset", "train"]
         )  # fmt: skip
         with quiet():
-            pseudolabel.main(args)
+            kd_pseudolabel.main(args)
         self.assertEqual(read(os.path.join(self.dir, "ensemble", "train.out")), read(os.path.join(single, "train.out")))
         manifest = json.loads(read(os.path.join(self.dir, "ensemble", "pseudolabel.json")))
         self.assertEqual(manifest["teacher"].split(os.pathsep), [os.path.abspath(self.teacher), os.path.abspath(twin)])

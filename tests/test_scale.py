@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 import fairseq_kd  # noqa: F401
-from fairseq_kd.cli import cache_topk
-from fairseq_kd.pipeline import repair_last_checkpoint
+from fairseq_kd.cli import kd_cache_topk
+from fairseq_kd.runs import repair_last_checkpoint
 from tests.utils import (
     KD_FLAGS,
     TINY_ARCH,
@@ -85,12 +85,12 @@ def free_port():
 
 class TestScale(TeacherTestCase):
     def build_cache(self, output, *flags, teacher=None, data=None):
-        args = cache_topk.get_parser().parse_args(
+        args = kd_cache_topk.get_parser().parse_args(
             ["--teacher", teacher or self.teacher, "--data", data or self.data, "--output", output, "--cpu", "--k", "4"]
             + list(flags)
         )
         with quiet():
-            cache_topk.main(args)
+            kd_cache_topk.main(args)
         return output
 
     def test_cached_teacher_replaces_the_live_one(self):
@@ -191,6 +191,20 @@ class TestScale(TeacherTestCase):
                     save_dir=os.path.join(self.dir, "s2"),
                     extra_flags=["--teacher-topk-cache", cache] + KD_FLAGS,
                 )
+
+    def test_topk_cache_of_another_teacher_is_refused(self):
+        """A cache records what its teacher file held: rebuilt into the same directory after the file at the same
+        path changed, it is refused (not reported complete); the same teacher resumes (here: is complete)."""
+        teacher = os.path.join(self.dir, "teacher.pt")
+        shutil.copy(self.teacher, teacher)
+        cache = self.build_cache(os.path.join(self.dir, "cache"), teacher=teacher)
+        self.build_cache(cache, teacher=teacher)  # the same teacher: complete already
+        state = torch.load(teacher, map_location="cpu", weights_only=False)
+        key = next(k for k in state["model"] if k.endswith("output_projection.weight") or k.endswith("embed_tokens.weight"))
+        state["model"][key] = state["model"][key] + 0.5
+        torch.save(state, teacher)
+        with self.assertRaisesRegex(ValueError, r"holds a top-k cache made with other settings \(teacher_sha256: "):
+            self.build_cache(cache, teacher=teacher)
 
     def test_cache_settings_that_cannot_work_are_errors(self):
         cache = self.build_cache(os.path.join(self.dir, "cache"))

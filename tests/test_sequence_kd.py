@@ -14,7 +14,8 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import fairseq_kd  # noqa: F401
-from fairseq_kd.cli import pseudolabel
+from fairseq_kd.cli import kd_pseudolabel
+from fairseq_kd.pseudolabel.run import tokenize
 from tests.utils import (
     KD_FLAGS,
     PLUGIN_DIR,
@@ -33,11 +34,11 @@ def read(path):
 
 class TestSequenceLevelKD(TeacherTestCase):
     def pseudolabel(self, output, *flags):
-        args = pseudolabel.get_parser().parse_args(
+        args = kd_pseudolabel.get_parser().parse_args(
             ["--teacher", self.teacher, "--data", self.data, "--output", output, "--cpu", "--max-tokens", "300"] + list(flags)
         )
         with quiet():
-            pseudolabel.main(args)
+            kd_pseudolabel.main(args)
         return output
 
     def test_sharded_pseudolabels_resume_and_equal_an_unsharded_run(self):
@@ -95,7 +96,7 @@ class TestSequenceLevelKD(TeacherTestCase):
         shutil.copy(mono, mono + ".kept")
         with open(mono, "a") as f:
             f.write("a b c\n")
-        with self.assertRaisesRegex(ValueError, "made with other settings \\(source_sha256: '[0-9a-f]{64}' then"):
+        with self.assertRaisesRegex(ValueError, 'made with other settings \\(source_sha256: "[0-9a-f]+\\.\\.\\. then'):
             self.pseudolabel(os.path.join(self.dir, "mono"), "--input", mono)
         self.assertEqual(read(os.path.join(labels, "train.out")), translations)
         shutil.move(mono + ".kept", mono)
@@ -155,13 +156,11 @@ class TestSequenceLevelKD(TeacherTestCase):
         with quiet():
             spm.SentencePieceTrainer.train(input=raw, model_prefix=prefix, vocab_size=20, model_type="bpe", minloglevel=2)
         processor = spm.SentencePieceProcessor(model_file=prefix + ".model")
-        args = pseudolabel.get_parser().parse_args(
+        args = kd_pseudolabel.get_parser().parse_args(
             ["--teacher", self.teacher, "--data", self.data, "--output", "o", "--input", raw, "--spm-model", prefix + ".model"]
         )
         lines = ["a b c d", "h e l l o", ""]
-        self.assertEqual(
-            pseudolabel.tokenize(lines, args), [" ".join(processor.encode(x, out_type=str)) for x in lines[:2]] + [""]
-        )
+        self.assertEqual(tokenize(lines, args), [" ".join(processor.encode(x, out_type=str)) for x in lines[:2]] + [""])
 
     def test_bad_transfer_sets_fail_before_writing(self):
         bad = os.path.join(self.dir, "bad.in")

@@ -7,13 +7,8 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd import (
-    SelectionQueue,
-    kd_kl_loss,
-    kd_kl_loss_topk,
-    select_top_tokens,
-    topk_log_probs,
-)
+from fairseq_kd.criterions.kd_losses import kd_kl_loss, kd_kl_loss_topk, topk_log_probs
+from fairseq_kd.criterions.token_selection import SelectionQueue, select_top_tokens
 from fairseq_kd.teacher import TeacherTargets
 from tests.test_kd_criterion import KDCriterionTestCase
 

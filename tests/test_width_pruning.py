@@ -10,8 +10,8 @@ import torch
 from fairseq.data import data_utils
 
 import fairseq_kd  # noqa: F401
-from fairseq_kd.models.student_init import StudentInitError, init_student_from_teacher
-from fairseq_kd.models.width_pruning import WidthError, importance, keep, select_units, spread
+from fairseq_kd.models.student_init import StudentInitError, init_student_from_teacher, spread_layers
+from fairseq_kd.models.width_pruning import WidthError, importance, keep, select_units
 from tests.utils import (
     PLUGIN_DIR,
     TeacherTestCase,
@@ -157,8 +157,9 @@ class TestSelection(unittest.TestCase):
         self.assertEqual(keep(torch.tensor([0.1, 3.0, 2.0, 3.0]), 2).tolist(), [1, 3])
         self.assertEqual(keep(torch.tensor([5.0, 1.0, 1.0]), 2).tolist(), [0, 1])  # a tie goes to the lower index
         self.assertEqual(keep(torch.tensor([1.0, 2.0]), 2).tolist(), [0, 1])
-        self.assertEqual(spread(8, 4).tolist(), [1, 3, 5, 7])
-        self.assertEqual(spread(6, 6).tolist(), list(range(6)))
+        # the uniform selection takes the layers' even spread
+        self.assertEqual(spread_layers(8, 4), [1, 3, 5, 7])
+        self.assertEqual(spread_layers(6, 6), list(range(6)))
 
 
 class TestNarrowInit(unittest.TestCase):

@@ -17,20 +17,16 @@ from fairseq.logging import metrics
 from ..models.student_init import spread_layers
 from ..teacher import capture_encoder_out
 from .fused_kd import tempered_divergence_from_logits, tempered_kl_from_logits, tempered_topk_kl_from_logits
-from .kd_losses import (  # noqa: F401 (the pure losses, importable from here as before)
+from .kd_losses import (
     DEFAULT_BETA,
     DIVERGENCES,
     HIDDEN_LOSSES,
     defined_on_topk,
-    divergence,
     effective_divergence,
-    hidden_cosine_loss,
-    hidden_mse_loss,
-    kd_kl_loss,
-    kd_kl_loss_topk,
     tempered_log_probs,
     topk_log_probs,
 )
+from .token_selection import SelectionQueue, select_top_tokens
 
 HIDDEN_LOSS_CHOICES = ChoiceEnum(["cosine", "mse"])
 DIVERGENCE_CHOICES = ChoiceEnum(list(DIVERGENCES))
@@ -103,36 +99,6 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
         default="cosine",
         metadata={"help": "hidden-state loss weighted by --cosine-weight: cosine distance, or mean squared error"},
     )
-
-
-def select_top_tokens(token_nll, ignore_mask, ratio):
-    """Batch-level selection of Wang et al., 2021 (https://arxiv.org/abs/2105.12967): the ceil(ratio * n)
-    non-padding positions with the highest student cross-entropy *token_nll*. Returns a BoolTensor
-    mask of the selected positions."""
-    scores = token_nll.detach().float().masked_fill(ignore_mask, float("-inf"))
-    num_tokens = int((~ignore_mask).sum())
-    k = min(num_tokens, math.ceil(ratio * num_tokens))
-    selected = torch.zeros_like(ignore_mask)
-    if k > 0:
-        selected[scores.topk(k).indices] = True
-    return selected
-
-
-class SelectionQueue:
-    """Global-level selection of Wang et al., 2021: a FIFO of the cross-entropies of the most recent
-    tokens; a token is selected when its cross-entropy reaches the queue's (1 - ratio) quantile."""
-
-    def __init__(self, size):
-        self.size = size
-        self.values = torch.empty(0)
-
-    def push(self, values):
-        self.values = torch.cat([self.values, values.detach().float().cpu()])[-self.size :]
-
-    def select(self, token_nll, ignore_mask, ratio):
-        self.push(token_nll[~ignore_mask])
-        threshold = torch.quantile(self.values, 1.0 - ratio) if len(self.values) else float("inf")
-        return (token_nll.detach().float() >= threshold.to(token_nll.device)) & ~ignore_mask
 
 
 def check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,

@@ -1,5 +1,5 @@
 import sys
 
-from .pipeline import cli_main
+from .stages import cli_main
 
 sys.exit(cli_main())

@@ -227,11 +227,6 @@ def keep(scores, k):
     return torch.sort(order[:k]).values
 
 
-def spread(n, k):
-    """k of n indices spread evenly, the last one included (the uniform selection)."""
-    return torch.tensor([-(-(i + 1) * n // k) - 1 for i in range(k)])
-
-
 @dataclass
 class WidthSelection:
     """What a student keeps of its teacher (teacher numbering; all indices ascending).
@@ -258,7 +253,12 @@ def select_units(student_cfg, teacher_cfg, teacher, how="importance", scores=Non
     ours, theirs = widths(student_cfg), widths(teacher_cfg)
 
     def pick(score, n, k):
-        return keep(score, k) if how == "importance" else spread(n, k)
+        if how == "importance":
+            return keep(score, k)
+        # here, not at the top: student_init imports this module
+        from .student_init import spread_layers
+
+        return torch.tensor(spread_layers(n, k))  # the uniform selection: the layers' even spread
 
     shared = getattr(teacher_cfg, "share_all_embeddings", False)
 

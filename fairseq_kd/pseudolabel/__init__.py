@@ -8,16 +8,14 @@ The teacher's translations of a transfer set become the student's training targe
 * :mod:`.run`: the whole run of ``fairseq-kd-pseudolabel``, resumable by shard.
 """
 
+from ..generate_log import Hypothesis, read_nbest
 from .labels import (
     Filters,
-    Hypothesis,
     PseudoLabelError,
     PseudoLabels,
     check_pseudolabels,
     chrf_scores,
     merge_shards,
-    read_hypotheses,
-    read_nbest,
     select,
     write_pseudolabels,
 )
@@ -30,7 +28,6 @@ __all__ = [
     "check_pseudolabels",
     "chrf_scores",
     "merge_shards",
-    "read_hypotheses",
     "read_nbest",
     "select",
     "write_pseudolabels",

@@ -15,17 +15,23 @@ only) and SHARD_DIR/DONE, through a temporary directory renamed into place: a sh
 import json
 import logging
 import os
-import re
 import shutil
 
+import ctranslate2
+from fairseq import options
+from fairseq_cli import generate
+
+from .. import ct2
+from ..checkpoints import export_ctranslate2, export_student
+from ..generate_log import read_speed
 from ..io import write_json, write_text
+from ..runs import PLUGIN_DIR, is_done, mark_done
 from .labels import PseudoLabelError
 
 logger = logging.getLogger("fairseq_kd.pseudolabel")
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 ENGINES = ("fairseq", "ctranslate2")
-TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s")
 
 
 def shard_dir(out_dir, shard, num_shards):
@@ -33,14 +39,14 @@ def shard_dir(out_dir, shard, num_shards):
 
 
 def shard_done(out_dir, shard, num_shards):
-    return os.path.isfile(os.path.join(shard_dir(out_dir, shard, num_shards), "DONE"))
+    return is_done(os.path.join(shard_dir(out_dir, shard, num_shards), "DONE"))
 
 
 def decoding_seconds(path):
     """(sentences, seconds of decoding) that a shard's log reports."""
     with open(path, encoding="utf-8") as f:
-        match = TRANSLATED.search(f.read())
-    return (int(match[1].replace(",", "")), float(match[3])) if match else (0, 0.0)
+        speed = read_speed(f.read())
+    return (speed["sentences"], speed["seconds"]) if speed else (0, 0.0)
 
 
 def translate_shard(args, job, shard):
@@ -59,15 +65,12 @@ def translate_shard(args, job, shard):
         _ctranslate2_shard(args, job, shard, os.path.join(tmp, f"generate-{job.split}.txt"))
     else:
         _fairseq_shard(args, job, shard, tmp)
-    write_text(os.path.join(tmp, "DONE"), "complete\n")
+    mark_done(os.path.join(tmp, "DONE"))
     shutil.rmtree(done_dir, ignore_errors=True)
     os.replace(tmp, done_dir)
 
 
 def _fairseq_shard(args, job, shard, tmp):
-    from fairseq import options
-    from fairseq_cli import generate
-
     flags = [
         job.data_bin, "--path", os.pathsep.join(args.teachers), "--task", "translation", "--gen-subset", job.split,
         "--source-lang", job.src, "--target-lang", job.tgt,
@@ -103,7 +106,6 @@ def _fairseq_shard(args, job, shard, tmp):
 def convert_teacher(args, job):
     """The teacher as a CTranslate2 model in OUTPUT/ctranslate2-teacher, converted once per teacher file and
     weight type (float32 keeps the teacher's search; int8 is faster and not quite the same)."""
-    from ..checkpoints import export_ctranslate2, export_student
 
     if len(args.teachers) > 1:
         raise PseudoLabelError("CTranslate2 decodes one model: give one --teacher, or --engine fairseq for an ensemble")
@@ -126,10 +128,6 @@ def convert_teacher(args, job):
 
 
 def _ctranslate2_shard(args, job, shard, path):
-    import ctranslate2
-
-    from .. import ct2
-
     # on the CPU one batch per core at once (inter_threads), each on one core: on 2 cores this decoded 1.9x
     # one batch on one core and 1.14x one batch on both (benchmarks/results/ct2_parallel.md).
     # Sampling keeps one batch at a time: CTranslate2's random generators are per worker thread, and which

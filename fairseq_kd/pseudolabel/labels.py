@@ -6,45 +6,22 @@ lines, n-best per id and best first, in any order of ids.
 """
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..io import UserError
+from sacrebleu.metrics import CHRF
 
-_HYPOTHESIS = re.compile(r"^H-(\d+)\t(\S+)\t(.*)$")
+from ..generate_log import Hypothesis
+from ..io import UserError
 
 
 class PseudoLabelError(UserError):
     pass
 
 
-@dataclass
-class Hypothesis:
-    score: float  # the teacher's length-normalised log2-probability, as fairseq-generate prints it
-    text: str  # space-separated target tokens (subword units) of the teacher's dictionary
-
-
-def read_nbest(lines) -> Dict[int, List[Hypothesis]]:
-    """{sentence id: its hypotheses, best first} from fairseq-generate output lines (``--nbest k``
-    prints k hypotheses per id, best first)."""
-    nbest = {}
-    for line in lines:
-        match = _HYPOTHESIS.match(line.rstrip("\n"))
-        if match:
-            nbest.setdefault(int(match[1]), []).append(Hypothesis(float(match[2]), match[3].strip()))
-    return nbest
-
-
-def read_hypotheses(lines) -> Dict[int, Hypothesis]:
-    """{sentence id: best-scored hypothesis} from fairseq-generate output lines."""
-    return {i: hypotheses[0] for i, hypotheses in read_nbest(lines).items()}
-
-
 def chrf_scores(nbest: Dict[int, List[Hypothesis]], references: List[str], detokenize) -> Dict[int, List[float]]:
     """{sentence id: the sentence chrF (sacreBLEU's) of each of its hypotheses against the reference}, on
     text that DETOKENIZE made of the token lines. An empty reference scores every hypothesis 0."""
-    from sacrebleu.metrics import CHRF
 
     chrf = CHRF()
     scores = {}

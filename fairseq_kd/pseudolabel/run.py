@@ -1,5 +1,5 @@
 """The pseudo-labeller's run: the transfer set, its shards, the choice among n-best lists, filters, the
-integrity check and binarizing; what ``fairseq-kd-pseudolabel`` does (see :mod:`fairseq_kd.cli.pseudolabel`)."""
+integrity check and binarizing; what ``fairseq-kd-pseudolabel`` does (see :mod:`fairseq_kd.cli.kd_pseudolabel`)."""
 
 import collections
 import json
@@ -10,10 +10,13 @@ import statistics
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
+from fairseq.data import Dictionary, data_utils
+
+from .. import ct2
+from ..checkpoints import CheckpointError, check_embeddings_fit, load_checkpoint
+from ..generate_log import read_nbest
 from ..io import (
     binarize,
-    changed_settings,
     check_output_path,
     check_outputs_apart,
     encode_lines,
@@ -22,6 +25,7 @@ from ..io import (
     sha256_file,
     write_json,
 )
+from ..runs import check_recorded
 from .engines import decoding_seconds, shard_dir, shard_done, translate_shard
 from .labels import (
     Filters,
@@ -29,7 +33,6 @@ from .labels import (
     check_pseudolabels,
     chrf_scores,
     merge_shards,
-    read_nbest,
     select,
     write_pseudolabels,
 )
@@ -140,8 +143,8 @@ def _check_ctranslate2(args):
         raise PseudoLabelError("--engine ctranslate2 needs the ctranslate2 package: pip install ctranslate2") from None
     if len(args.teachers) > 1:
         raise PseudoLabelError("CTranslate2 decodes one model: give one --teacher, or --engine fairseq for an ensemble")
-    if args.quantization not in CT2_WEIGHT_TYPES:
-        raise PseudoLabelError(f"--quantization {args.quantization!r} is not one of {', '.join(CT2_WEIGHT_TYPES)}")
+    if args.quantization not in ct2.WEIGHT_TYPES:
+        raise PseudoLabelError(f"--quantization {args.quantization!r} is not one of {', '.join(ct2.WEIGHT_TYPES)}")
     if args.fp16:
         raise PseudoLabelError("--fp16 is fairseq's: with --engine ctranslate2 give --quantization float16")
     if not args.threads >= 0:
@@ -170,22 +173,12 @@ def source_file(args, src, tgt):
     raise PseudoLabelError(f"--subset {args.subset}: {args.data} has no binarized {src} side of it")
 
 
-def check_manifest(args, out_dir, settings):
-    path = os.path.join(out_dir, "pseudolabel.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
-        # the digests were not recorded by the first manifests
-        unrecorded = tuple(key for key in ("teacher_sha256", "source_sha256") if recorded.get(key) is None)
-        different = changed_settings(recorded, settings, GENERATION_SETTINGS, unrecorded, keys=GENERATION_SETTINGS)
-        if different:
-            changes = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, then, now in different)
-            raise PseudoLabelError(
-                f"{out_dir} holds pseudo-labels made with other settings ({changes}): "
-                "rerun with the same settings to resume, or choose another --output"
-            )
-    else:
-        write_json(path, settings)
+def check_manifest(out_dir, settings):
+    """OUT_DIR's pseudo-labels belong to one set of settings: a rerun with others is refused before any work.
+    The first manifests did not record the digests: theirs are not compared."""
+    check_recorded(os.path.join(out_dir, "pseudolabel.json"), settings, "pseudo-labels", PseudoLabelError,
+                   defaults=GENERATION_SETTINGS, unrecorded_ok=("teacher_sha256", "source_sha256"),
+                   keys=GENERATION_SETTINGS, remedy="rerun with the same settings to resume, or choose another --output")  # fmt: skip
 
 
 def tokenize(lines, args):
@@ -201,8 +194,6 @@ def read_raw_input(path):
 
 
 def language_pair(args):
-    from fairseq.data import data_utils
-
     src, tgt = args.source_lang, args.target_lang
     if not (src and tgt):
         src, tgt = data_utils.infer_language_pair(args.data)
@@ -214,8 +205,6 @@ def language_pair(args):
     if args.subset and not os.path.isfile(os.path.join(args.data, f"{args.subset}.{src}-{tgt}.{src}.idx")):
         raise PseudoLabelError(f"{args.data} has no binarized {args.subset} split for {src}-{tgt}")
     if args.sampling_topk:
-        from fairseq.data import Dictionary
-
         size = len(Dictionary.load(os.path.join(args.data, f"dict.{tgt}.txt")))
         if args.sampling_topk > size:
             raise PseudoLabelError(f"--sampling-topk {args.sampling_topk} is larger than the target vocabulary ({size})")
@@ -225,13 +214,12 @@ def language_pair(args):
 def load_teachers(args, src, tgt):
     """The model configs of the teacher (or of each ensemble member), each checked against the data-bin's
     dictionaries."""
-    from ..checkpoints import CheckpointError, check_dictionaries, load_checkpoint
 
     configs = []
     for path in args.teachers:
         state = load_checkpoint(path, what="teacher checkpoint")
         try:
-            check_dictionaries(state["model"], args.data, src, tgt, what=f"teacher {path}")
+            check_embeddings_fit(state["model"], args.data, src, tgt, what=f"teacher {path}")
         except CheckpointError as e:
             raise PseudoLabelError(str(e)) from None
         configs.append(state["cfg"]["model"])
@@ -250,7 +238,6 @@ def too_long(teacher_cfgs, src_sizes, tgt_sizes):
 
 def transfer_set(args, src, tgt, teacher_cfgs, teacher_sha256, tokenized=None) -> TransferSet:
     """The transfer set: a --subset of --data, or the tokenized lines of --input binarized into OUTPUT/transfer."""
-    from fairseq.data import Dictionary, data_utils
 
     if args.input:
         data_bin, split = os.path.join(args.output, "transfer"), "train"
@@ -281,7 +268,6 @@ def transfer_set(args, src, tgt, teacher_cfgs, teacher_sha256, tokenized=None) -
 def detokenizer(args, dictionary_symbols):
     """fairseq's post-processing of subword units into text (for chrF): --post-process, or guessed from
     the dictionary (sentencepiece's '▁', subword-nmt's '@@')."""
-    from fairseq.data import data_utils
 
     symbol = args.post_process
     if symbol == "auto":
@@ -297,7 +283,6 @@ def choose(args, job, nbest):
     """({id: chosen hypothesis}, {id: its rank in the n-best list}, what the choice did)."""
     if args.select != "chrf":
         return {i: h[0] for i, h in nbest.items()}, None, {"by": "teacher score", "nbest": args.nbest}
-    from fairseq.data import Dictionary
 
     symbols = Dictionary.load(os.path.join(args.data, f"dict.{job.tgt}.txt")).symbols
     scores = chrf_scores(nbest, job.references, detokenizer(args, symbols))
@@ -328,7 +313,6 @@ def read_shards(args, job):
 
 def assemble(args, job):
     """Merges, chooses, filters, writes, checks and binarizes the pseudo-labels; returns the summary."""
-    from fairseq.data import data_utils
 
     nbest, speed = read_shards(args, job)
     hypotheses, ranks, selection = choose(args, job, nbest)
@@ -377,7 +361,7 @@ def run(args, src, tgt, teacher_cfgs, tokenized):
     settings = settings_of(args)
     settings["teacher_sha256"] = ":".join(sha256_file(t) for t in args.teachers)
     settings["source_sha256"] = sha256_file(source_file(args, src, tgt))
-    check_manifest(args, args.output, settings)
+    check_manifest(args.output, settings)
     job = transfer_set(args, src, tgt, teacher_cfgs, settings["teacher_sha256"], tokenized)
     for shard in [args.shard_id] if args.shard_id is not None else range(args.num_shards):
         lock = f".shard-{shard:03d}-of-{args.num_shards:03d}.lock"

@@ -1,4 +1,3 @@
-import argparse
 import atexit
 import importlib.util
 import logging
@@ -7,32 +6,35 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
-from fairseq import models, utils
-from fairseq.data import Dictionary, data_utils
+from fairseq import utils
 from fairseq.data.multilingual.sampled_multi_dataset import SampledMultiDataset
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import FairseqEncoderDecoderModel
 from fairseq.models.transformer import TransformerModelBase
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
-from ..checkpoints import load_checkpoint
-from ..io import UserError
 from ..models.student_init import spread_layers
-from ..teacher import TeacherTargets, run_teachers
+from ..teacher import (
+    TeacherError,
+    TeacherTargets,
+    check_output_layer,
+    dictionary_difference,
+    hidden_sizes,
+    layer_counts,
+    load_teacher,
+    run_teachers,
+)
 from ..topk_cache import TopKCache, TopKCacheDataset, TopKCacheError, split_identity
+from . import on_policy
+from .mixture import parse_mixture
 
 logger = logging.getLogger(__name__)
 
 
 ON_POLICY_DECODING_CHOICES = ChoiceEnum(["sample", "greedy"])
-# the length bound of the student's on-policy translations, fairseq's max_len_a * source length + max_len_b, as
-# in the evaluation and the pseudo-labelling (fairseq_kd.evaluate.Settings)
-ON_POLICY_MAX_LEN = (1.5, 10)
 
 
 @dataclass
@@ -106,10 +108,6 @@ class TranslationKDConfig(TranslationConfig):
     tpu: bool = II("common.tpu")
 
 
-class TeacherError(UserError):
-    pass
-
-
 def check_not_tpu_without_xla(tpu):
     """fairseq 0.12's --bf16 (and --memory-efficient-bf16) is a TPU option: it implies --tpu, and the
     trainer then asks torch_xla for its device, which fails with an AttributeError on 'xla_device' after
@@ -119,39 +117,6 @@ def check_not_tpu_without_xla(tpu):
             "--bf16 in fairseq 0.12 means training on a TPU (it implies --tpu), and torch_xla is not installed: "
             "on GPUs use --fp16 or --amp instead (the teacher runs in the student's dtype), on CPUs drop --bf16"
         )
-
-
-def dictionary_difference(ours: Dictionary, theirs: Dictionary):
-    """A description of the first difference between two dictionaries, or None if they are equal."""
-    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
-        if a != b:
-            return f"index {i} is {a!r} for the student but {b!r} for the teacher"
-    if len(ours) != len(theirs):
-        shorter, longer, who = (ours, theirs, "teacher") if len(ours) < len(theirs) else (theirs, ours, "student")
-        return (
-            f"the student has {len(ours)} symbols and the teacher {len(theirs)}; the {who}'s extra symbols "
-            f"start with {longer.symbols[len(shorter)]!r} at index {len(shorter)}"
-        )
-    return None
-
-
-def recorded_data_dir(task_cfg):
-    """The first data directory that a checkpoint's task config records (None if it records none): where
-    the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
-    directory elsewhere, or missing here."""
-    return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
-
-
-def hidden_sizes(model):
-    """{"encoder": C, "decoder": C'}: the width of the per-layer hidden states of a transformer-like model."""
-    return {"encoder": model.encoder.embed_tokens.embedding_dim, "decoder": model.decoder.embed_dim}
-
-
-def layer_counts(model):
-    """{"encoder": L, "decoder": L'}, or None for a model without transformer-like layer stacks."""
-    if not all(hasattr(getattr(model, stack), "layers") for stack in ("encoder", "decoder")):
-        return None
-    return {stack: len(getattr(model, stack).layers) for stack in ("encoder", "decoder")}
 
 
 def _destroy_process_group_at_exit():
@@ -207,7 +172,7 @@ class TranslationKDTask(TranslationTask):
                 "--teacher-topk-cache covers one binarized training split; it cannot follow a --train-mixture "
                 "(binarize the mixture as one corpus, or use --teacher-path)"
             )
-        check_on_policy_settings(cfg.on_policy_fraction, str(cfg.on_policy_decoding), cfg.on_policy_temperature)
+        on_policy.check_settings(cfg.on_policy_fraction, str(cfg.on_policy_decoding), cfg.on_policy_temperature)
         self.topk_cache = None
         self.teachers = []
         self._on_policy_generator = None
@@ -349,60 +314,8 @@ class TranslationKDTask(TranslationTask):
             yield dataset.collater([dataset[i]])["net_input"]
 
     def load_teacher(self, path):
-        """Loads a frozen teacher, after checking that it shares our language pair and
-        dictionaries."""
-        state = load_checkpoint(path, what="teacher checkpoint")
-        teacher_cfg = state["cfg"]
-        self._check_teacher_dictionaries(path, teacher_cfg)
-        model_type = getattr(teacher_cfg.model, "_name", None) or getattr(teacher_cfg.model, "arch", None)
-        if model_type not in models.ARCH_MODEL_REGISTRY and model_type not in models.MODEL_REGISTRY:
-            # the teacher's architecture comes from a plugin of its own
-            utils.import_user_module(teacher_cfg.common)
-        try:
-            # models.build_model, not self.build_model: the latter would also rebuild the
-            # --eval-bleu sequence generator around the teacher.
-            teacher = models.build_model(teacher_cfg.model, self, from_checkpoint=True)
-            teacher.load_state_dict(state["model"], strict=True, model_cfg=teacher_cfg.model)
-        except RuntimeError as e:
-            raise TeacherError(f"could not load the teacher weights of {path!r} into its own architecture: {e}") from e
-        if not isinstance(teacher, FairseqEncoderDecoderModel):
-            raise TeacherError(f"teacher {path!r} is a {type(teacher).__name__}, not an encoder-decoder translation model")
-        check_output_layer(teacher, f"teacher {path!r}")
-        # eval() turns off dropout (and layer drop); requires_grad_(False) keeps the teacher out of
-        # autograd even where a caller forgets torch.no_grad().
-        teacher.eval()
-        teacher.requires_grad_(False)
-        num_params = sum(p.numel() for p in teacher.parameters())
-        logger.info(f"teacher {path}: {type(teacher).__name__}, {num_params:,} parameters (frozen)")
-        return teacher
-
-    def _check_teacher_dictionaries(self, path, teacher_cfg):
-        data_dir = self.cfg.teacher_data or recorded_data_dir(teacher_cfg.task)
-        pair = teacher_cfg.task.get("source_lang"), teacher_cfg.task.get("target_lang")
-        if None in pair and data_dir and os.path.isdir(data_dir):
-            # not recorded when fairseq inferred it from the data-bin's file names: infer it the same way
-            pair = tuple(data_utils.infer_language_pair(data_dir))
-        if None not in pair and pair != (self.cfg.source_lang, self.cfg.target_lang):
-            raise TeacherError(
-                f"teacher {path!r} translates {pair[0]}->{pair[1]}, the student "
-                f"{self.cfg.source_lang}->{self.cfg.target_lang}: a teacher must translate in the student's direction"
-            )
-        for side, ours in [("source", self.src_dict), ("target", self.tgt_dict)]:
-            our_lang = self.cfg.source_lang if side == "source" else self.cfg.target_lang
-            dict_path = os.path.join(data_dir or "", f"dict.{our_lang}.txt")
-            if data_dir is None or not os.path.isfile(dict_path):
-                raise TeacherError(
-                    f"cannot check the teacher's {side} dictionary: {dict_path!r} does not exist. Pass "
-                    f"--teacher-data DIR, where DIR holds the dict.{self.cfg.source_lang}.txt and "
-                    f"dict.{self.cfg.target_lang}.txt that teacher {path!r} was trained with"
-                )
-            difference = dictionary_difference(ours, self.load_dictionary(dict_path))
-            if difference is not None:
-                raise TeacherError(
-                    f"teacher {path!r} and the student must share one {side} dictionary, but they differ "
-                    f"({dict_path} vs the student's): {difference}. Binarize the student's data with the "
-                    f"teacher's dictionaries (fairseq-preprocess --srcdict/--tgtdict)"
-                )
+        """The frozen teacher of checkpoint PATH, checked against this task (:func:`fairseq_kd.teacher.load_teacher`)."""
+        return load_teacher(self, path, self.cfg.teacher_data)
 
     def build_criterion(self, cfg, from_checkpoint=False):
         """Builds the criterion and checks that it and the teacher fit each other."""
@@ -486,91 +399,15 @@ class TranslationKDTask(TranslationTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def on_policy(self, update_num):
-        """Whether update UPDATE_NUM trains on the student's own translations: a draw with probability
-        --on-policy-fraction from a generator seeded with (--seed, UPDATE_NUM). Every batch of the update (with
-        --update-freq) and every process draws the same, and a run resumed from a checkpoint (which holds the
-        update number) draws what the uninterrupted run drew."""
-        fraction = self.cfg.on_policy_fraction
-        if fraction <= 0:
-            return False
-        return fraction >= 1 or np.random.default_rng([self.cfg.seed, update_num]).random() < fraction
+        """Whether update UPDATE_NUM trains on the student's own translations (:func:`.on_policy.draw`)."""
+        return on_policy.draw(self.cfg.on_policy_fraction, self.cfg.seed, update_num)
 
-    @torch.no_grad()
     def student_translations(self, sample, model):
-        """SAMPLE with the student's translations of its sources as target (fairseq's SequenceGenerator, beam 1,
-        sampling or greedy, the model in eval mode) and ``sample["on_policy"] = True``. Sampling draws from
-        torch's generator, which fairseq's trainer seeds with --seed + the update number before each update."""
-        student = model
-        while hasattr(student, "module"):  # fairseq's data-parallel wrappers (a proxy around DDP around the model)
-            student = student.module
-        was_training = student.training
-        if self._on_policy_generator is None:  # (fairseq's SequenceGenerator puts its models in eval mode)
-            sampling = str(self.cfg.on_policy_decoding) == "sample"
-            settings = argparse.Namespace(
-                beam=1, sampling=sampling, temperature=self.cfg.on_policy_temperature if sampling else 1.0,
-                max_len_a=ON_POLICY_MAX_LEN[0], max_len_b=ON_POLICY_MAX_LEN[1],
-            )  # fmt: skip
-            self._on_policy_generator = self.build_generator([student], settings)
-        student.eval()
-        try:
-            hypotheses = self._on_policy_generator.generate([student], sample)
-        finally:
-            student.train(was_training)
-        tokens = [h[0]["tokens"] for h in hypotheses]  # each ends with </s>
-        pad, eos = self.tgt_dict.pad(), self.tgt_dict.eos()
-        target = data_utils.collate_tokens(tokens, pad, eos, left_pad=False)
-        prev_output_tokens = data_utils.collate_tokens(tokens, pad, eos, left_pad=False, move_eos_to_beginning=True)
-        net_input = dict(sample["net_input"], prev_output_tokens=prev_output_tokens.to(target.device))
-        return dict(sample, net_input=net_input, target=target, ntokens=int(target.ne(pad).sum()), on_policy=True)
+        """SAMPLE with the student's own translations as target (:func:`.on_policy.student_translations`)."""
+        if self._on_policy_generator is None:
+            self._on_policy_generator = on_policy.generator(self, model, self.cfg)
+        return on_policy.student_translations(self._on_policy_generator, sample, model, self.tgt_dict)
 
     def valid_step(self, sample, model, criterion):
         self.add_teacher_targets(sample, model, criterion)
         return super().valid_step(sample, model, criterion)
-
-
-def check_on_policy_settings(fraction, decoding, temperature):
-    if not 0 <= fraction <= 1:
-        raise ValueError(
-            f"--on-policy-fraction must be in [0, 1] (the share of updates on the student's translations), got {fraction}"
-        )
-    if decoding == "sample" and not 0 < temperature < float("inf"):
-        raise ValueError(f"--on-policy-temperature must be > 0 and finite, got {temperature}")
-
-
-def parse_mixture(paths, probs):
-    """(paths, probabilities or None) from ``--train-mixture`` and ``--train-mixture-probs``, or None
-    without a mixture. Raises ValueError for probabilities that are not a distribution over the paths."""
-    if not paths:
-        if probs:
-            raise ValueError("--train-mixture-probs is set without --train-mixture: give the data-bins to mix")
-        return None
-    paths = [p.strip() for p in paths.split(",") if p.strip()]
-    if len(set(paths)) != len(paths):
-        raise ValueError(
-            f"--train-mixture lists a data-bin twice ({paths}): give each once and weight it with --train-mixture-probs"
-        )
-    if not probs:
-        return paths, None
-    try:
-        values = [float(p) for p in probs.split(",")]
-    except ValueError:
-        raise ValueError(f"--train-mixture-probs {probs!r} is not a comma-separated list of numbers") from None
-    if len(values) != len(paths):
-        raise ValueError(
-            f"--train-mixture-probs has {len(values)} probabilities for {len(paths)} --train-mixture data-bins: give one per data-bin"
-        )
-    if any(not 0 < p <= 1 for p in values):
-        raise ValueError(
-            f"--train-mixture-probs {probs!r}: every probability must be in (0, 1]; drop a data-bin instead of giving it 0"
-        )
-    if abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(f"--train-mixture-probs {probs!r} sum to {sum(values):g}, not 1")
-    return paths, values
-
-
-def check_output_layer(model, who):
-    if getattr(model.decoder, "adaptive_softmax", None) is not None:
-        raise TeacherError(
-            f"the {who} uses an adaptive softmax, whose output is not a distribution over the whole "
-            "vocabulary: word-level KD needs a full softmax output layer"
-        )

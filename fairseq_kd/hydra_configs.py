@@ -3,7 +3,7 @@
 One YAML file per method of the guide, in ``configs/`` at the repository's root, made from the method table
 (so that a config and the table cannot disagree; a test regenerates them and compares)::
 
-    python -m fairseq_kd.configs configs          # (re)writes configs/NAME.yaml
+    python -m fairseq_kd.hydra_configs configs          # (re)writes configs/NAME.yaml
 
     fairseq-hydra-train --config-dir configs --config-name word_kd \\
         task.data=data-bin task.teacher_path=teacher.pt checkpoint.save_dir=student
@@ -58,7 +58,7 @@ def config(method: Method) -> str:
     m = method
     lines = [
         f"# method: {m.name} ({m.summary})",
-        "# made by: python -m fairseq_kd.configs configs (from fairseq_kd/methods.py)",
+        "# made by: python -m fairseq_kd.hydra_configs configs (from fairseq_kd/methods.py)",
     ]
     lines.append(_comment("guide: " + (m.guide or "nothing (not a method of the guide)")))
     if m.not_in_guide:

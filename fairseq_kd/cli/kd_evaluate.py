@@ -11,11 +11,12 @@ import argparse
 import logging
 import sys
 
+from ..evaluate import Settings, evaluate, results_table
+from ..io import check_outputs_apart
 from . import add_tokenizer_arguments, run
 
 
 def get_parser():
-    from ..evaluate import Settings
 
     d = Settings()
     parser = argparse.ArgumentParser(prog="fairseq-kd-evaluate", description=__doc__.split("\n\n")[0])
@@ -59,9 +60,6 @@ def main(argv=None):
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr
     )
-    from ..evaluate import Settings, evaluate
-    from ..io import check_outputs_apart
-
     settings = Settings(args.beam, args.batch_size, args.max_len_a, args.max_len_b, args.post_process, args.threads,
                         args.bootstrap_samples)  # fmt: skip
     inputs = {"DATA_BIN": args.data, "--references": args.references, "--source": args.source}
@@ -74,8 +72,6 @@ def main(argv=None):
         vmap=args.use_vmap,
     )  # fmt: skip
     if not args.out:
-        from ..evaluate import results_table
-
         print(results_table(records, args.baseline))
     return 0
 

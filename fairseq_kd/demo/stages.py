@@ -21,8 +21,12 @@ import logging
 import os
 import shutil
 
-from ..io import UserError, changed_settings, read_lines, run_lock, write_json, write_text
-from ..pipeline import DEFAULT_LAYOUT, Config, Pipeline, PipelineError, log
+import sentencepiece as spm
+
+from ..cli import run
+from ..io import UserError, read_lines, run_lock, write_text
+from ..pipeline import DEFAULT_LAYOUT, Config, Pipeline, PipelineError
+from ..runs import RunDir, log
 from .corpus import build_corpus
 from .presets import PRESETS
 
@@ -33,7 +37,11 @@ class DemoError(UserError):
     pass
 
 
-class Demo:
+class Demo(RunDir):
+    """The demo's stages in OUT (corpus, sentencepiece, binarize, teacher), then the pipeline's."""
+
+    error = DemoError
+
     def __init__(
         self, out, preset="default", data=None, src="de", tgt="en", timing_rounds=None, methods=None, teacher_only=False
     ):
@@ -41,7 +49,8 @@ class Demo:
             raise DemoError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         if data is None and tgt != "en":
             raise DemoError(f"the gettext corpus translates into English: -t {tgt} needs --data DIR")
-        self.out, self.preset_name, self.preset = out, preset, PRESETS[preset]
+        super().__init__(out)
+        self.preset_name, self.preset = preset, PRESETS[preset]
         self.data, self.src, self.tgt = data, src, tgt
         self.teacher_only = teacher_only
         p = self.preset
@@ -58,12 +67,8 @@ class Demo:
         self.config.evaluation.post_process = "sentencepiece"  # the demo's data is made with sentencepiece
         self.pipeline = Pipeline(out, self.config)
 
-    def path(self, *parts):
-        return os.path.join(self.out, *parts)
-
-    def check_run_dir(self):
+    def check_run_dir(self) -> None:
         """A run directory belongs to one preset and one corpus: a rerun with others is refused untouched."""
-        os.makedirs(self.out, exist_ok=True)
         record = {
             "preset": self.preset_name,
             "data": os.path.abspath(self.data) if self.data else "gettext catalogs",
@@ -74,20 +79,9 @@ class Demo:
             "teacher_label_smoothing": self.preset["teacher_label_smoothing"],
             "teacher_layout": list(self.preset["teacher_layout"]),
         }
-        path = self.path("demo.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                earlier = json.load(f)
-            # a run recorded before the layout was: the default layout's
-            changed = [key for key, _, _ in changed_settings(earlier, record, {"teacher_layout": list(DEFAULT_LAYOUT)})]
-            if changed:
-                raise DemoError(
-                    f"{self.out} holds a demo run of preset {earlier.get('preset')!r} on {earlier.get('data')} "
-                    f"({earlier.get('languages')}) that differs in "
-                    + ", ".join(changed)
-                    + f": give another output directory (OUT=...) or remove {self.out} to start over"
-                )
-        write_json(path, record)
+        # a run recorded before the layout was: the default layout's
+        self.check_recorded("demo.json", record, "a demo run", defaults={"teacher_layout": list(DEFAULT_LAYOUT)},
+                            remedy=f"give another output directory (OUT=...) or remove {self.out} to start over")  # fmt: skip
 
     def run(self):
         if self.data:
@@ -97,10 +91,10 @@ class Demo:
 
     def run_stages(self):
         self.check_run_dir()
-        self.pipeline.check_run_dir()  # the pipeline's settings, checked before the teacher is trained
+        self.pipeline.check_run_dir(inputs=False)  # the pipeline's settings, checked before the teacher is made
         for name, fn in (("corpus", self.corpus), ("sentencepiece", self.sentencepiece), ("binarize", self.binarize),
                          ("teacher", self.teacher)):  # fmt: skip
-            self.pipeline.stage(name, fn)
+            self.stage(name, fn)
         if self.teacher_only:
             log(f"    the teacher is {self.config.teacher}; rerun without --teacher-only for the students")
             return
@@ -129,8 +123,6 @@ class Demo:
             )
 
     def sentencepiece(self):
-        import sentencepiece as spm
-
         model = self.path("spm")
         spm.SentencePieceTrainer.train(
             input=",".join(self.path("raw", f"train.{lang}") for lang in (self.src, self.tgt)),
@@ -159,7 +151,7 @@ class Demo:
     def binarize(self):
         tok, bin_dir = self.path("tok"), self.path("data-bin")
         shutil.rmtree(bin_dir, ignore_errors=True)  # an interrupted earlier attempt of this stage
-        self.pipeline.command(
+        self.command(
             "fairseq-preprocess",
             ["--source-lang", self.src, "--target-lang", self.tgt, "--joined-dictionary", "--workers", "2",
              "--destdir", bin_dir, "--trainpref", f"{tok}/train", "--validpref", f"{tok}/valid", "--testpref", f"{tok}/test"],
@@ -174,7 +166,7 @@ class Demo:
         )
         flags += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", p["teacher_label_smoothing"]]
         flags += p["teacher_training"].flags()
-        self.pipeline.train(flags, self.path("teacher"), "teacher", p["teacher_training"].max_update)
+        self.train(flags, self.path("teacher"), "teacher", p["teacher_training"].max_update)
 
 
 def check_data_dir(data, src="de", tgt="en"):
@@ -227,8 +219,6 @@ def main(argv=None):
 
 
 def cli_main(argv=None):
-    from ..cli import run
-
     return run(main, "python -m fairseq_kd.demo", argv)
 
 

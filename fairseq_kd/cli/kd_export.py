@@ -11,6 +11,20 @@ import logging
 import os
 import sys
 
+from .. import ct2
+from ..checkpoints import (
+    CheckpointError,
+    check_ctranslate2_convertible,
+    export_ctranslate2,
+    export_student,
+    learn_vocabulary_map,
+    load_checkpoint,
+)
+from ..evaluate import count_parameters
+from ..io import check_output_path, check_outputs_apart
+from ..models.swish import uses_swish
+from . import run
+
 
 def get_parser():
     parser = argparse.ArgumentParser(prog="fairseq-kd-export", description=__doc__.split("\n\n")[1])
@@ -44,17 +58,6 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
-    from fairseq_kd.checkpoints import (
-        CheckpointError,
-        check_ctranslate2_convertible,
-        export_ctranslate2,
-        export_student,
-        load_checkpoint,
-        write_vocabulary_map,
-    )
-    from fairseq_kd.ct2 import WEIGHT_TYPES as CT2_WEIGHT_TYPES
-    from fairseq_kd.io import check_output_path, check_outputs_apart
-
     check_outputs_apart(
         {"STUDENT_CHECKPOINT": args.student, "--data": args.data},
         {"OUTPUT_CHECKPOINT": args.output, "--ctranslate2": args.ctranslate2},
@@ -63,8 +66,8 @@ def main(argv=None):
         raise CheckpointError("--ctranslate2 needs --data DATA_BIN (its dictionaries)")
     if args.ctranslate2 and os.path.exists(args.ctranslate2) and not args.overwrite:
         raise CheckpointError(f"{args.ctranslate2} exists (give --overwrite to replace it)")
-    if args.ctranslate2 and args.quantization not in CT2_WEIGHT_TYPES:
-        raise CheckpointError(f"--quantization {args.quantization!r} is not one of {', '.join(CT2_WEIGHT_TYPES)}")
+    if args.ctranslate2 and args.quantization not in ct2.WEIGHT_TYPES:
+        raise CheckpointError(f"--quantization {args.quantization!r} is not one of {', '.join(ct2.WEIGHT_TYPES)}")
     if args.vocab_map_split and not args.ctranslate2:
         raise CheckpointError("--vocab-map-split is for a CTranslate2 model: add --ctranslate2 DIR")
     if args.vocab_map_frequent < 0 or args.vocab_map_per_source < 1:
@@ -79,7 +82,7 @@ def main(argv=None):
         vmap = None
         if args.vocab_map_split:
             vmap = os.path.abspath(args.ctranslate2).rstrip("/") + ".vmap.txt"
-            mapped, mean, pairs = write_vocabulary_map(
+            mapped, mean, pairs = learn_vocabulary_map(
                 args.data, args.vocab_map_split, vmap, frequent=args.vocab_map_frequent, per_source=args.vocab_map_per_source
             )
             print(f"vocabulary map from {pairs:,} {args.vocab_map_split} pairs: {mapped:,} source tokens, "
@@ -91,11 +94,7 @@ def main(argv=None):
                 os.remove(vmap)  # the model directory holds its copy, vmap.txt
         print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
     cfg = state["cfg"]
-    from ..evaluate import count_parameters
-
     num_params = count_parameters(state["model"])  # a shared embedding once, as fairseq-kd-evaluate counts
-    from ..models.swish import uses_swish
-
     if uses_swish(cfg["model"]):
         print("its activation is swish, which fairseq 0.12 runs only with --user-dir fairseq_kd (CTranslate2 as it is)")
     print(
@@ -107,8 +106,6 @@ def main(argv=None):
 
 
 def cli_main(argv=None):
-    from . import run
-
     return run(main, "fairseq-kd-export", argv)
 
 

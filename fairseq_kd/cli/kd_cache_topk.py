@@ -14,6 +14,12 @@ import logging
 import os
 import sys
 
+import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from ..io import check_output_path, check_outputs_apart, run_lock
+from ..topk_cache import TopKCacheError, build_cache
 from . import run
 
 logger = logging.getLogger("fairseq_kd.cache_topk")
@@ -39,13 +45,6 @@ def get_parser():
 
 
 def main(args):
-    import torch
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    from ..io import check_output_path, check_outputs_apart, run_lock
-    from ..topk_cache import TopKCacheError, build_cache
-
     if args.k < 1 or args.shard_size < 1 or args.max_tokens < 1:
         raise TopKCacheError("--k, --shard-size and --max-tokens must be >= 1")
     if not os.path.isdir(args.data):

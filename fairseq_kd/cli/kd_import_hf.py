@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from ..hf import HFImportError, import_marian
+from ..io import check_output_path, check_outputs_apart
 from . import run
 
 
@@ -27,11 +29,8 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    from ..hf import HFImportError, import_marian
-    from ..io import check_output_path, check_outputs_apart
-
     try:
-        import transformers  # noqa: F401
+        import transformers  # noqa: F401 (here, not at the top: an optional dependency, the [hf] extra)
     except ImportError:
         raise HFImportError("fairseq-kd-import-hf needs transformers: pip install '.[hf]' (or make install)") from None
     if args.source_lang == args.target_lang:

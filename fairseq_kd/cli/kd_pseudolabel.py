@@ -26,8 +26,7 @@ import logging
 import sys
 
 from ..pseudolabel.engines import ENGINES
-from ..pseudolabel.run import main as run_main
-from ..pseudolabel.run import tokenize  # noqa: F401 (part of this module's interface)
+from ..pseudolabel.run import main
 from . import add_tokenizer_arguments, run
 
 
@@ -78,9 +77,6 @@ def get_parser():
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--user-dir", default=None, help="the teacher's own plugin, if it needs one")
     return parser
-
-
-main = run_main
 
 
 def cli_main():
