@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import zipfile
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 _TIED_SUFFIXES = ("embed_tokens.weight", "output_projection.weight")
 
 
-def retie_embeddings(model_state):
+def retie_embeddings(model_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Makes equal copies of tied weights one tensor again, in place.
 
     A checkpoint saved by training on the CPU stores shared embeddings once; one saved on a GPU stores a copy
@@ -74,7 +75,7 @@ def _numpy_globals():
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace] + _numpy_globals()
 
 
-def allow_fairseq_checkpoints():
+def allow_fairseq_checkpoints() -> None:
     """Lets ``torch.load(weights_only=True)`` accept the plain classes fairseq pickles."""
     if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4
         torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
@@ -84,7 +85,7 @@ class CheckpointError(UserError):
     pass
 
 
-def load_checkpoint(path, what="checkpoint"):
+def load_checkpoint(path: str, what: str = "checkpoint") -> Dict[str, Any]:
     """Loads a fairseq checkpoint to CPU with fairseq's own upgrade logic, turning the failures a
     user can fix (missing, truncated or foreign files) into one clear error."""
     if not os.path.isfile(path):
@@ -114,7 +115,7 @@ def load_checkpoint(path, what="checkpoint"):
     return state
 
 
-def check_ctranslate2_convertible(state, what="the model"):
+def check_ctranslate2_convertible(state: Dict[str, Any], what: str = "the model") -> None:
     """Raises CheckpointError, before anything is written, for a model that CTranslate2's fairseq converter
     cannot take: another architecture family than a translation transformer, or its activation."""
 
@@ -132,7 +133,9 @@ def check_ctranslate2_convertible(state, what="the model"):
         raise CheckpointError(f"{what} uses --activation-fn {activation}, which CTranslate2 does not convert")
 
 
-def check_embeddings_fit(model_state, data_bin, src, tgt, what="the model"):
+def check_embeddings_fit(
+    model_state: Dict[str, torch.Tensor], data_bin: str, src: str, tgt: str, what: str = "the model"
+) -> None:
     """Raises CheckpointError unless the model's encoder and decoder embeddings have as many rows as
     DATA_BIN's dict.SRC.txt and dict.TGT.txt have symbols: a model trained with other dictionaries."""
 
@@ -183,7 +186,7 @@ def _stock_model_config(model_cfg):
     return model_cfg
 
 
-def export_student(student_path, output_path, overwrite=False):
+def export_student(student_path: str, output_path: str, overwrite: bool = False) -> Dict[str, Any]:
     """Writes *student_path*'s model as an ordinary fairseq ``translation`` checkpoint.
 
     The result holds the student's weights and configuration only (no optimizer state, no
@@ -253,7 +256,7 @@ def _only_torch_default_safe_globals():
         torch.serialization.add_safe_globals(extra)
 
 
-def check_loadable_by_stock_fairseq(path):
+def check_loadable_by_stock_fairseq(path: str) -> None:
     """Fails unless *path* loads with ``weights_only=True`` and no allow-listed globals, and its
     task and model are stock fairseq ones."""
     with _only_torch_default_safe_globals():
@@ -269,9 +272,9 @@ def check_loadable_by_stock_fairseq(path):
         raise CheckpointError(f"{path!r} uses architecture {arch!r}, which stock fairseq does not have")
 
 
-def export_ctranslate2(
-    exported_path, data_bin, output_dir, quantization="int8", source_lang=None, target_lang=None, vocabulary_map=None
-):
+def export_ctranslate2(exported_path: str, data_bin: str, output_dir: str, quantization: str = "int8",
+                       source_lang: Optional[str] = None, target_lang: Optional[str] = None,
+                       vocabulary_map: Optional[str] = None) -> None:  # fmt: skip
     """Converts an exported student (see :func:`export_student`) to a CTranslate2 model directory.
 
     CTranslate2's fairseq converter reads the model's settings from ``checkpoint["args"]`` as an
@@ -304,7 +307,9 @@ def export_ctranslate2(
     return output_dir
 
 
-def learn_vocabulary_map(data_bin, split, path, source_lang=None, target_lang=None, frequent=100, per_source=50):
+def learn_vocabulary_map(data_bin: str, split: str, path: str, source_lang: Optional[str] = None,
+                         target_lang: Optional[str] = None, frequent: int = 100,
+                         per_source: int = 50) -> Tuple[int, float, int]:  # fmt: skip
     """Learns a lexical shortlist from DATA_BIN's binarized SPLIT (:func:`fairseq_kd.ct2.vocabulary_map`)
     and writes it to PATH in CTranslate2's format. Returns (number of source tokens mapped, mean candidates
     per source token, sentence pairs read)."""

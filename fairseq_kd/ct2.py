@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import ctranslate2
 import numpy as np
@@ -28,7 +28,8 @@ DEFAULT_THREADS = 1
 WEIGHT_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
 
 
-def translator(path, device="cpu", threads=DEFAULT_THREADS, compute_type="default", parallel=1):
+def translator(path: str, device: str = "cpu", threads: int = DEFAULT_THREADS, compute_type: str = "default",
+               parallel: int = 1) -> "ctranslate2.Translator":  # fmt: skip
     """A ``ctranslate2.Translator`` with THREADS intra-op threads (0: every core) for each of PARALLEL batches
     decoded at once (CTranslate2's inter_threads; :func:`translate` then submits its batches together).
     Creating one sets the process's OpenMP thread count, torch's included (torch.get_num_threads() went from
@@ -50,7 +51,7 @@ class Hypotheses:
     scores: List[float]  # each one's length-normalised log-probability, in log2 as fairseq-generate prints it
 
 
-def batches(lengths: Sequence[int], max_tokens: Optional[int] = None, batch_size: Optional[int] = None):
+def batches(lengths: Sequence[int], max_tokens: Optional[int] = None, batch_size: Optional[int] = None) -> List[np.ndarray]:
     """Lists of positions into LENGTHS (token counts without </s>), in fairseq-generate's order and cut."""
 
     order = np.argsort(np.asarray(lengths, dtype=np.int64) + 1, kind="stable")
@@ -60,7 +61,7 @@ def batches(lengths: Sequence[int], max_tokens: Optional[int] = None, batch_size
 
 
 def translate(
-    translator,
+    translator: "ctranslate2.Translator",
     sources: Sequence[List[str]],
     *,
     beam: int,
@@ -71,8 +72,8 @@ def translate(
     nbest: int = 1,
     sampling_topk: Optional[int] = None,
     use_vmap: bool = False,
-    on_batch=None,
-):
+    on_batch: Optional[Callable[[int, int], None]] = None,
+) -> Tuple[List["Hypotheses"], float]:
     """(a :class:`Hypotheses` per source in SOURCES' order, seconds spent translating: the batches' own
     times, or for a translator of several parallel batches the time from the first submission to the last).
 
@@ -117,7 +118,8 @@ def translate(
 # ---- vocabulary map (lexical shortlist) -------------------------------------------------------------
 
 
-def vocabulary_map(pairs, vocab_size, nspecial, frequent=100, per_source=50, chunk=20000):
+def vocabulary_map(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], vocab_size: int, nspecial: int, frequent: int = 100,
+                   per_source: int = 50, chunk: int = 20000) -> Tuple[List[int], Dict[int, List[int]]]:  # fmt: skip
     """A lexical shortlist for CTranslate2's ``use_vmap``, learned from parallel data without alignments:
     (the ``frequent`` target ids of highest document frequency, {source id: its ``per_source`` target ids of
     highest sentence-level Dice coefficient 2 c(s, t) / (c(s) + c(t))}), c counting the sentence pairs a
@@ -162,7 +164,8 @@ def vocabulary_map(pairs, vocab_size, nspecial, frequent=100, per_source=50, chu
     return always, candidates
 
 
-def write_vocabulary_map(path, always, candidates, source_symbols, target_symbols):
+def write_vocabulary_map(path: str, always: Sequence[int], candidates: Dict[int, Sequence[int]], source_symbols: Sequence[str],
+                         target_symbols: Sequence[str]) -> None:  # fmt: skip
     """Writes CTranslate2's vocabulary-map file: one ``source token<TAB>target tokens`` line per source
     token, and the line with the empty key: the target tokens that are always candidates."""
     with open(path, "w", encoding="utf-8") as f:

@@ -8,7 +8,7 @@ steps only. The pseudo-labeller's CTranslate2 engine writes the same lines.
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 _LINE = re.compile(r"^([HD])-(\d+)\t(\S+)\t(.*)$")
 TRANSLATED = re.compile(
@@ -47,7 +47,7 @@ def read_speed(text: str) -> Optional[Dict[str, float]]:
     }
 
 
-def read_translations(text: str, num_sentences: int, name: str = "system"):
+def read_translations(text: str, num_sentences: int, name: str = "system") -> Tuple[List[str], Dict[str, float]]:
     """(the best D- line of every sentence in corpus order, {sentences_per_s, tokens_per_s, seconds}) of a
     fairseq-generate log; a missing sentence or a missing Translated line is an error naming NAME."""
     found = read_nbest(text.splitlines(), kind="D")

@@ -33,7 +33,7 @@ relu, gelu and swish, and a vocabulary without Marian's special symbols.
 import json
 import os
 import shutil
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from fairseq import options, tasks
@@ -52,7 +52,7 @@ class HFImportError(UserError):
     pass
 
 
-def read_vocab(model_dir) -> Dict[str, int]:
+def read_vocab(model_dir: str) -> Dict[str, int]:
     path = os.path.join(model_dir, "vocab.json")
     if not os.path.isfile(path):
         raise HFImportError(f"{model_dir} has no vocab.json: give a MarianMT save_pretrained directory")
@@ -60,7 +60,7 @@ def read_vocab(model_dir) -> Dict[str, int]:
         return json.load(f)
 
 
-def fairseq_order(vocab: Dict[str, int], config) -> Tuple[List[str], List[int]]:
+def fairseq_order(vocab: Dict[str, int], config: Any) -> Tuple[List[str], List[int]]:
     """(the symbols of fairseq's dict.txt, in order; the Marian id of each fairseq index, -1 for <s>)."""
     by_id = {i: s for s, i in vocab.items()}
     if len(by_id) != config.vocab_size or sorted(by_id) != list(range(config.vocab_size)):
@@ -80,7 +80,7 @@ def fairseq_order(vocab: Dict[str, int], config) -> Tuple[List[str], List[int]]:
     return symbols, marian_ids
 
 
-def check_config(config, state):
+def check_config(config: Any, state: Dict[str, torch.Tensor]) -> None:
     """Refuses, in one line, what the conversion cannot represent."""
     if config.model_type != "marian":
         raise HFImportError(f"model_type {config.model_type!r}: only MarianMT (model_type marian) is imported")
@@ -111,7 +111,7 @@ def _suppressed_row(layer_norm_weight, layer_norm_bias, logit=SUPPRESSED_LOGIT):
     return ((logit / k) / g).to(layer_norm_weight.dtype)
 
 
-def fairseq_flags(config, data_dir, src, tgt) -> List[str]:
+def fairseq_flags(config: Any, data_dir: str, src: str, tgt: str) -> List[str]:
     return [
         data_dir, "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--arch", "transformer",
         "--encoder-layers", str(config.encoder_layers), "--decoder-layers", str(config.decoder_layers),
@@ -128,7 +128,7 @@ def fairseq_flags(config, data_dir, src, tgt) -> List[str]:
     ] + ([] if config.scale_embedding else ["--no-scale-embedding"])  # fmt: skip
 
 
-def convert_state(hf_state, config, marian_ids, pad) -> Dict[str, torch.Tensor]:
+def convert_state(hf_state: Dict[str, torch.Tensor], config: Any, marian_ids: List[int], pad: int) -> Dict[str, torch.Tensor]:
     """The fairseq transformer's state dict from a MarianMTModel's."""
     index = torch.tensor([i if i >= 0 else config.pad_token_id for i in marian_ids])
     shared = hf_state["model.shared.weight"]
@@ -152,7 +152,7 @@ def convert_state(hf_state, config, marian_ids, pad) -> Dict[str, torch.Tensor]:
     return out
 
 
-def import_marian(model_dir, out_dir, src="src", tgt="tgt"):
+def import_marian(model_dir: str, out_dir: str, src: str = "src", tgt: str = "tgt") -> str:
     """Writes OUT_DIR/model.pt, dict.SRC.txt, dict.TGT.txt (and the sentencepiece models found) from the
     MarianMT model in MODEL_DIR; returns the checkpoint's path."""
     # here, not at the top: an optional dependency (the [hf] extra)

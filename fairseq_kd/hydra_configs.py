@@ -18,6 +18,7 @@ point to override (``model.encoder_layers=3``, ``optimization.max_update=...``).
 import argparse
 import os
 import textwrap
+from typing import List, Optional
 
 from .methods import LOW_DATA, METHODS, MIXTURE, REFERENCES, TEACHER, TEACHER_SAMPLED, TOPK_CACHE, Method
 
@@ -102,14 +103,14 @@ def config(method: Method) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir):
+def write(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for name in CONFIG_METHODS:
         with open(os.path.join(out_dir, f"{name}.yaml"), "w") as f:
             f.write(config(METHODS[name]))
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Writes one fairseq-hydra-train config per method of the guide")
     parser.add_argument("out_dir", nargs="?", default="configs")
     write(parser.parse_args(argv).out_dir)

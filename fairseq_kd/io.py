@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from fairseq import options
 from fairseq.data import encoders
@@ -19,7 +20,7 @@ class UserError(ValueError):
     """A mistake in what the user gave (a path, a number, a file's content): reported as one line."""
 
 
-def sha256_file(path, chunk=1 << 20):
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -44,7 +45,7 @@ os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 @contextlib.contextmanager
-def run_lock(out_dir, what, shared=False, name=".lock"):
+def run_lock(out_dir: str, what: str, shared: bool = False, name: str = ".lock") -> Iterator[None]:
     """Holds OUT_DIR/NAME (.lock) for a run into OUT_DIR: a second run of WHAT into it is refused while this one runs
     (exclusive), or, with SHARED, only runs that want it exclusively are (the shards of one pseudo-labelling).
     The lock is the kernel's (flock): a run that is killed leaves none behind. Reentrant within a process."""
@@ -81,14 +82,14 @@ def run_lock(out_dir, what, shared=False, name=".lock"):
             f.close()
 
 
-def write_json(path, value):
+def write_json(path: str, value: Any) -> None:
     """Writes VALUE as JSON to PATH atomically: a reader sees the old file or the new one, never a part."""
     with _atomic(path) as f:
         json.dump(value, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 
-def write_text(path, text):
+def write_text(path: str, text: str) -> None:
     """Writes TEXT to PATH atomically."""
     with _atomic(path) as f:
         f.write(text)
@@ -115,7 +116,7 @@ def _atomic(path):
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def write_failure(error):
+def write_failure(error: OSError) -> Optional[str]:
     """The one-line report of an OSError that is a full disk (or quota, or file-size limit), else None."""
     if not isinstance(error, OSError) or error.errno not in WRITE_FAILURES:
         return None
@@ -126,7 +127,7 @@ def write_failure(error):
     )
 
 
-def read_lines(path, what="file"):
+def read_lines(path: str, what: str = "file") -> List[str]:
     """The lines of a UTF-8 text file, without their line ends; the first line that is not UTF-8 is a
     UserError naming it."""
     if not os.path.isfile(path):
@@ -145,7 +146,7 @@ def read_lines(path, what="file"):
     return lines
 
 
-def check_output_path(flag, path, file_expected=False):
+def check_output_path(flag: str, path: str, file_expected: bool = False) -> None:
     """A path that a run will write: refused when it is a file where a directory is meant (or a directory
     where a file is), or when the nearest existing directory above it is a file, before any work."""
     if os.path.exists(path) and os.path.isdir(path) == file_expected:
@@ -158,7 +159,7 @@ def check_output_path(flag, path, file_expected=False):
         raise UserError(f"{flag} {path} cannot be made: {parent} is a file")
 
 
-def check_outputs_apart(inputs, outputs):
+def check_outputs_apart(inputs: Dict[str, Optional[str]], outputs: Dict[str, Optional[str]]) -> None:
     """Refuses, in one line and before any work, an output that is an input or a directory that holds one
     (writing it, or replacing it with --overwrite, would destroy the input). INPUTS and OUTPUTS are {flag: path};
     None paths are skipped. An output inside an input directory replaces nothing of it and is allowed (a top-k
@@ -183,7 +184,7 @@ def check_outputs_apart(inputs, outputs):
             )
 
 
-def encode_lines(lines, spm_model=None, bpe_codes=None):
+def encode_lines(lines: Sequence[str], spm_model: Optional[str] = None, bpe_codes: Optional[str] = None) -> List[str]:
     """LINES in the subword units of a sentencepiece model or of subword-nmt BPE codes (fairseq's own
     encoders); with neither, whitespace-normalised as they are. Empty lines stay empty."""
     if not (spm_model or bpe_codes):
@@ -207,7 +208,8 @@ def encode_lines(lines, spm_model=None, bpe_codes=None):
     return [bpe.encode(line) if line.strip() else "" for line in lines]
 
 
-def binarize(prefix, dest_dir, src, tgt, data_dir, only_source=False, split="train"):
+def binarize(prefix: str, dest_dir: str, src: str, tgt: str, data_dir: str, only_source: bool = False,
+             split: str = "train") -> None:  # fmt: skip
     """fairseq-preprocess of PREFIX.SRC (and PREFIX.TGT) as SPLIT with DATA_DIR's dictionaries, into
     DEST_DIR (replaced atomically); the dictionaries are copied along."""
 

@@ -93,7 +93,7 @@ class Method:
             raise ValueError(f"method {self.name}: on-policy batches need the live teacher")
 
     @property
-    def needs_kd_criterion(self):
+    def needs_kd_criterion(self) -> bool:
         return self.teacher is not None
 
     def criterion_flags(self) -> List[str]:
@@ -378,7 +378,7 @@ BEYOND_GUIDE = ["init_nll", "init_kd"] + [f"init_kd_{short}" for short, *_ in _D
 TEACHER_LABEL_SMOOTHING = GUIDE_LABEL_SMOOTHING
 
 
-def get(name) -> Method:
+def get(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}: choose among {', '.join(METHODS)}")
     return METHODS[name]
@@ -400,7 +400,7 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     argparse.ArgumentParser(description="The distillation methods' settings, traced to NeMo's guide").parse_args(argv)
     print(table(), end="")
 

@@ -58,7 +58,8 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def changed_settings(recorded, now, defaults=None, ignore=(), keys=None):
+def changed_settings(recorded: Dict[str, Any], now: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None,
+                     ignore: Iterable[str] = (), keys: Optional[Iterable[str]] = None) -> List[Tuple[str, Any, Any]]:  # fmt: skip
     """The settings of an earlier run (RECORDED) that differ from NOW's, as [(key, then, now)] sorted by key.
     A key that RECORDED lacks takes its value from DEFAULTS (a setting added since, at the value the earlier
     runs had); keys in IGNORE are not compared; KEYS limits the comparison (default: every key of both)."""

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from fairseq import models, utils
@@ -53,7 +53,7 @@ class TeacherTargets:
 
 
 @contextlib.contextmanager
-def capture_encoder_out(model, enabled=True):
+def capture_encoder_out(model: torch.nn.Module, enabled: bool = True) -> Iterator[Dict[str, Any]]:
     """Records what ``model.encoder`` returns during a ``model(...)`` call, in the yielded dict's
     ``"encoder_out"`` key. A forward hook, rather than calling the encoder and decoder separately,
     keeps the call going through ``model.forward`` (and so through data-parallel wrappers)."""
@@ -73,7 +73,8 @@ def capture_encoder_out(model, enabled=True):
 
 
 @torch.no_grad()
-def run_teachers(teachers, net_input, *, topk=0, hidden_states=False, encoder_states=False, autocast=False):
+def run_teachers(teachers: Sequence[torch.nn.Module], net_input: Dict[str, Tensor], *, topk: int = 0, hidden_states: bool = False,
+                 encoder_states: bool = False, autocast: bool = False) -> TeacherTargets:  # fmt: skip
     """The teachers' :class:`TeacherTargets` on a batch's ``net_input``.
 
     With TOPK > 0 and one teacher, only its TOPK largest logits are kept (the top-k of softmax(z / T) are the
@@ -99,7 +100,7 @@ class TeacherError(UserError):
     pass
 
 
-def dictionary_difference(ours: Dictionary, theirs: Dictionary):
+def dictionary_difference(ours: Dictionary, theirs: Dictionary) -> Optional[str]:
     """A description of the first difference between two dictionaries, or None if they are equal."""
     for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
         if a != b:
@@ -113,26 +114,26 @@ def dictionary_difference(ours: Dictionary, theirs: Dictionary):
     return None
 
 
-def recorded_data_dir(task_cfg):
+def recorded_data_dir(task_cfg: Any) -> Optional[str]:
     """The first data directory that a checkpoint's task config records (None if it records none): where
     the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
     directory elsewhere, or missing here."""
     return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
 
 
-def hidden_sizes(model):
+def hidden_sizes(model: torch.nn.Module) -> Dict[str, int]:
     """{"encoder": C, "decoder": C'}: the width of the per-layer hidden states of a transformer-like model."""
     return {"encoder": model.encoder.embed_tokens.embedding_dim, "decoder": model.decoder.embed_dim}
 
 
-def layer_counts(model):
+def layer_counts(model: torch.nn.Module) -> Optional[Dict[str, int]]:
     """{"encoder": L, "decoder": L'}, or None for a model without transformer-like layer stacks."""
     if not all(hasattr(getattr(model, stack), "layers") for stack in ("encoder", "decoder")):
         return None
     return {stack: len(getattr(model, stack).layers) for stack in ("encoder", "decoder")}
 
 
-def check_output_layer(model, who):
+def check_output_layer(model: torch.nn.Module, who: str) -> None:
     if getattr(model.decoder, "adaptive_softmax", None) is not None:
         raise TeacherError(
             f"the {who} uses an adaptive softmax, whose output is not a distribution over the whole "
@@ -140,7 +141,7 @@ def check_output_layer(model, who):
         )
 
 
-def load_teacher(task, path: str, teacher_data: Optional[str] = None) -> FairseqEncoderDecoderModel:
+def load_teacher(task: Any, path: str, teacher_data: Optional[str] = None) -> FairseqEncoderDecoderModel:
     """The teacher of checkpoint PATH, frozen (eval mode, no gradients), after checking that it translates in
     TASK's direction with TASK's dictionaries (found in TEACHER_DATA, else where its checkpoint says)."""
     state = load_checkpoint(path, what="teacher checkpoint")
@@ -169,7 +170,7 @@ def load_teacher(task, path: str, teacher_data: Optional[str] = None) -> Fairseq
     return teacher
 
 
-def check_teacher_dictionaries(task, path: str, teacher_cfg, teacher_data: Optional[str] = None) -> None:
+def check_teacher_dictionaries(task: Any, path: str, teacher_cfg: Any, teacher_data: Optional[str] = None) -> None:
     """The teacher must translate in TASK's direction with TASK's dictionaries, symbol by symbol."""
     data_dir = teacher_data or recorded_data_dir(teacher_cfg.task)
     pair = teacher_cfg.task.get("source_lang"), teacher_cfg.task.get("target_lang")

@@ -19,6 +19,7 @@ the teacher's softmax(z / T).
 import json
 import logging
 import os
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class TopKCacheError(UserError):
     pass
 
 
-def split_identity(data_dir, split, src, tgt):
+def split_identity(data_dir: str, split: str, src: str, tgt: str) -> Dict[str, str]:
     """{file name: SHA-256} of a binarized split and its dictionaries: the same data in the same order
     with the same dictionaries, not only the same sizes."""
     names = [f"{split}.{src}-{tgt}.{lang}.{ext}" for lang in (src, tgt) for ext in ("bin", "idx")]
@@ -48,7 +49,7 @@ def split_identity(data_dir, split, src, tgt):
     return identity
 
 
-def read_meta(cache_dir):
+def read_meta(cache_dir: str) -> Dict[str, Any]:
     path = os.path.join(cache_dir, "meta.json")
     if not os.path.isfile(path):
         raise TopKCacheError(f"{cache_dir!r} is not a top-k cache (no meta.json): build one with fairseq-kd-cache-topk")
@@ -59,7 +60,7 @@ def read_meta(cache_dir):
 class TopKCache:
     """A finished cache, memory-mapped read-only, checked against the data it is used with."""
 
-    def __init__(self, cache_dir, identity=None):
+    def __init__(self, cache_dir: str, identity: Optional[Dict[str, str]] = None):
         meta = read_meta(cache_dir)
         if not meta.get("complete"):
             raise TopKCacheError(f"the top-k cache {cache_dir!r} is incomplete: rerun fairseq-kd-cache-topk to finish it")
@@ -83,11 +84,11 @@ class TopKCache:
         # a data-loader worker reopens the memory maps rather than receiving a copy of the whole cache
         return {"dir": self.dir, "k": self.k}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open()
 
-    def lookup(self, sample_ids, target, pad):
+    def lookup(self, sample_ids: torch.Tensor, target: torch.Tensor, pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(ids, log-probabilities) for a collated batch, each B x T x k (zeros at padding), with
         *target* the batch's B x T right-padded targets and *sample_ids* their sentence ids."""
         B, T = target.shape
@@ -117,18 +118,19 @@ class TopKCacheDataset(BaseWrapperDataset):
     log-probabilities), each B x T x k: the lookup runs in the data loader (its workers, with
     ``--num-workers``), not in the training step."""
 
-    def __init__(self, dataset, cache: TopKCache, pad):
+    def __init__(self, dataset: Any, cache: TopKCache, pad: int):
         super().__init__(dataset)
         self.cache, self.pad = cache, pad
 
-    def collater(self, samples):
+    def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         batch = self.dataset.collater(samples)
         if batch and batch.get("target") is not None:
             batch["teacher_topk"] = self.cache.lookup(batch["id"], batch["target"], self.pad)
         return batch
 
 
-def build_cache(task, teacher, split, cache_dir, k, shard_size=10000, max_tokens=4096, data_dir=None, teacher_path=None):
+def build_cache(task: Any, teacher: torch.nn.Module, split: str, cache_dir: str, k: int, shard_size: int = 10000,
+                max_tokens: int = 4096, data_dir: Optional[str] = None, teacher_path: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
     """Runs *teacher* (eval mode) over *split* of *task* and writes the cache, shard by shard. A shard
     is marked done only after its rows are flushed to disk; rerunning skips finished shards, so an
     interrupted build resumes, and its result equals an uninterrupted build's."""

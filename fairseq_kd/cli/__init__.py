@@ -2,12 +2,14 @@
 on stderr and exits with status 2, as it does a write that failed for want of space; anything else is a
 bug and shows its traceback."""
 
+import argparse
 import sys
+from typing import Callable, List, Optional
 
 from ..io import UserError, write_failure
 
 
-def run(main, prog, argv=None):
+def run(main: Callable[[Optional[List[str]]], Optional[int]], prog: str, argv: Optional[List[str]] = None) -> int:
     """Calls MAIN(ARGV) the way every console script of fairseq_kd does; returns the exit status."""
     try:
         status = main(argv)
@@ -22,7 +24,7 @@ def run(main, prog, argv=None):
     return status or 0
 
 
-def add_tokenizer_arguments(parser, applies_to):
+def add_tokenizer_arguments(parser: argparse.ArgumentParser, applies_to: str) -> argparse._MutuallyExclusiveGroup:
     """--spm-model | --bpe-codes: the subword model that raw text (APPLIES_TO) is encoded with."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--spm-model", help=f"sentencepiece model that {applies_to} is encoded with")

@@ -25,7 +25,7 @@ from . import run
 logger = logging.getLogger("fairseq_kd.cache_topk")
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-kd-cache-topk", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="the teacher's checkpoint")
     parser.add_argument("--data", required=True, help="data-bin with the split, binarized with the teacher's dictionaries")
@@ -44,7 +44,7 @@ def get_parser():
     return parser
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     if args.k < 1 or args.shard_size < 1 or args.max_tokens < 1:
         raise TopKCacheError("--k, --shard-size and --max-tokens must be >= 1")
     if not os.path.isdir(args.data):
@@ -86,7 +86,7 @@ def main(args):
     )
 
 
-def cli_main():
+def cli_main() -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr)
     sys.exit(run(lambda argv: main(get_parser().parse_args(argv)), "fairseq-kd-cache-topk"))
 

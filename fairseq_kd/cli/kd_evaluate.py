@@ -10,13 +10,14 @@ directory. See :mod:`fairseq_kd.evaluate` for what is measured and how.
 import argparse
 import logging
 import sys
+from typing import List, Optional
 
 from ..evaluate import Settings, evaluate, results_table
 from ..io import check_outputs_apart
 from . import add_tokenizer_arguments, run
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
 
     d = Settings()
     parser = argparse.ArgumentParser(prog="fairseq-kd-evaluate", description=__doc__.split("\n\n")[0])
@@ -55,7 +56,7 @@ def get_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, stream=sys.stderr
@@ -76,7 +77,7 @@ def main(argv=None):
     return 0
 
 
-def cli_main():
+def cli_main() -> None:
     sys.exit(run(main, "fairseq-kd-evaluate"))
 
 

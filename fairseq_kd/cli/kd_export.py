@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import sys
+from typing import List, Optional
 
 from .. import ct2
 from ..checkpoints import (
@@ -26,7 +27,7 @@ from ..models.swish import uses_swish
 from . import run
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-kd-export", description=__doc__.split("\n\n")[1])
     parser.add_argument("student", metavar="STUDENT_CHECKPOINT", help="a checkpoint written by fairseq-train")
     parser.add_argument("output", metavar="OUTPUT_CHECKPOINT", help="where to write the exported student")
@@ -54,7 +55,7 @@ def get_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
 
@@ -105,7 +106,7 @@ def main(argv=None):
     return 0
 
 
-def cli_main(argv=None):
+def cli_main(argv: Optional[List[str]] = None) -> int:
     return run(main, "fairseq-kd-export", argv)
 
 

@@ -11,13 +11,14 @@ and give OUT/model.pt as --teacher-path or to the pipeline. See fairseq_kd/hf.py
 import argparse
 import os
 import sys
+from typing import List, Optional
 
 from ..hf import HFImportError, import_marian
 from ..io import check_output_path, check_outputs_apart
 from . import run
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-kd-import-hf", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a MarianMT save_pretrained directory")
     parser.add_argument("out", metavar="OUT", help="the directory to write the fairseq model and dictionaries to")
@@ -27,7 +28,7 @@ def get_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         import transformers  # noqa: F401 (here, not at the top: an optional dependency, the [hf] extra)
@@ -44,7 +45,7 @@ def main(argv=None):
     return 0
 
 
-def cli_main():
+def cli_main() -> None:
     sys.exit(run(main, "fairseq-kd-import-hf"))
 
 

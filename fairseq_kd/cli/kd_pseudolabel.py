@@ -30,7 +30,7 @@ from ..pseudolabel.run import main
 from . import add_tokenizer_arguments, run
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-kd-pseudolabel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="the teacher's checkpoint, or an ensemble's: A.pt:B.pt")
     parser.add_argument("--data", required=True, help="the teacher's data-bin (its dictionaries, and --subset)")
@@ -79,7 +79,7 @@ def get_parser():
     return parser
 
 
-def cli_main():
+def cli_main() -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stderr)
     sys.exit(run(lambda argv: main(get_parser().parse_args(argv)), "fairseq-kd-pseudolabel"))
 

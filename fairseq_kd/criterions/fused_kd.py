@@ -8,8 +8,10 @@ alive. The values equal :func:`kd_kl_loss` / :func:`kd_kl_loss_topk` of the temp
 """
 
 import math
+from typing import Any, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from .kd_losses import defined_on_topk, effective_divergence
 
@@ -68,7 +70,7 @@ def _saved_gradient_times(ctx, grad_rows):
 
 class _TemperedKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher_logits, temperature, overwrite_teacher):
+    def forward(ctx: Any, student: Tensor, teacher_logits: Tensor, temperature: float, overwrite_teacher: bool) -> Tensor:
         # (N, V) each. The forward pass also computes the gradient (p - q) / T, row chunk by row chunk, so
         # that the only vocabulary-sized buffer is the gradient itself: the teacher's logits when the caller
         # gives them up (float32 and contiguous), else a new one. *student* may be logits or log-probabilities:
@@ -89,13 +91,13 @@ class _TemperedKL(torch.autograd.Function):
         return kl
 
     @staticmethod
-    def backward(ctx, grad_kl):
+    def backward(ctx: Any, grad_kl: Tensor) -> Tuple[Optional[Tensor], ...]:
         return _saved_gradient_times(ctx, grad_kl), None, None, None
 
 
 class _TemperedTopKKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher_ids, teacher_lprobs, temperature):
+    def forward(ctx: Any, student_logits: Tensor, teacher_ids: Tensor, teacher_lprobs: Tensor, temperature: float) -> Tensor:
         # per-row sum_{i in top-k} q_i (log q_i - s_i + lse(s)), q given on k ids only, summing to 1; the
         # student's log-normaliser row chunk by row chunk, so that no vocabulary-sized buffer is made
         n, v = student_logits.shape
@@ -112,7 +114,7 @@ class _TemperedTopKKL(torch.autograd.Function):
         return kl
 
     @staticmethod
-    def backward(ctx, grad_kl):
+    def backward(ctx: Any, grad_kl: Tensor) -> Tuple[Optional[Tensor], ...]:
         student_logits, teacher_ids, q, lse_s = ctx.saved_tensors
         T = ctx.temperature
         grad = student_logits.to(q.dtype) / T  # the one vocabulary-sized buffer
@@ -121,9 +123,9 @@ class _TemperedTopKKL(torch.autograd.Function):
         return grad.to(student_logits.dtype), None, None, None
 
 
-def tempered_kl_from_logits(
-    student_logits, teacher_logits, temperature=1.0, ignore_mask=None, reduce=True, overwrite_teacher=False
-):
+def tempered_kl_from_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+                            ignore_mask: Optional[Tensor] = None, reduce: bool = True,
+                            overwrite_teacher: bool = False) -> Tensor:  # fmt: skip
     """KL(softmax(z_t / T) || softmax(z_s / T)) per row of (N, V) logits, in float32; the gradient flows to
     the student's logits only.
 
@@ -140,7 +142,8 @@ def tempered_kl_from_logits(
     return _masked_sum(kl, ignore_mask, reduce)
 
 
-def tempered_topk_kl_from_logits(student_logits, teacher_ids, teacher_lprobs, temperature=1.0, ignore_mask=None, reduce=True):
+def tempered_topk_kl_from_logits(student_logits: Tensor, teacher_ids: Tensor, teacher_lprobs: Tensor, temperature: float = 1.0,
+                                 ignore_mask: Optional[Tensor] = None, reduce: bool = True) -> Tensor:  # fmt: skip
     """KL(q~ || softmax(z_s / T)) over the teacher's k tokens, q~ given by *teacher_lprobs* (N, k) at *teacher_ids*
     (N, k), renormalised; see :func:`~fairseq_kd.criterions.label_smoothed_cross_entropy_with_kd.kd_kl_loss_topk`."""
     kl = _TemperedTopKKL.apply(student_logits, teacher_ids, teacher_lprobs.detach(), temperature)
@@ -169,7 +172,8 @@ def _divergence_rows(kind, beta, log_p, log_q):
 
 class _TemperedDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, teacher_ids, kind, beta, temperature, teacher_is_log_probs, overwrite_teacher):
+    def forward(ctx: Any, student: Tensor, teacher: Tensor, teacher_ids: Optional[Tensor], kind: str, beta: Optional[float],
+                temperature: float, teacher_is_log_probs: bool, overwrite_teacher: bool) -> Tensor:  # fmt: skip
         # As _TemperedKL, for any divergence D(q, p) with p = softmax(s / T): dD/ds = (g - p * sum(g)) / T with
         # g = p * dD/dp, computed row chunk by row chunk in the forward pass into the one vocabulary-sized
         # buffer. TEACHER is (N, V) logits (or log-probabilities, already tempered), or (N, k) log-probabilities
@@ -198,14 +202,15 @@ class _TemperedDivergence(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx: Any, grad_loss: Tensor) -> Tuple[Optional[Tensor], ...]:
         return (_saved_gradient_times(ctx, grad_loss),) + (None,) * 7
 
 
 def tempered_divergence_from_logits(
-    student_logits, teacher, kind, beta=None, temperature=1.0, teacher_ids=None, teacher_is_log_probs=False,
-    ignore_mask=None, reduce=True, overwrite_teacher=False,
-):  # fmt: skip
+    student_logits: Tensor, teacher: Tensor, kind: str, beta: Optional[float] = None, temperature: float = 1.0,
+    teacher_ids: Optional[Tensor] = None, teacher_is_log_probs: bool = False, ignore_mask: Optional[Tensor] = None,
+    reduce: bool = True, overwrite_teacher: bool = False,
+) -> Tensor:  # fmt: skip
     """D(q^T, p^T) of :mod:`~fairseq_kd.criterions.kd_losses` (``divergence``) per row, with the memory of
     :func:`tempered_kl_from_logits`: one vocabulary-sized buffer, the gradient (the teacher's logits' own when
     they are given up).

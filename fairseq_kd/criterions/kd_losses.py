@@ -22,16 +22,18 @@ temperature is already in both distributions, the T^2 scale is the criterion's.
 """
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl")
 # --kd-beta when none is given: TRL's GKDTrainer default (0.5) and DistiLLM's skew weight (0.1)
 DEFAULT_BETA = {"jsd": 0.5, "skew_kl": 0.1}
 
 
-def effective_divergence(kind, beta=None):
+def effective_divergence(kind: str, beta: Optional[float] = None) -> Tuple[str, Optional[float]]:
     """(kind, beta) as computed: JSD at beta 0 or 1 is forward or reverse KL (TRL's convention), skew KL at
     beta 0 is forward KL; BETA None takes :data:`DEFAULT_BETA`."""
     if kind not in DIVERGENCES:
@@ -49,7 +51,7 @@ def effective_divergence(kind, beta=None):
     return kind, beta
 
 
-def defined_on_topk(kind, beta=None):
+def defined_on_topk(kind: str, beta: Optional[float] = None) -> bool:
     """Whether D(q~, p) is finite for a teacher given on its top-k tokens only (q~ = 0 elsewhere): reverse KL
     (and JSD at beta 1) weighs log q~ where the student puts mass, which is -inf off the k tokens."""
     return effective_divergence(kind, beta)[0] != "reverse_kl"
@@ -61,7 +63,8 @@ def _kl(log_a, log_b):
     return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
 
 
-def divergence(student_lprobs, teacher_lprobs, kind="forward_kl", beta=None, ignore_mask=None, reduce=True):
+def divergence(student_lprobs: Tensor, teacher_lprobs: Tensor, kind: str = "forward_kl", beta: Optional[float] = None,
+               ignore_mask: Optional[Tensor] = None, reduce: bool = True) -> Tensor:  # fmt: skip
     """D(q, p) per position of :data:`DIVERGENCES`, by its definition (autograd gives the gradient).
 
     Args:
@@ -95,7 +98,7 @@ def _at_least_float32(x):
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def tempered_log_probs(logits, temperature=1.0):
+def tempered_log_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """log softmax(logits / T) in float32; a list of logits (an ensemble) gives the log of the
     mean of the members' tempered distributions.
 
@@ -114,7 +117,9 @@ def tempered_log_probs(logits, temperature=1.0):
     return torch.logsumexp(lprobs, dim=0) - math.log(len(logits))
 
 
-def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
+def kd_kl_loss(
+    student_lprobs: Tensor, teacher_lprobs: Tensor, ignore_mask: Optional[Tensor] = None, reduce: bool = True
+) -> Tensor:
     """Word-level KD loss KL(q || p) = sum_v q_v (log q_v - log p_v) per position
     (Hinton et al., 2015, https://arxiv.org/abs/1503.02531; Kim & Rush, 2016,
     https://arxiv.org/abs/1606.07947). The temperature is already in both distributions; the
@@ -141,7 +146,7 @@ def kd_kl_loss(student_lprobs, teacher_lprobs, ignore_mask=None, reduce=True):
     return kl.sum() if reduce else kl
 
 
-def topk_log_probs(lprobs, k):
+def topk_log_probs(lprobs: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     """The k most probable tokens of each distribution, and their log-probabilities renormalised over
     those k: ``log q_i - log sum_{j in top-k} q_j``.
 
@@ -156,7 +161,8 @@ def topk_log_probs(lprobs, k):
     return ids, values - values.logsumexp(-1, keepdim=True)
 
 
-def kd_kl_loss_topk(student_lprobs, teacher_ids, teacher_lprobs, ignore_mask=None, reduce=True):
+def kd_kl_loss_topk(student_lprobs: Tensor, teacher_ids: Tensor, teacher_lprobs: Tensor, ignore_mask: Optional[Tensor] = None,
+                    reduce: bool = True) -> Tensor:  # fmt: skip
     """KL(q~ || p) for a teacher distribution q~ given on k tokens only (its top-k, renormalised):
     ``sum_{i in top-k} q~_i (log q~_i - log p_i)``, p being the student's distribution over the whole
     vocabulary gathered at the k ids. It is 0 when the student puts exactly q~ on those tokens. Training
@@ -188,7 +194,8 @@ def _check_same_shape(student_states, teacher_states):
         )
 
 
-def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
+def hidden_cosine_loss(student_states: Tensor, teacher_states: Tensor, ignore_mask: Optional[Tensor] = None,
+                       reduce: bool = True) -> Tensor:  # fmt: skip
     """1 - cos(h_student, h_teacher) per position, computed in float32.
 
     Args:
@@ -205,7 +212,8 @@ def hidden_cosine_loss(student_states, teacher_states, ignore_mask=None, reduce=
     return loss.sum() if reduce else loss
 
 
-def hidden_mse_loss(student_states, teacher_states, ignore_mask=None, reduce=True):
+def hidden_mse_loss(student_states: Tensor, teacher_states: Tensor, ignore_mask: Optional[Tensor] = None,
+                    reduce: bool = True) -> Tensor:  # fmt: skip
     """Mean over channels of (h_student - h_teacher)^2 per position, computed in float32.
 
     Args: as :func:`hidden_cosine_loss`.

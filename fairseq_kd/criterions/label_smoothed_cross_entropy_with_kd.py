@@ -1,6 +1,6 @@
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,11 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from fairseq.models import BaseFairseqModel
+from torch import Tensor
 
 from ..models.student_init import spread_layers
-from ..teacher import capture_encoder_out
+from ..teacher import TeacherTargets, capture_encoder_out
 from .fused_kd import tempered_divergence_from_logits, tempered_kl_from_logits, tempered_topk_kl_from_logits
 from .kd_losses import (
     DEFAULT_BETA,
@@ -101,8 +103,9 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     )
 
 
-def check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
-                   kd_selection_ratio, kd_selection_queue_size, kd_divergence="forward_kl", kd_beta=None):  # fmt: skip
+def check_settings(nll_weight: float, kd_weight: float, kd_temperature: float, cosine_weight: float, cosine_encoder: bool,
+                   kd_topk: int, kd_selection: str, kd_selection_ratio: float, kd_selection_queue_size: int,
+                   kd_divergence: str = "forward_kl", kd_beta: Optional[float] = None) -> None:  # fmt: skip
     """Every check of the criterion's own settings; raises ValueError naming the flag."""
     for name, value in [("--nll-weight", nll_weight), ("--kd-weight", kd_weight), ("--cosine-weight", cosine_weight)]:
         if not value >= 0 or math.isinf(value):
@@ -171,25 +174,26 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     the data loader attached to the batch); :meth:`teacher_request` says what a live teacher must give.
     """
 
+    # every setting's default is its config field's (fairseq builds the criterion from the config)
     def __init__(
         self,
-        task,
-        sentence_avg,
-        label_smoothing,
-        ignore_prefix_size=0,
-        report_accuracy=False,
-        nll_weight=0.5,
-        kd_weight=0.5,
-        kd_temperature=1.0,
-        cosine_weight=0.0,
-        cosine_encoder=False,
-        hidden_loss="cosine",
-        kd_topk=0,
-        kd_selection="none",
-        kd_selection_ratio=0.5,
-        kd_selection_queue_size=30000,
-        kd_divergence="forward_kl",
-        kd_beta=None,
+        task: Any,
+        sentence_avg: bool,
+        label_smoothing: float,
+        ignore_prefix_size: int,
+        report_accuracy: bool,
+        nll_weight: float,
+        kd_weight: float,
+        kd_temperature: float,
+        cosine_weight: float,
+        cosine_encoder: bool,
+        hidden_loss: str,
+        kd_topk: int,
+        kd_selection: str,
+        kd_selection_ratio: float,
+        kd_selection_queue_size: int,
+        kd_divergence: str,
+        kd_beta: Optional[float],
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         kd_selection, kd_divergence = str(kd_selection), str(kd_divergence)
@@ -226,7 +230,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         self.layer_pairs = None
         self.hidden_projections = None
 
-    def setup_hidden_matching(self, student_widths, teacher_widths, layer_pairs):
+    def setup_hidden_matching(self, student_widths: Dict[str, int], teacher_widths: Dict[str, int],
+                              layer_pairs: Optional[Dict[str, List[Tuple[int, int]]]]) -> None:  # fmt: skip
         """Fixes which teacher layer each student layer is matched with, and adds a learned
         projection for each stack whose widths differ.
 
@@ -246,20 +251,22 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         self.hidden_projections = torch.nn.ModuleDict(projections) if projections else None
 
     @property
-    def needs_teacher(self):
+    def needs_teacher(self) -> bool:
         return self.kd_weight > 0 or self.cosine_weight > 0
 
     @property
-    def needs_encoder_states(self):
+    def needs_encoder_states(self) -> bool:
         return self.cosine_weight > 0 and self.cosine_encoder
 
-    def teacher_request(self):
+    def teacher_request(self) -> Optional[Dict[str, Any]]:
         """What a live teacher must give for each batch (see :func:`fairseq_kd.teacher.run_teachers`), or None."""
         if not self.needs_teacher:
             return None
         return dict(topk=self.kd_topk, hidden_states=self.cosine_weight > 0, encoder_states=self.needs_encoder_states)
 
-    def forward(self, model, sample, reduce=True):
+    def forward(
+        self, model: BaseFairseqModel, sample: Dict[str, Any], reduce: bool = True
+    ) -> Tuple[Tensor, int, Dict[str, Any]]:
         """(loss, sample size, logging outputs) of SAMPLE, whose ``sample["teacher"]`` (a
         :class:`~fairseq_kd.teacher.TeacherTargets`, put there by the ``translation_kd`` task) is popped:
         the teacher's vocabulary-sized logits are freed as soon as they are used."""
@@ -297,7 +304,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             logging_output["on_policy_sentences"] = sample["target"].size(0) if on_policy else 0
         return loss, sample_size, logging_output
 
-    def compute_kd_loss(self, lprobs, student_logits, teacher, T, ignore, reduce=True):
+    def compute_kd_loss(self, lprobs: Tensor, student_logits: Tensor, teacher: TeacherTargets, T: float, ignore: Tensor,
+                        reduce: bool = True) -> Tensor:  # fmt: skip
         """D(q^T, p^T) of ``--kd-divergence`` over the positions not in IGNORE (without the T^2 factor), for each
         form of TEACHER; every form is fused (one vocabulary-sized buffer, the gradient).
 
@@ -338,7 +346,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             student_logits, q, self.kd_divergence, self.kd_beta, T, teacher_ids=ids, ignore_mask=ignore, reduce=reduce
         )
 
-    def logging_output(self, model, net_output, sample, sample_size, loss, nll_loss, kd_loss, hidden_loss):
+    def logging_output(self, model: BaseFairseqModel, net_output: Any, sample: Dict[str, Any], sample_size: int, loss: Tensor,
+                       nll_loss: Tensor, kd_loss: Optional[Tensor], hidden_loss: Optional[Tensor]) -> Dict[str, Any]:  # fmt: skip
         out = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
@@ -356,7 +365,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             out["total"] = utils.item(total.data)
         return out
 
-    def select_tokens(self, lprobs, target, ignore_mask):
+    def select_tokens(self, lprobs: Tensor, target: Tensor, ignore_mask: Tensor) -> Optional[Tensor]:
         """The target positions that get the KD loss under --kd-selection: those where the student's
         cross-entropy on the reference token is highest (Wang et al., 2021)."""
         token_nll = -lprobs.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -370,7 +379,8 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
             x = x[:, self.ignore_prefix_size :, :]
         return x.reshape(-1, x.size(-1))
 
-    def compute_hidden_loss(self, net_output, encoder_out, teacher, sample, reduce=True):
+    def compute_hidden_loss(self, net_output: Any, encoder_out: Any, teacher: TeacherTargets, sample: Dict[str, Any],
+                            reduce: bool = True) -> Tensor:  # fmt: skip
         # decoder layer outputs: T x B x C each, entry 0 being the embeddings -> B x T' x C
         student_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in net_output[1]["inner_states"][1:]]
         teacher_states = [h.transpose(0, 1)[:, self.ignore_prefix_size :] for h in teacher.decoder_states[1:]]
@@ -407,7 +417,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
         return sum(losses) / len(losses)
 
     @classmethod
-    def reduce_metrics(cls, logging_outputs) -> None:
+    def reduce_metrics(cls, logging_outputs: List[Dict[str, Any]]) -> None:
         """Aggregate logging outputs from data parallel training."""
         super().reduce_metrics(logging_outputs)
         ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)

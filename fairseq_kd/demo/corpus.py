@@ -25,6 +25,7 @@ import re
 import struct
 import sys
 from collections import Counter
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..io import UserError
 
@@ -36,7 +37,7 @@ class CorpusError(UserError):
     pass
 
 
-def read_mo(path):
+def read_mo(path: str) -> List[Tuple[str, str]]:
     """[(msgid, msgstr)] of a compiled gettext catalog, decoded with the charset its header declares;
     entries that do not decode are skipped. Plural entries come as one pair per form."""
     with open(path, "rb") as f:
@@ -80,7 +81,7 @@ def _letters(text):
     return sum(c.isalpha() for c in text)
 
 
-def segments(english, german, max_words=100):
+def segments(english: str, german: str, max_words: int = 100) -> List[Tuple[str, str]]:
     """The cleaned (german, english) segments of one message, possibly none."""
     en_lines, de_lines = english.strip("\n").split("\n"), german.strip("\n").split("\n")
     if len(en_lines) != len(de_lines):
@@ -99,14 +100,15 @@ def segments(english, german, max_words=100):
     return out
 
 
-def split_of(german, valid_share, test_share):
+def split_of(german: str, valid_share: float, test_share: float) -> str:
     """'train', 'valid' or 'test', from the SHA-1 of the German segment: deterministic and independent of
     the order and number of catalogs."""
     x = int(hashlib.sha1(german.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "test" if x < test_share else "valid" if x < test_share + valid_share else "train"
 
 
-def build_corpus(out_dir, locale_dir=LOCALE_DIR, lang="de", valid_share=0.03, test_share=0.03, min_pairs=MIN_PAIRS):
+def build_corpus(out_dir: str, locale_dir: str = LOCALE_DIR, lang: str = "de", valid_share: float = 0.03,
+                 test_share: float = 0.03, min_pairs: int = MIN_PAIRS) -> Dict[str, Any]:  # fmt: skip
     """Writes OUT_DIR/{train,valid,test}.{LANG,en} (LANG: the catalogs' locale, the source side) and
     OUT_DIR/stats.json; returns the stats."""
     if not re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", lang) or lang.startswith("en"):
@@ -159,7 +161,7 @@ def build_corpus(out_dir, locale_dir=LOCALE_DIR, lang="de", valid_share=0.03, te
     return result
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--locale-dir", default=LOCALE_DIR)

@@ -57,7 +57,7 @@ REAL_DATA = dict(
 )
 
 
-def recipe(max_update, warmup_updates):
+def recipe(max_update: int, warmup_updates: int) -> Training:
     """The optimisation that learns most in minutes on 2 cores (benchmarks/results/default_sizing.md)."""
     return Training(max_update=max_update, warmup_updates=warmup_updates, lr=0.003, max_tokens=2048, dropout=0.0)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from typing import List, Optional
 
 import sentencepiece as spm
 
@@ -42,9 +43,8 @@ class Demo(RunDir):
 
     error = DemoError
 
-    def __init__(
-        self, out, preset="default", data=None, src="de", tgt="en", timing_rounds=None, methods=None, teacher_only=False
-    ):
+    def __init__(self, out: str, preset: str = "default", data: Optional[str] = None, src: str = "de", tgt: str = "en",
+                 timing_rounds: Optional[int] = None, methods: Optional[List[str]] = None, teacher_only: bool = False):  # fmt: skip
         if preset not in PRESETS:
             raise DemoError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         if data is None and tgt != "en":
@@ -83,13 +83,13 @@ class Demo(RunDir):
         self.check_recorded("demo.json", record, "a demo run", defaults={"teacher_layout": list(DEFAULT_LAYOUT)},
                             remedy=f"give another output directory (OUT=...) or remove {self.out} to start over")  # fmt: skip
 
-    def run(self):
+    def run(self) -> None:
         if self.data:
             check_data_dir(self.data, self.src, self.tgt)
         with run_lock(self.out, "demo"):
             self.run_stages()
 
-    def run_stages(self):
+    def run_stages(self) -> None:
         self.check_run_dir()
         self.pipeline.check_run_dir(inputs=False)  # the pipeline's settings, checked before the teacher is made
         for name, fn in (("corpus", self.corpus), ("sentencepiece", self.sentencepiece), ("binarize", self.binarize),
@@ -102,7 +102,7 @@ class Demo(RunDir):
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def corpus(self):
+    def corpus(self) -> None:
         raw = self.path("raw")
         if self.data:
             os.makedirs(raw, exist_ok=True)
@@ -122,7 +122,7 @@ class Demo(RunDir):
                 + " segments"
             )
 
-    def sentencepiece(self):
+    def sentencepiece(self) -> None:
         model = self.path("spm")
         spm.SentencePieceTrainer.train(
             input=",".join(self.path("raw", f"train.{lang}") for lang in (self.src, self.tgt)),
@@ -148,7 +148,7 @@ class Demo(RunDir):
                 pieces = processor.encode(lines, out_type=str)
                 write_text(self.path("tok", f"{split}.{lang}"), "".join(" ".join(p) + "\n" for p in pieces))
 
-    def binarize(self):
+    def binarize(self) -> None:
         tok, bin_dir = self.path("tok"), self.path("data-bin")
         shutil.rmtree(bin_dir, ignore_errors=True)  # an interrupted earlier attempt of this stage
         self.command(
@@ -158,7 +158,7 @@ class Demo(RunDir):
             "binarize",
         )  # fmt: skip
 
-    def teacher(self):
+    def teacher(self) -> None:
         p = self.preset
         # the students take the layout from the teacher's checkpoint
         flags = [self.path("data-bin"), "--source-lang", self.src, "--target-lang", self.tgt] + p["teacher"].flags(
@@ -169,7 +169,7 @@ class Demo(RunDir):
         self.train(flags, self.path("teacher"), "teacher", p["teacher_training"].max_update)
 
 
-def check_data_dir(data, src="de", tgt="en"):
+def check_data_dir(data: str, src: str = "de", tgt: str = "en") -> None:
     """``--data DIR`` must hold {train,valid,test}.{SRC,TGT}, UTF-8, with the same number of lines per split."""
     if not os.path.isdir(data):
         raise DemoError(f"--data {data}: no such directory (it must hold {{train,valid,test}}.{{{src},{tgt}}})")
@@ -188,7 +188,7 @@ def check_data_dir(data, src="de", tgt="en"):
             raise DemoError(f"--data {data}: {split}.{src} is empty")
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, force=True)
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # the in-process evaluation's data loading
     parser = argparse.ArgumentParser(prog="python -m fairseq_kd.demo", description=__doc__.split("\n\n")[0])
@@ -218,7 +218,7 @@ def main(argv=None):
     ).run()
 
 
-def cli_main(argv=None):
+def cli_main(argv: Optional[List[str]] = None) -> int:
     return run(main, "python -m fairseq_kd.demo", argv)
 
 

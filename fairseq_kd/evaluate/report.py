@@ -6,10 +6,12 @@ import logging
 import os
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..io import write_json, write_text
 from .scores import SIGNIFICANCE
+from .systems import Source
+from .translation import Settings
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Record:
         return cls(**{k: v for k, v in record.items() if k in names})
 
 
-def results_table(records, baseline=None):
+def results_table(records: List[Record], baseline: Optional[str] = None) -> str:
     """A Markdown table of RECORDS; with a baseline, each score carries its paired-bootstrap p-value."""
     head = ["system", "BLEU", "chrF"]
     if baseline:
@@ -59,7 +61,8 @@ def results_table(records, baseline=None):
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir, records, source, settings, baseline, timing_rounds, significance_signatures, quiet=False):
+def write_report(out_dir: str, records: List[Record], source: Source, settings: Settings, baseline: Optional[str], timing_rounds: int,
+                 significance_signatures: Dict[str, str], quiet: bool = False) -> None:  # fmt: skip
     speeds = (
         f"speeds: median of {timing_rounds} translations per system, taken by turns"
         if timing_rounds
@@ -94,7 +97,7 @@ def write_report(out_dir, records, source, settings, baseline, timing_rounds, si
         print("\n" + table + f"({note})", flush=True)
 
 
-def plot(records, path, highlight=("teacher",)):
+def plot(records: List[Record], path: str, highlight: Sequence[str] = ("teacher",)) -> None:
     """BLEU against speed (log scale), one labelled point per system; labels placed by adjustText so that
     they overlap neither each other nor the points."""
     # here, not at the top: matplotlib logs at its import, so its logger is quieted first, and its backend

@@ -1,7 +1,7 @@
 """Scores: sacreBLEU's BLEU and chrF with their signatures, and sacreBLEU's paired bootstrap resampling."""
 
 import logging
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import sacrebleu
 from sacrebleu.significance import PairedTest
@@ -9,7 +9,7 @@ from sacrebleu.significance import PairedTest
 SIGNIFICANCE = 0.05
 
 
-def score(hypotheses, references):
+def score(hypotheses: List[str], references: List[str]) -> Dict[str, Any]:
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
     return {
         "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
@@ -19,7 +19,8 @@ def score(hypotheses, references):
     }
 
 
-def paired_bootstrap(baseline, systems: Dict[str, List[str]], references, samples=1000):
+def paired_bootstrap(baseline: Tuple[str, List[str]], systems: Dict[str, List[str]], references: List[str],
+                     samples: int = 1000) -> Tuple[Dict[str, Dict[str, Dict[str, Any]]], Dict[str, str]]:  # fmt: skip
     """sacreBLEU's paired bootstrap resampling of every system in SYSTEMS against BASELINE (both
     {name: hypotheses}): {name: {metric: {p_value, mean, ci, verdict}}} for BLEU and chrF; the baseline
     gets its own mean and interval."""
@@ -42,7 +43,7 @@ def paired_bootstrap(baseline, systems: Dict[str, List[str]], references, sample
     return out, {m: str(s) for m, s in signatures.items()}
 
 
-def verdict(difference, p_value):
+def verdict(difference: float, p_value: float) -> str:
     """'gain' or 'loss' only when the paired bootstrap gives p < 0.05; else 'no significant difference'. Equal
     scores are never a difference: sacreBLEU gives identical outputs p = 1 / (samples + 1) on purpose
     (``sacrebleu.significance._compute_p_value``: "a zero difference should not be attributed to chance")."""

@@ -54,7 +54,7 @@ def parse_systems(specs: Sequence[str]) -> List[System]:
     return [inspect_system(name, path) for name, path in pairs]
 
 
-def use_vmap(systems, names):
+def use_vmap(systems: List[System], names: Sequence[str]) -> None:
     """Marks the CTranslate2 systems of NAMES to translate with their vocabulary map; their digest changes
     with it, so a translation without the map is never reused for one with it."""
     by_name = {s.name: s for s in systems}
@@ -71,7 +71,7 @@ def use_vmap(systems, names):
         system.digest += "+vmap:" + sha256_file(os.path.join(system.path, "vmap.txt"))
 
 
-def inspect_system(name, path) -> System:
+def inspect_system(name: str, path: str) -> System:
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model.bin")):
             raise EvaluationError(f"{name}: {path} is a directory but not a CTranslate2 model (it has no model.bin)")
@@ -105,7 +105,7 @@ def inspect_system(name, path) -> System:
     )
 
 
-def count_parameters(model_state) -> int:
+def count_parameters(model_state: Dict[str, torch.Tensor]) -> int:
     """Parameters of a model state, each shared tensor counted once."""
     seen, total = set(), 0
     for tensor in model_state.values():
@@ -128,8 +128,9 @@ class Source:
     references: List[str]
 
 
-def load_source(data_bin, split, references, source_lang=None, target_lang=None, source=None, spm_model=None,
-                bpe_codes=None, work_dir=None) -> Source:  # fmt: skip
+def load_source(data_bin: str, split: str, references: str, source_lang: Optional[str] = None,
+                target_lang: Optional[str] = None, source: Optional[str] = None, spm_model: Optional[str] = None,
+                bpe_codes: Optional[str] = None, work_dir: Optional[str] = None) -> Source:  # fmt: skip
     """The source sentences (a split of DATA_BIN, or raw text SOURCE binarized with its dictionaries into
     WORK_DIR) and the references, each checked against the other."""
     if not os.path.isdir(data_bin):
@@ -167,7 +168,7 @@ def load_source(data_bin, split, references, source_lang=None, target_lang=None,
     return Source(data_bin, split, src, tgt, tokens, refs)
 
 
-def check_dictionaries(system: System, source: Source):
+def check_dictionaries(system: System, source: Source) -> None:
     """A model must use the data-bin's dictionaries: same size, and the same symbols where they can be read."""
     dicts = {lang: Dictionary.load(os.path.join(source.data_bin, f"dict.{lang}.txt")) for lang in (source.src, source.tgt)}
     if system.kind == "ctranslate2":

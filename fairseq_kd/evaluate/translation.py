@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from fairseq.data import data_utils
 
@@ -25,7 +25,7 @@ POST_PROCESSING = ("auto", "sentencepiece", "subword_nmt", "none")
 MAX_LEN_A, MAX_BEAM = 10.0, 128
 
 
-def detect_post_process(symbols):
+def detect_post_process(symbols: Sequence[str]) -> str:
     """The post-processing that a dictionary's SYMBOLS (specials excluded) were made for: "sentencepiece" when
     many start with "\u2581", "subword_nmt" when many end with "@@", else "none" (words, or a tokenizer whose
     units are joined by spaces)."""
@@ -37,7 +37,7 @@ def detect_post_process(symbols):
     return "none"
 
 
-def check_detokenized(name, hypotheses):
+def check_detokenized(name: str, hypotheses: List[str]) -> None:
     """Refuses hypotheses of which most still hold subword marks: scored as they are, every system would get
     a BLEU near 0 and every comparison would mean nothing."""
     marked = sum(("\u2581" in h) or ("@@ " in h + " ") for h in hypotheses)
@@ -63,7 +63,7 @@ class Settings:
     )
     bootstrap_samples: int = 1000
 
-    def check(self):
+    def check(self) -> None:
         if self.post_process not in POST_PROCESSING:
             raise EvaluationError(f"--post-process {self.post_process!r}: choose one of {', '.join(POST_PROCESSING)}")
         if self.beam < 1 or self.batch_size < 1:
@@ -80,14 +80,14 @@ class Settings:
             raise EvaluationError(f"--bootstrap-samples must be at least 100 (got {self.bootstrap_samples})")
 
 
-def translate(system: System, source: Source, settings: Settings, log_path):
+def translate(system: System, source: Source, settings: Settings, log_path: str) -> Tuple[List[str], Dict[str, float]]:
     """(detokenized hypotheses in corpus order, speed) of one translation of the source by SYSTEM."""
     if system.kind == "ctranslate2":
         return translate_ctranslate2(system, source, settings)
     return translate_fairseq(system, source, settings, log_path)
 
 
-def translate_fairseq(system, source, settings, log_path):
+def translate_fairseq(system: System, source: Source, settings: Settings, log_path: str) -> Tuple[List[str], Dict[str, float]]:
     cmd = [os.path.join(BIN, "fairseq-generate"), source.data_bin, "--path", system.path, "--gen-subset", source.split,
            "--source-lang", source.src, "--target-lang", source.tgt,
            "--beam", settings.beam, "--batch-size", settings.batch_size,
@@ -106,7 +106,7 @@ def translate_fairseq(system, source, settings, log_path):
     return read_translations(text, len(source.tokens), system.name)
 
 
-def translate_ctranslate2(system, source, settings):
+def translate_ctranslate2(system: System, source: Source, settings: Settings) -> Tuple[List[str], Dict[str, float]]:
     """CTranslate2 beam search under fairseq-generate's conditions (:func:`fairseq_kd.ct2.translate`):
     its batches and its length bound. Timed over the ``translate_batch`` calls only, as fairseq-generate
     times its inference steps. The translator is freed afterwards: its threads must not compete with what
@@ -128,7 +128,8 @@ def translate_ctranslate2(system, source, settings):
     return [data_utils.post_process(" ".join(o), post) if post else " ".join(o) for o in outputs], speed
 
 
-def timing(systems, source, settings, rounds, work, translations, say):
+def timing(systems: List[System], source: Source, settings: Settings, rounds: int, work: str,
+           translations: Dict[str, List[str]], say: Callable[[str], None]) -> Dict[str, List[Dict[str, float]]]:  # fmt: skip
     """{name: [speed of each run]} of ROUNDS more translations per system, taken by turns (round r starts
     with the r-th system, so that none is always first or last); reused from WORK/timing.json when it was
     made of the same models with the same settings."""
@@ -156,7 +157,8 @@ def timing(systems, source, settings, rounds, work, translations, say):
     return runs
 
 
-def cached_translation(system, source, settings, work, say):
+def cached_translation(system: System, source: Source, settings: Settings, work: str,
+                       say: Callable[[str], None]) -> Tuple[List[str], Dict[str, float]]:  # fmt: skip
     """The system's translation of the source, reused from WORK when it was made from the same model file
     with the same settings and source."""
     base = os.path.join(work, "translations", system.name)

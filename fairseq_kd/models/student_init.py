@@ -13,11 +13,12 @@ The functions here are pure: they map tensor names and validate shapes, and
 
 import logging
 import re
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
 from ..io import UserError
-from .width_pruning import sliced_tensors
+from .width_pruning import WidthSelection, sliced_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ LAYOUT_SETTINGS = [
 ]
 
 
-def layout_flags(model_cfg):
+def layout_flags(model_cfg: Any) -> List[str]:
     """fairseq-train flags that give a model the layer layout (LAYOUT_SETTINGS) of *model_cfg*, a checkpoint's
     model config (an argparse Namespace or a DictConfig): the settings that are not fairseq's defaults, and
     the positions' range where they are learned. A student given them can take the teacher's tensors."""
@@ -82,7 +83,7 @@ class StudentInitError(UserError):
     pass
 
 
-def select_layers(num_teacher_layers, num_student_layers, stack="encoder"):
+def select_layers(num_teacher_layers: int, num_student_layers: int, stack: str = "encoder") -> List[int]:
     """The teacher layers (0-based) that a student of *num_student_layers* layers takes by
     default: 1 of every n = L_t / L_s, the last layer of each block of n.
 
@@ -103,7 +104,7 @@ def select_layers(num_teacher_layers, num_student_layers, stack="encoder"):
     return spread_layers(num_teacher_layers, num_student_layers)
 
 
-def spread_layers(num_teacher_layers, num_student_layers):
+def spread_layers(num_teacher_layers: int, num_student_layers: int) -> List[int]:
     """The teacher layer (0-based) of each student layer, spread evenly for any counts: student layer i takes
     the last teacher layer of the i-th of *num_student_layers* equal blocks, ceil((i + 1) * L_t / L_s) - 1, so
     the two stacks' final layers are always paired (3 of 6: 1, 3, 5; 1 of every n when L_s divides L_t).
@@ -111,7 +112,7 @@ def spread_layers(num_teacher_layers, num_student_layers):
     return [-(-(i + 1) * num_teacher_layers // num_student_layers) - 1 for i in range(num_student_layers)]
 
 
-def parse_layer_map(spec, num_teacher_layers, num_student_layers, stack="encoder"):
+def parse_layer_map(spec: str, num_teacher_layers: int, num_student_layers: int, stack: str = "encoder") -> List[int]:
     """Parses ``--init-{stack}-layers`` ("i,j,..."): one 0-based teacher layer per student layer,
     in student order. Any teacher layers may be chosen, in any order, repeated or not."""
     flag = f"--init-{stack}-layers"
@@ -132,11 +133,11 @@ def parse_layer_map(spec, num_teacher_layers, num_student_layers, stack="encoder
     return layers
 
 
-def num_layers(model, stack):
+def num_layers(model: torch.nn.Module, stack: str) -> int:
     return len(getattr(model, stack).layers)
 
 
-def check_same_settings(student_cfg, teacher_cfg, widths=True):
+def check_same_settings(student_cfg: Any, teacher_cfg: Any, widths: bool = True) -> None:
     """Raises StudentInitError naming the first setting (layer-norm placement, ..., and with *widths* the
     width, FFN size, heads) that differs."""
     for name, what in (WIDTH_SETTINGS if widths else []) + LAYOUT_SETTINGS:
@@ -160,7 +161,7 @@ def check_same_settings(student_cfg, teacher_cfg, widths=True):
             )
 
 
-def teacher_key_map(student_keys, layer_maps):
+def teacher_key_map(student_keys: Iterable[str], layer_maps: Dict[str, List[int]]) -> Dict[str, str]:
     """{student tensor name: teacher tensor name}: ``{stack}.layers.{i}.*`` comes from
     ``{stack}.layers.{layer_maps[stack][i]}.*``, every other tensor from the same name."""
     mapping = {}
@@ -174,7 +175,8 @@ def teacher_key_map(student_keys, layer_maps):
     return mapping
 
 
-def init_student_from_teacher(student, teacher, encoder_layers, decoder_layers, selection=None):
+def init_student_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module, encoder_layers: List[int],
+                              decoder_layers: List[int], selection: Optional[WidthSelection] = None) -> None:  # fmt: skip
     """Copies *teacher*'s tensors into *student* in place: student layer i of each stack from teacher
     layer ``{encoder,decoder}_layers[i]``, everything else (embeddings, positions, layer norms,
     output projection) from the tensor of the same name; with a *selection*

@@ -7,13 +7,15 @@ the transformer's configuration and makes the lookup return ``torch.nn.functiona
 therefore runs in fairseq with the plugin only; CTranslate2 converts and runs it as it is.
 """
 
+from typing import Any
+
 import torch.nn.functional as F
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models.transformer.transformer_config import TransformerConfig
 
 
-def enable_swish():
+def enable_swish() -> None:
     """Idempotent: the two changes described above."""
     lookup = utils.get_activation_fn
     if not getattr(lookup, "fairseq_kd_swish", False):
@@ -29,7 +31,7 @@ def enable_swish():
         field.type = ChoiceEnum(choices + ["swish"])
 
 
-def uses_swish(model_cfg):
+def uses_swish(model_cfg: Any) -> bool:
     """Whether a checkpoint's model configuration (a dict or a namespace) asks for swish."""
     value = model_cfg.get("activation_fn") if isinstance(model_cfg, dict) else getattr(model_cfg, "activation_fn", None)
     return str(value) == "swish"

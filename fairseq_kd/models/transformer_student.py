@@ -1,4 +1,6 @@
+import argparse
 import logging
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from fairseq.models import register_model, register_model_architecture
@@ -47,7 +49,7 @@ class TransformerStudentModel(TransformerModel):
     )
 
     @staticmethod
-    def add_args(parser):
+    def add_args(parser: argparse.ArgumentParser) -> None:
         """Add model-specific arguments to the parser."""
         TransformerModel.add_args(parser)
         # fmt: off
@@ -69,7 +71,7 @@ class TransformerStudentModel(TransformerModel):
         # fmt: on
 
     @classmethod
-    def build_model(cls, args, task):
+    def build_model(cls, args: argparse.Namespace, task: Any) -> "TransformerStudentModel":
         """Build a new model instance."""
         base_architecture(args)
         check_heads(args)
@@ -89,7 +91,7 @@ class TransformerStudentModel(TransformerModel):
             )
         return super().build_model(args, task)
 
-    def teacher_layers(self, teacher):
+    def teacher_layers(self, teacher: torch.nn.Module) -> Dict[str, List[int]]:
         """{"encoder": [...], "decoder": [...]}: the teacher layer behind each student layer, from the
         explicit maps or 1 of every n. Raises StudentInitError for maps that do not fit."""
         layers = {}
@@ -102,7 +104,8 @@ class TransformerStudentModel(TransformerModel):
                 layers[stack] = select_layers(n_teacher, n_student, stack)
         return layers
 
-    def init_from_teacher(self, teacher, calibration=None):
+    def init_from_teacher(self, teacher: torch.nn.Module,
+                          calibration: Optional[Callable[[], Iterable[Dict[str, torch.Tensor]]]] = None) -> None:  # fmt: skip
         """Overwrites this model's weights with the chosen teacher layers and the teacher's other
         tensors (see :func:`~fairseq_kd.models.student_init.init_student_from_teacher`); a narrower
         student keeps the units chosen by ``--init-width-selection``, by importance on the one-sentence
@@ -122,7 +125,7 @@ class TransformerStudentModel(TransformerModel):
         return init_student_from_teacher(self, teacher, layers["encoder"], layers["decoder"], selection)
 
 
-def check_heads(args):
+def check_heads(args: argparse.Namespace) -> None:
     """fairseq asserts this deep in the attention module; say it before anything is built."""
     for stack in ("encoder", "decoder"):
         dim, heads = getattr(args, f"{stack}_embed_dim"), getattr(args, f"{stack}_attention_heads")
@@ -145,24 +148,24 @@ def _init_defaults(args):
 
 
 @register_model_architecture("transformer_student", "transformer_student")
-def base_architecture(args):
+def base_architecture(args: argparse.Namespace) -> None:
     _init_defaults(args)
     stock.base_architecture(args)
 
 
 @register_model_architecture("transformer_student", "transformer_student_tiny")
-def transformer_student_tiny(args):
+def transformer_student_tiny(args: argparse.Namespace) -> None:
     _init_defaults(args)
     stock.tiny_architecture(args)
 
 
 @register_model_architecture("transformer_student", "transformer_student_iwslt_de_en")
-def transformer_student_iwslt_de_en(args):
+def transformer_student_iwslt_de_en(args: argparse.Namespace) -> None:
     _init_defaults(args)
     stock.transformer_iwslt_de_en(args)
 
 
 @register_model_architecture("transformer_student", "transformer_student_wmt_en_de_big")
-def transformer_student_wmt_en_de_big(args):
+def transformer_student_wmt_en_de_big(args: argparse.Namespace) -> None:
     _init_defaults(args)
     stock.transformer_wmt_en_de_big(args)

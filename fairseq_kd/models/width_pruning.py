@@ -33,6 +33,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -49,7 +50,7 @@ class WidthError(UserError):
     pass
 
 
-def widths(cfg):
+def widths(cfg: Any) -> Dict[str, Dict[str, int]]:
     """The widths of a transformer configuration that a narrower student may shrink, per stack."""
     return {
         stack: {
@@ -61,7 +62,7 @@ def widths(cfg):
     }
 
 
-def check_widths(student_cfg, teacher_cfg):
+def check_widths(student_cfg: Any, teacher_cfg: Any) -> None:
     """Raises WidthError for a student that is not a sub-network of the teacher: wider anywhere, more heads,
     wider heads, a decoder input/output width of its own, or streams that cannot be shared."""
     ours, theirs = widths(student_cfg), widths(teacher_cfg)
@@ -113,15 +114,16 @@ class _Mean:
     def __init__(self):
         self.sums, self.counts = {}, {}
 
-    def add(self, key, total, count):
+    def add(self, key: str, total: torch.Tensor, count: int) -> None:
         self.sums[key] = self.sums.get(key, 0) + total.double()
         self.counts[key] = self.counts.get(key, 0) + count
 
-    def means(self):
+    def means(self) -> Dict[str, torch.Tensor]:
         return {key: (total / self.counts[key]).float().cpu() for key, total in self.sums.items()}
 
 
-def head_outputs(attn, query, key, value, attn_mask=None):
+def head_outputs(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attn_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Recomputes a fairseq MultiheadAttention's per-head queries, keys, attention probabilities and outputs
     for one unpadded sentence (time-first inputs, batch 1): q [H, T, d] (scaled), k [H, S, d],
     p [H, T, S], out [H, T, d]. Needed because fairseq's fast path runs the whole attention in one call."""
@@ -140,7 +142,8 @@ def head_outputs(attn, query, key, value, attn_mask=None):
 
 
 @torch.no_grad()
-def importance(teacher, samples, device=None):
+def importance(teacher: torch.nn.Module, samples: Iterable[Dict[str, torch.Tensor]],
+               device: Optional[torch.device] = None) -> Importance:  # fmt: skip
     """Minitron's activation importance of *teacher*'s units over *samples*, an iterable of one-sentence
     ``net_input`` dicts (``src_tokens``, ``src_lengths``, ``prev_output_tokens``; batch 1, so no padding),
     computed on DEVICE (default: where the teacher is; it is moved back afterwards)."""
@@ -242,7 +245,8 @@ class WidthSelection:
     head_dims: dict  # {stack: (teacher's head_dim, student's head_dim)}
 
 
-def select_units(student_cfg, teacher_cfg, teacher, how="importance", scores=None):
+def select_units(student_cfg: Any, teacher_cfg: Any, teacher: torch.nn.Module, how: str = "importance",
+                 scores: Optional[Importance] = None) -> "WidthSelection":  # fmt: skip
     """The teacher units a student of *student_cfg*'s widths keeps: the top units of *scores*
     (an :class:`Importance`) or, with ``how="uniform"``, evenly spread ones."""
     check_widths(student_cfg, teacher_cfg)
@@ -293,12 +297,12 @@ def select_units(student_cfg, teacher_cfg, teacher, how="importance", scores=Non
     return selection
 
 
-def inner(heads, dims, head_dim):
+def inner(heads: torch.Tensor, dims: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The rows of q/k/v_proj (columns of out_proj) of the kept heads' kept dimensions."""
     return (heads.unsqueeze(1) * head_dim + dims).flatten()
 
 
-def axes(student_key, teacher_key, selection):
+def axes(student_key: str, teacher_key: str, selection: "WidthSelection") -> Tuple[List[Optional[torch.Tensor]], float]:
     """The index along each axis of teacher tensor *teacher_key* that student tensor *student_key* keeps
     (None: the whole axis), and the factor its values are multiplied by."""
     match = _LAYER_KEY.match(teacher_key)
@@ -336,7 +340,7 @@ def axes(student_key, teacher_key, selection):
     return ((rows, source) if kind == "weight" else (rows,)), factor
 
 
-def take(tensor, index):
+def take(tensor: torch.Tensor, index: List[Optional[torch.Tensor]]) -> torch.Tensor:
     """*tensor* restricted to the given index on each axis (None: all of it)."""
     for dim, ids in enumerate(index):
         if ids is not None:
@@ -344,7 +348,8 @@ def take(tensor, index):
     return tensor
 
 
-def sliced_tensors(student_state, teacher_state, mapping, selection):
+def sliced_tensors(student_state: Dict[str, torch.Tensor], teacher_state: Dict[str, torch.Tensor],
+                   mapping: Dict[str, str], selection: "WidthSelection") -> Dict[str, torch.Tensor]:  # fmt: skip
     """{student tensor name: the teacher tensor's slice (times its factor)}, each checked for its shape
     before anything is copied."""
     result = {}

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from typing import List, Optional
 
 from .. import pipeline
 from ..cli import add_tokenizer_arguments, run
@@ -11,7 +12,7 @@ from .config import Config, PipelineError, Shape, Training
 from .distil import Pipeline
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a run with a given teacher (the demo adds its corpus and teacher stages in front)."""
     parser.add_argument("--methods", default="baseline,init_kd,seq_kd",
                         help="comma-separated methods of fairseq_kd.methods (python -m fairseq_kd.methods lists them)")  # fmt: skip
@@ -20,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output directory; a rerun resumes in it")
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING, force=True)
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # the in-process evaluation's data loading
     parser = argparse.ArgumentParser(prog="python -m fairseq_kd.pipeline", description=pipeline.__doc__.split("\n\n")[0])
@@ -64,7 +65,7 @@ def main(argv=None):
     Pipeline(args.out, config).run()
 
 
-def tokenizer_post_process(spm_model=None, bpe_codes=None):
+def tokenizer_post_process(spm_model: Optional[str] = None, bpe_codes: Optional[str] = None) -> str:
     """The --post-process that undoes the data's tokenizer: the one given, else read from the dictionary."""
     return "sentencepiece" if spm_model else "subword_nmt" if bpe_codes else "auto"
 

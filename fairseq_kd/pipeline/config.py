@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from .. import methods as M
 from ..evaluate import Settings
@@ -37,7 +37,7 @@ class Shape:
     ffn_dim: int
     heads: int
 
-    def check(self):
+    def check(self) -> None:
         """One-line errors for a shape fairseq would take and then fail on (as --student's five numbers)."""
         values = (self.encoder_layers, self.decoder_layers, self.embed_dim, self.ffn_dim, self.heads)
         if min(values) < 1:
@@ -48,7 +48,7 @@ class Shape:
                 "width = heads x head size)"
             )
 
-    def flags(self, arch="transformer", layout=DEFAULT_LAYOUT):
+    def flags(self, arch: str = "transformer", layout: Sequence[str] = DEFAULT_LAYOUT) -> List[Any]:
         """fairseq-train's architecture flags; LAYOUT: the layer layout's (post-norm layers with one shared
         embedding matrix by default; a given teacher's from :func:`fairseq_kd.models.student_init.layout_flags`)."""
         return [
@@ -76,7 +76,7 @@ class Training:
     # its subword units removed as this says (sentencepiece, subword_nmt or none); None: no BLEU while training
     eval_bleu: Optional[str] = None
 
-    def check(self):
+    def check(self) -> None:
         """One-line errors for optimisation values that fairseq would take and fail on later (a NaN at the first
         update, a batch that holds no sentence)."""
         if not 0 < self.lr < 1:
@@ -193,7 +193,7 @@ def config_record(config: Config) -> Dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
-def config_from_record(record) -> Config:
+def config_from_record(record: Dict[str, Any]) -> Config:
     """The settings of a run from its OUT/pipeline.json (read with :func:`load_config`): the inverse of
     :func:`config_record`, with SINCE_ADDED's settings at their defaults where an older run lacks them."""
     record = dict(SINCE_ADDED, **record)
@@ -205,7 +205,7 @@ def config_from_record(record) -> Config:
     return Config(**values)
 
 
-def load_config(run_dir) -> Config:
+def load_config(run_dir: str) -> Config:
     """The settings of the run in RUN_DIR."""
     path = os.path.join(run_dir, "pipeline.json")
     if not os.path.isfile(path):

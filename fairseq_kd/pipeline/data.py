@@ -11,7 +11,7 @@ from .. import methods as M
 from ..io import UserError, binarize, write_text
 
 
-def binarized_sentences(data_bin, split, src, tgt):
+def binarized_sentences(data_bin: str, split: str, src: str, tgt: str) -> int:
     """The number of sentences of a binarized split (its index's size field)."""
     dataset = data_utils.load_indexed_dataset(os.path.join(data_bin, f"{split}.{src}-{tgt}.{tgt}"), None)
     if dataset is None:
@@ -19,7 +19,7 @@ def binarized_sentences(data_bin, split, src, tgt):
     return len(dataset)
 
 
-def low_data_selector(share=M.LOW_DATA_SHARE):
+def low_data_selector(share: float = M.LOW_DATA_SHARE) -> Callable[[str], bool]:
     """A predicate on source lines: True for the SHARE of them that the low-data regime keeps labelled."""
     buckets = round(1 / share)
 
@@ -29,7 +29,7 @@ def low_data_selector(share=M.LOW_DATA_SHARE):
     return keep
 
 
-def read_pairs(data_bin, split, src, tgt):
+def read_pairs(data_bin: str, split: str, src: str, tgt: str) -> List[Tuple[str, str]]:
     """[(source tokens, target tokens)] of a binarized split, as text."""
     columns = []
     for lang in (src, tgt):

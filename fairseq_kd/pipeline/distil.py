@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from argparse import Namespace
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import methods as M
 from ..checkpoints import export_ctranslate2, load_checkpoint
@@ -46,13 +46,13 @@ class Pipeline(RunDir):
                             remedy=f"its finished stages would not match; give another output directory or remove "
                             f"{self.out} to start over")  # fmt: skip
 
-    def run(self):
+    def run(self) -> None:
         check_inputs(self.config)
         self.check_students_fit()
         with run_lock(self.out, "pipeline"):
             self.run_stages()
 
-    def run_stages(self):
+    def run_stages(self) -> None:
         self.check_run_dir()
         start = time.time()
         self.data_stages()
@@ -66,7 +66,7 @@ class Pipeline(RunDir):
         self.report()
         log(f"done in {minutes(time.time() - start)}")
 
-    def check_students_fit(self):
+    def check_students_fit(self) -> None:
         """The student shape checked against the teacher for every method that starts from the teacher's layers
         (1 of every n layers; a narrower width as a sub-network), before any stage: a shape that does not fit
         fails here, not after the pseudo-labels and the first students."""
@@ -92,10 +92,10 @@ class Pipeline(RunDir):
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def needs(self, *kinds):
+    def needs(self, *kinds: str) -> bool:
         return any(M.get(name).data in kinds for name in self.config.methods)
 
-    def data_stages(self):
+    def data_stages(self) -> None:
         if self.needs(M.TEACHER, M.MIXTURE, M.LOW_DATA):
             self.stage("pseudolabels", self.pseudolabels, "pseudolabels", [])
         if self.needs(M.TEACHER_SAMPLED):
@@ -106,7 +106,7 @@ class Pipeline(RunDir):
         if self.needs(M.LOW_DATA, M.LOW_DATA_REFERENCES):
             self.stage("low-data split", self.low_data)
 
-    def pseudolabels(self, name, extra):
+    def pseudolabels(self, name: str, extra: List[Any]) -> None:
         c = self.config
         args = ["--teacher", c.teacher, "--data", c.data_bin, "--output", self.path(name), "--beam", c.pseudolabel_beam,
                 "--max-tokens", "8000", "--source-lang", c.src, "--target-lang", c.tgt, "--cpu",
@@ -122,7 +122,7 @@ class Pipeline(RunDir):
         log("    " + ", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (dict, list)) and k != "data_bin")
             + (f", {speed} sentences/s decoding" if speed else ""))  # fmt: skip
 
-    def topk_cache(self):
+    def topk_cache(self) -> None:
         k = {M.get(n).kd_topk for n in self.config.methods if M.get(n).kd_topk}
         c = self.config
         self.command(
@@ -132,7 +132,7 @@ class Pipeline(RunDir):
             "topk_cache",
         )  # fmt: skip
 
-    def low_data(self):
+    def low_data(self) -> None:
         """The low-data regime's data: the references of LOW_DATA_SHARE of the training pairs (those whose
         source's SHA-1 says so: deterministic, independent of order), and the teacher's translations of the
         other sources (of --transfer when given)."""
@@ -148,24 +148,24 @@ class Pipeline(RunDir):
                                                  "training_pairs": len(pairs)})  # fmt: skip
         log(f"    {len(labelled)} of {len(pairs)} labelled pairs kept; {len(unlabelled)} teacher-labelled pairs")
 
-    def binarize_pairs(self, pairs, name):
+    def binarize_pairs(self, pairs: List[Tuple[str, str]], name: str) -> None:
         c = self.config
         binarize_pairs(pairs, self.path(name + "-tokens"), self.path(name), c.src, c.tgt, c.data_bin)
 
     @functools.cached_property
-    def teacher_cfg(self):
+    def teacher_cfg(self) -> Dict[str, Any]:
         """The teacher checkpoint's config (its task and model)."""
         return load_checkpoint(self.config.teacher, "--teacher")["cfg"]
 
     @functools.cached_property
-    def teacher_layout_flags(self):
+    def teacher_layout_flags(self) -> List[str]:
         """The teacher's layer layout (layer-norm placement, activation, positions, embedding sharing) as
         fairseq-train flags: every student has it, the initialised ones because they take the teacher's
         tensors, the others so that all students differ only in method."""
         return layout_flags(self.teacher_cfg["model"])
 
     @functools.cached_property
-    def teacher_data_flags(self):
+    def teacher_data_flags(self) -> List[str]:
         """``--teacher-data DATA_BIN`` when the data directory that the teacher's checkpoint records does not
         hold its dictionaries here (a teacher trained on another machine, or from another working directory):
         DATA_BIN is the teacher's by the run's contract, and the pseudo-labeller checks their sizes against the
@@ -177,7 +177,7 @@ class Pipeline(RunDir):
             return []
         return ["--teacher-data", c.data_bin]
 
-    def method_paths(self):
+    def method_paths(self) -> M.MethodPaths:
         c = self.config
         return M.MethodPaths(
             data=c.data_bin,
@@ -191,7 +191,7 @@ class Pipeline(RunDir):
 
     # ---- students --------------------------------------------------------------------------------
 
-    def student(self, name, seed):
+    def student(self, name: str, seed: int) -> None:
         method = M.get(name)
         c = self.config
         run = name if seed == 1 else f"{name}.seed{seed}"
@@ -204,13 +204,13 @@ class Pipeline(RunDir):
         # the same budget for every student: its last checkpoint
         self.export(os.path.join(save_dir, "checkpoint_last.pt"), self.path("models", f"{run}.pt"))
 
-    def export(self, checkpoint, output):
+    def export(self, checkpoint: str, output: str) -> None:
         os.makedirs(os.path.dirname(output), exist_ok=True)
         self.command("fairseq-kd-export", [checkpoint, output, "--overwrite"], "export")
 
     # ---- evaluation ------------------------------------------------------------------------------
 
-    def systems(self):
+    def systems(self) -> Dict[str, str]:
         """{name: model} of every system made so far: the teacher, the students, CTranslate2."""
         found = {"teacher": self.config.teacher}
         names = list(self.config.methods)
@@ -222,7 +222,7 @@ class Pipeline(RunDir):
             found["ctranslate2_int8"] = self.path("models", "ctranslate2_int8")
         return found
 
-    def evaluate(self, split, timing_rounds=0, systems=None):
+    def evaluate(self, split: str, timing_rounds: int = 0, systems: Optional[Dict[str, str]] = None) -> List[Record]:
         c = self.config
         return evaluate(
             systems or self.systems(), c.data_bin, os.path.join(c.references, f"{split}.{c.tgt}"), split=split,
@@ -230,7 +230,7 @@ class Pipeline(RunDir):
             settings=c.evaluation, source_lang=c.src, target_lang=c.tgt, quiet=True,
         )  # fmt: skip
 
-    def best_student(self, required=True):
+    def best_student(self, required: bool = True) -> Optional[str]:
         """The student (seed 1) with the best valid BLEU: the test split chooses nothing."""
         path = self.path("eval", "valid", "results.json")
         if not os.path.exists(path):
@@ -242,11 +242,11 @@ class Pipeline(RunDir):
         students = [r for r in records if r["name"] != "baseline"] or records
         return max(students, key=lambda r: r["bleu"])["name"]
 
-    def seeded_methods(self, required=True):
+    def seeded_methods(self, required: bool = True) -> List[str]:
         best = self.best_student(required)
         return ["baseline"] + ([best] if best and best != "baseline" else [])
 
-    def ctranslate2(self):
+    def ctranslate2(self) -> None:
         """The student with the best valid BLEU, in CTranslate2 int8."""
         students = {n: p for n, p in self.systems().items() if n in self.config.methods}
         self.evaluate("valid", systems=students)
@@ -261,7 +261,7 @@ class Pipeline(RunDir):
 
     # ---- report ----------------------------------------------------------------------------------
 
-    def budget_line(self):
+    def budget_line(self) -> str:
         """What every student of the comparison had: one shape and one training budget."""
         s, t = self.config.student, self.config.training
         return (
@@ -270,7 +270,7 @@ class Pipeline(RunDir):
             "the same budget for every method."
         )
 
-    def report(self):
+    def report(self) -> None:
         systems = self.systems()
         valid = {r.name: r for r in self.evaluate("valid", systems=systems)}
         test = self.evaluate("test", self.config.timing_rounds, systems=systems)
@@ -319,7 +319,7 @@ def input_digests(config: Config) -> Dict[str, Optional[str]]:
     return {name: digest(path) if path else None for name, path in files.items()}
 
 
-def describe(name, ct2_source=None):
+def describe(name: str, ct2_source: Optional[str] = None) -> str:
     if name == "teacher":
         return "the teacher"
     if name == "ctranslate2_int8":
@@ -329,7 +329,8 @@ def describe(name, ct2_source=None):
     return f"{summary}, seed {seed}" if seed else summary
 
 
-def students_table(records, seeds=None, baseline=None):
+def students_table(records: List[Dict[str, Any]], seeds: Optional[Dict[str, Dict[str, float]]] = None,
+                   baseline: Optional[Dict[str, Any]] = None) -> str:  # fmt: skip
     """The run's table: test BLEU with its 95% interval and paired-bootstrap p against the baseline (BASELINE,
     or the record named so), chrF, valid BLEU, speed and size; then the seed spread of the methods trained
     with several seeds."""

@@ -12,10 +12,12 @@ only) and SHARD_DIR/DONE, through a temporary directory renamed into place: a sh
   sentences whose id is k modulo n.
 """
 
+import argparse
 import json
 import logging
 import os
 import shutil
+from typing import Any, Tuple
 
 import ctranslate2
 from fairseq import options
@@ -34,22 +36,22 @@ logger = logging.getLogger("fairseq_kd.pseudolabel")
 ENGINES = ("fairseq", "ctranslate2")
 
 
-def shard_dir(out_dir, shard, num_shards):
+def shard_dir(out_dir: str, shard: int, num_shards: int) -> str:
     return os.path.join(out_dir, "shards", f"{shard:03d}-of-{num_shards:03d}")
 
 
-def shard_done(out_dir, shard, num_shards):
+def shard_done(out_dir: str, shard: int, num_shards: int) -> bool:
     return is_done(os.path.join(shard_dir(out_dir, shard, num_shards), "DONE"))
 
 
-def decoding_seconds(path):
+def decoding_seconds(path: str) -> Tuple[int, float]:
     """(sentences, seconds of decoding) that a shard's log reports."""
     with open(path, encoding="utf-8") as f:
         speed = read_speed(f.read())
     return (speed["sentences"], speed["seconds"]) if speed else (0, 0.0)
 
 
-def translate_shard(args, job, shard):
+def translate_shard(args: argparse.Namespace, job: Any, shard: int) -> None:
     """Translates one shard with ARGS.engine unless it was done before. JOB is the transfer set (see
     :mod:`fairseq_kd.pseudolabel.run`)."""
     done_dir = shard_dir(args.output, shard, args.num_shards)
@@ -103,7 +105,7 @@ def _fairseq_shard(args, job, shard, tmp):
         logger.info(f"shard {shard} of {args.num_shards}: no batch fell to this shard")
 
 
-def convert_teacher(args, job):
+def convert_teacher(args: argparse.Namespace, job: Any) -> str:
     """The teacher as a CTranslate2 model in OUTPUT/ctranslate2-teacher, converted once per teacher file and
     weight type (float32 keeps the teacher's search; int8 is faster and not quite the same)."""
 

@@ -7,7 +7,7 @@ lines, n-best per id and best first, in any order of ids.
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from sacrebleu.metrics import CHRF
 
@@ -19,7 +19,8 @@ class PseudoLabelError(UserError):
     pass
 
 
-def chrf_scores(nbest: Dict[int, List[Hypothesis]], references: List[str], detokenize) -> Dict[int, List[float]]:
+def chrf_scores(nbest: Dict[int, List[Hypothesis]], references: List[str],
+                detokenize: Callable[[str], str]) -> Dict[int, List[float]]:  # fmt: skip
     """{sentence id: the sentence chrF (sacreBLEU's) of each of its hypotheses against the reference}, on
     text that DETOKENIZE made of the token lines. An empty reference scores every hypothesis 0."""
 
@@ -73,7 +74,9 @@ class PseudoLabels:
     dropped: Dict[str, List[int]] = field(default_factory=dict)
 
 
-def select(sources: List[str], hypotheses: Dict[int, Hypothesis], filters: Filters, skipped=()) -> PseudoLabels:
+def select(
+    sources: List[str], hypotheses: Dict[int, Hypothesis], filters: Filters, skipped: Sequence[int] = ()
+) -> PseudoLabels:
     """Pairs each source with its hypothesis, in the transfer set's order, and drops (and records)
     the pairs the filters reject."""
     out = PseudoLabels()
@@ -104,7 +107,7 @@ def select(sources: List[str], hypotheses: Dict[int, Hypothesis], filters: Filte
     return out
 
 
-def write_pseudolabels(labels: PseudoLabels, prefix, src, tgt):
+def write_pseudolabels(labels: PseudoLabels, prefix: str, src: str, tgt: str) -> None:
     """Writes PREFIX.{src,tgt} (tokens, one pair per line), PREFIX.ids (the transfer-set line of each
     pair) and PREFIX.scores, each through a temporary file renamed into place."""
     columns = {src: labels.sources, tgt: labels.targets, "ids": labels.ids, "scores": labels.scores}
@@ -120,7 +123,7 @@ def _read_lines(path):
         return f.read().split("\n")[:-1]
 
 
-def check_pseudolabels(prefix, src, tgt, sources: List[str], filters: Filters):
+def check_pseudolabels(prefix: str, src: str, tgt: str, sources: List[str], filters: Filters) -> int:
     """The final integrity check of written pseudo-labels: equal line counts, ids strictly
     increasing and in range, each source line equal to the transfer set's line of its id, and no
     empty or out-of-ratio targets. Raises PseudoLabelError saying what is wrong."""

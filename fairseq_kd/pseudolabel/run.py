@@ -1,6 +1,7 @@
 """The pseudo-labeller's run: the transfer set, its shards, the choice among n-best lists, filters, the
 integrity check and binarizing; what ``fairseq-kd-pseudolabel`` does (see :mod:`fairseq_kd.cli.kd_pseudolabel`)."""
 
+import argparse
 import collections
 import json
 import logging
@@ -8,13 +9,14 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 from fairseq.data import Dictionary, data_utils
 
 from .. import ct2
 from ..checkpoints import CheckpointError, check_embeddings_fit, load_checkpoint
-from ..generate_log import read_nbest
+from ..generate_log import Hypothesis, read_nbest
 from ..io import (
     binarize,
     check_output_path,
@@ -78,7 +80,7 @@ class TransferSet:
     what: str = ""
 
 
-def settings_of(args):
+def settings_of(args: argparse.Namespace) -> Dict[str, Any]:
     out = {k: getattr(args, k, default) for k, default in GENERATION_SETTINGS.items()}
     out["teacher"] = os.pathsep.join(os.path.abspath(t) for t in args.teachers)
     for key in ("data", "input", "spm_model", "bpe_codes"):
@@ -96,7 +98,7 @@ def _positive(args, *names):
             raise PseudoLabelError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no work done: before anything is written."""
     args.teachers = [t for t in args.teacher.split(os.pathsep)]
     _positive(args, "num_shards", "beam", "nbest", "sampling_topk", "max_tokens", "batch_size", "max_length_ratio")
@@ -162,7 +164,7 @@ def _check_ctranslate2(args):
     args.threads = args.threads or os.cpu_count() or 1
 
 
-def source_file(args, src, tgt):
+def source_file(args: argparse.Namespace, src: str, tgt: str) -> str:
     """The file whose sentences are translated: --input, or the binarized source side of --subset."""
     if args.input:
         return args.input
@@ -173,7 +175,7 @@ def source_file(args, src, tgt):
     raise PseudoLabelError(f"--subset {args.subset}: {args.data} has no binarized {src} side of it")
 
 
-def check_manifest(out_dir, settings):
+def check_manifest(out_dir: str, settings: Dict[str, Any]) -> None:
     """OUT_DIR's pseudo-labels belong to one set of settings: a rerun with others is refused before any work.
     The first manifests did not record the digests: theirs are not compared."""
     check_recorded(os.path.join(out_dir, "pseudolabel.json"), settings, "pseudo-labels", PseudoLabelError,
@@ -181,11 +183,11 @@ def check_manifest(out_dir, settings):
                    keys=GENERATION_SETTINGS, remedy="rerun with the same settings to resume, or choose another --output")  # fmt: skip
 
 
-def tokenize(lines, args):
+def tokenize(lines: List[str], args: argparse.Namespace) -> List[str]:
     return encode_lines(lines, args.spm_model, args.bpe_codes)
 
 
-def read_raw_input(path):
+def read_raw_input(path: str) -> List[str]:
     """The lines of a UTF-8 text file, with a clear error for the first line that is not UTF-8."""
     lines = read_lines(path, "the transfer set")
     if not lines:
@@ -193,7 +195,7 @@ def read_raw_input(path):
     return lines
 
 
-def language_pair(args):
+def language_pair(args: argparse.Namespace) -> Tuple[str, str]:
     src, tgt = args.source_lang, args.target_lang
     if not (src and tgt):
         src, tgt = data_utils.infer_language_pair(args.data)
@@ -211,7 +213,7 @@ def language_pair(args):
     return src, tgt
 
 
-def load_teachers(args, src, tgt):
+def load_teachers(args: argparse.Namespace, src: str, tgt: str) -> List[Any]:
     """The model configs of the teacher (or of each ensemble member), each checked against the data-bin's
     dictionaries."""
 
@@ -226,7 +228,7 @@ def load_teachers(args, src, tgt):
     return configs
 
 
-def too_long(teacher_cfgs, src_sizes, tgt_sizes):
+def too_long(teacher_cfgs: List[Any], src_sizes: np.ndarray, tgt_sizes: np.ndarray) -> List[int]:
     """Ids that fairseq-generate skips because they exceed a teacher's positions (sizes count EOS)."""
     max_src = min(min(1024, getattr(c, "max_source_positions", None) or 1024) for c in teacher_cfgs)
     max_tgt = min(min(1024, getattr(c, "max_target_positions", None) or 1024) for c in teacher_cfgs)
@@ -236,7 +238,8 @@ def too_long(teacher_cfgs, src_sizes, tgt_sizes):
     return sorted(skipped)
 
 
-def transfer_set(args, src, tgt, teacher_cfgs, teacher_sha256, tokenized=None) -> TransferSet:
+def transfer_set(args: argparse.Namespace, src: str, tgt: str, teacher_cfgs: List[Any], teacher_sha256: str,
+                 tokenized: Optional[List[str]] = None) -> TransferSet:  # fmt: skip
     """The transfer set: a --subset of --data, or the tokenized lines of --input binarized into OUTPUT/transfer."""
 
     if args.input:
@@ -265,7 +268,7 @@ def transfer_set(args, src, tgt, teacher_cfgs, teacher_sha256, tokenized=None) -
     return TransferSet(data_bin, split, src, tgt, sources, references, skipped, teacher_sha256, f"{data_bin} ({split})")
 
 
-def detokenizer(args, dictionary_symbols):
+def detokenizer(args: argparse.Namespace, dictionary_symbols: List[str]) -> Callable[[str], str]:
     """fairseq's post-processing of subword units into text (for chrF): --post-process, or guessed from
     the dictionary (sentencepiece's '▁', subword-nmt's '@@')."""
 
@@ -279,7 +282,9 @@ def detokenizer(args, dictionary_symbols):
     return (lambda text: text) if symbol == "none" else (lambda text: data_utils.post_process(text, symbol))
 
 
-def choose(args, job, nbest):
+def choose(
+    args: argparse.Namespace, job: TransferSet, nbest: Dict[int, List[Hypothesis]]
+) -> Tuple[Dict[int, Hypothesis], Optional[Dict[int, int]], Dict[str, Any]]:
     """({id: chosen hypothesis}, {id: its rank in the n-best list}, what the choice did)."""
     if args.select != "chrf":
         return {i: h[0] for i, h in nbest.items()}, None, {"by": "teacher score", "nbest": args.nbest}
@@ -297,7 +302,7 @@ def choose(args, job, nbest):
     return {i: nbest[i][ranks[i]] for i in nbest}, ranks, what
 
 
-def read_shards(args, job):
+def read_shards(args: argparse.Namespace, job: TransferSet) -> Tuple[Dict[int, List[Hypothesis]], Dict[str, float]]:
     per_shard, sentences, seconds = [], 0, 0.0
     for shard in range(args.num_shards):
         path = os.path.join(shard_dir(args.output, shard, args.num_shards), f"generate-{job.split}.txt")
@@ -311,7 +316,7 @@ def read_shards(args, job):
     return merge_shards(per_shard, len(job.sources), job.skipped), speed
 
 
-def assemble(args, job):
+def assemble(args: argparse.Namespace, job: TransferSet) -> Dict[str, Any]:
     """Merges, chooses, filters, writes, checks and binarizes the pseudo-labels; returns the summary."""
 
     nbest, speed = read_shards(args, job)
@@ -346,7 +351,7 @@ def assemble(args, job):
     }
 
 
-def main(args):
+def main(args: argparse.Namespace) -> None:
     check_args(args)
     src, tgt = language_pair(args)
     teacher_cfgs = load_teachers(args, src, tgt)
@@ -357,7 +362,7 @@ def main(args):
         run(args, src, tgt, teacher_cfgs, tokenized)
 
 
-def run(args, src, tgt, teacher_cfgs, tokenized):
+def run(args: argparse.Namespace, src: str, tgt: str, teacher_cfgs: List[Any], tokenized: Optional[List[str]]) -> None:
     settings = settings_of(args)
     settings["teacher_sha256"] = ":".join(sha256_file(t) for t in args.teachers)
     settings["source_sha256"] = sha256_file(source_file(args, src, tgt))

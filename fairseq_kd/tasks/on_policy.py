@@ -3,10 +3,12 @@ are the student's own translations of its sources, made under no_grad inside the
 divergence to the teacher is taken on the student's prefixes (the criterion leaves out the NLL on them)."""
 
 import argparse
+from typing import Any, Dict
 
 import numpy as np
 import torch
 from fairseq.data import Dictionary, data_utils
+from fairseq.sequence_generator import SequenceGenerator
 
 # the length bound of the student's on-policy translations, fairseq's max_len_a * source length + max_len_b, as
 # in the evaluation and the pseudo-labelling (fairseq_kd.evaluate.Settings)
@@ -39,7 +41,7 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def generator(task, model: torch.nn.Module, cfg):
+def generator(task: Any, model: torch.nn.Module, cfg: Any) -> SequenceGenerator:
     """fairseq's SequenceGenerator for the student's translations: beam 1, sampling with
     ``--on-policy-temperature`` or greedy (``--on-policy-decoding``), bounded by ON_POLICY_MAX_LEN."""
     sampling = str(cfg.on_policy_decoding) == "sample"
@@ -55,7 +57,8 @@ def generator(task, model: torch.nn.Module, cfg):
 
 
 @torch.no_grad()
-def student_translations(search, sample: dict, model: torch.nn.Module, tgt_dict: Dictionary) -> dict:
+def student_translations(search: SequenceGenerator, sample: Dict[str, Any], model: torch.nn.Module,
+                         tgt_dict: Dictionary) -> Dict[str, Any]:  # fmt: skip
     """SAMPLE with the student's translations of its sources (by SEARCH, the model in eval mode) as target and
     ``sample["on_policy"] = True``. Sampling draws from torch's generator, which fairseq's trainer seeds with
     --seed + the update number before each update."""

@@ -4,13 +4,17 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from fairseq import utils
+from fairseq.criterions import FairseqCriterion
+from fairseq.data import Dictionary
 from fairseq.data.multilingual.sampled_multi_dataset import SampledMultiDataset
 from fairseq.dataclass import ChoiceEnum
+from fairseq.models import BaseFairseqModel, FairseqEncoderDecoderModel
 from fairseq.models.transformer import TransformerModelBase
+from fairseq.optim import FairseqOptimizer
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
@@ -108,7 +112,7 @@ class TranslationKDConfig(TranslationConfig):
     tpu: bool = II("common.tpu")
 
 
-def check_not_tpu_without_xla(tpu):
+def check_not_tpu_without_xla(tpu: bool) -> None:
     """fairseq 0.12's --bf16 (and --memory-efficient-bf16) is a TPU option: it implies --tpu, and the
     trainer then asks torch_xla for its device, which fails with an AttributeError on 'xla_device' after
     the task, the model and the teacher have been built. Say so before that, where no TPU can be used."""
@@ -161,7 +165,7 @@ class TranslationKDTask(TranslationTask):
 
     cfg: TranslationKDConfig
 
-    def __init__(self, cfg: TranslationKDConfig, src_dict, tgt_dict):
+    def __init__(self, cfg: TranslationKDConfig, src_dict: Dictionary, tgt_dict: Dictionary):
         super().__init__(cfg, src_dict, tgt_dict)
         check_not_tpu_without_xla(getattr(cfg, "tpu", False))
         self.mixture = parse_mixture(cfg.train_mixture, cfg.train_mixture_probs)
@@ -184,11 +188,11 @@ class TranslationKDTask(TranslationTask):
         _destroy_process_group_at_exit()
 
     @property
-    def teacher_kind(self):
+    def teacher_kind(self) -> Optional[str]:
         """What this task gives a KD criterion: "live" (--teacher-path), "topk_cache" or None."""
         return "live" if self.cfg.teacher_path else "topk_cache" if self.cfg.teacher_topk_cache else None
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs: Any) -> None:
         """Loads a split; with ``--train-mixture``, the training split is a
         :class:`~fairseq.data.multilingual.sampled_multi_dataset.SampledMultiDataset` that draws each
         epoch's examples from the mixture's corpora with the given probabilities."""
@@ -268,7 +272,7 @@ class TranslationKDTask(TranslationTask):
                     f"--train-mixture member {path!r} has no {split} split for {src}-{tgt} ({prefix + lang}.idx)"
                 )
 
-    def build_model(self, cfg, from_checkpoint=False):
+    def build_model(self, cfg: Any, from_checkpoint: bool = False) -> BaseFairseqModel:
         """Builds the student and, when training starts (not when a checkpoint is reloaded for
         generation or validation), loads the teacher(s) given by ``--teacher-path`` and, with
         ``--init-from-teacher``, initialises the student from the (first) teacher's layers.
@@ -300,7 +304,7 @@ class TranslationKDTask(TranslationTask):
             model.init_from_teacher(teacher, lambda: self.calibration_sample(cfg))
         return model
 
-    def calibration_sample(self, cfg):
+    def calibration_sample(self, cfg: Any) -> Iterator[Dict[str, torch.Tensor]]:
         """One-sentence ``net_input`` dicts of ``--init-calibration-sentences`` training examples drawn with
         ``--seed``: what a narrower student's units are chosen on. The training split is loaded for it here;
         fairseq loads it again for training."""
@@ -313,11 +317,11 @@ class TranslationKDTask(TranslationTask):
         for i in order[:count].tolist():
             yield dataset.collater([dataset[i]])["net_input"]
 
-    def load_teacher(self, path):
+    def load_teacher(self, path: str) -> FairseqEncoderDecoderModel:
         """The frozen teacher of checkpoint PATH, checked against this task (:func:`fairseq_kd.teacher.load_teacher`)."""
         return load_teacher(self, path, self.cfg.teacher_data)
 
-    def build_criterion(self, cfg, from_checkpoint=False):
+    def build_criterion(self, cfg: Any, from_checkpoint: bool = False) -> FairseqCriterion:
         """Builds the criterion and checks that it and the teacher fit each other."""
         criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.on_policy_fraction > 0 and not from_checkpoint:
@@ -375,7 +379,8 @@ class TranslationKDTask(TranslationTask):
                 )
         return criterion
 
-    def add_teacher_targets(self, sample, model, criterion, optimizer=None):
+    def add_teacher_targets(self, sample: Dict[str, Any], model: BaseFairseqModel, criterion: FairseqCriterion,
+                            optimizer: Optional[FairseqOptimizer] = None) -> None:  # fmt: skip
         """Puts the batch's :class:`~fairseq_kd.teacher.TeacherTargets` in ``sample["teacher"]``: the live
         teachers' output, in the student's device and dtype, as the criterion requests it; or the cache rows
         that the data loader attached."""
@@ -392,22 +397,25 @@ class TranslationKDTask(TranslationTask):
             ids, scores = sample.pop("teacher_topk")
             sample["teacher"] = TeacherTargets(topk_ids=ids, topk_scores=scores)
 
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+    def train_step(self, sample: Dict[str, Any], model: BaseFairseqModel, criterion: FairseqCriterion,
+                   optimizer: FairseqOptimizer, update_num: int, ignore_grad: bool = False) -> Tuple[torch.Tensor, int, Dict[str, Any]]:  # fmt: skip
         if self.on_policy(update_num):
             sample = self.student_translations(sample, model)
         self.add_teacher_targets(sample, model, criterion, optimizer)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
-    def on_policy(self, update_num):
+    def on_policy(self, update_num: int) -> bool:
         """Whether update UPDATE_NUM trains on the student's own translations (:func:`.on_policy.draw`)."""
         return on_policy.draw(self.cfg.on_policy_fraction, self.cfg.seed, update_num)
 
-    def student_translations(self, sample, model):
+    def student_translations(self, sample: Dict[str, Any], model: BaseFairseqModel) -> Dict[str, Any]:
         """SAMPLE with the student's own translations as target (:func:`.on_policy.student_translations`)."""
         if self._on_policy_generator is None:
             self._on_policy_generator = on_policy.generator(self, model, self.cfg)
         return on_policy.student_translations(self._on_policy_generator, sample, model, self.tgt_dict)
 
-    def valid_step(self, sample, model, criterion):
+    def valid_step(
+        self, sample: Dict[str, Any], model: BaseFairseqModel, criterion: FairseqCriterion
+    ) -> Tuple[torch.Tensor, int, Dict[str, Any]]:
         self.add_teacher_targets(sample, model, criterion)
         return super().valid_step(sample, model, criterion)
