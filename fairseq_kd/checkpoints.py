@@ -34,7 +34,7 @@ from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 
 from .ct2 import vocabulary_map, write_vocabulary_map
-from .io import UserError
+from .io import UserError, colon_free
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def export_ctranslate2(exported_path: str, data_bin: str, output_dir: str, quant
     torch.save(state, copy)
     try:
         FairseqConverter(
-            copy, data_bin, source_lang=source_lang, target_lang=target_lang, unsafe_deserialization=True
+            copy, colon_free(data_bin), source_lang=source_lang, target_lang=target_lang, unsafe_deserialization=True
         ).convert(output_dir, quantization=quantization, force=True, vmap=vocabulary_map)
     finally:
         os.remove(copy)

@@ -2,6 +2,7 @@
 atomic JSON writes, UTF-8 text, subword encoding and binarizing text with given dictionaries."""
 
 import argparse
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -9,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from fairseq import options
@@ -26,6 +28,35 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_LINKS = []  # the directory of this process's links to paths that hold ':' (made on first use)
+_LINKED = {}  # path -> its link
+
+
+def split_models(spec: str) -> List[str]:
+    """The checkpoints of a ``--teacher``/``--teacher-path`` value: SPEC itself when it names a file (a path may
+    hold ':'), else its ':'-separated members, an ensemble."""
+    if os.path.isfile(spec) or os.pathsep not in spec:
+        return [spec]
+    return spec.split(os.pathsep)
+
+
+def colon_free(path: str) -> str:
+    """PATH as fairseq can be given it: fairseq reads ':' in a data directory or a --path as a list of them, so a
+    path that holds ':' becomes a symbolic link to it in a temporary directory of this process (removed at
+    exit); other paths are returned as they are."""
+    if os.pathsep not in path:
+        return path
+    if path in _LINKED:
+        return _LINKED[path]
+    if not _LINKS:
+        _LINKS.append(tempfile.mkdtemp(prefix="fairseq-kd-links-"))
+        atexit.register(shutil.rmtree, _LINKS[0], True)
+    link = os.path.join(_LINKS[0], f"{len(os.listdir(_LINKS[0]))}-{os.path.basename(path).replace(os.pathsep, '_')}")
+    os.symlink(os.path.abspath(path), link)
+    _LINKED[path] = link
+    return link
 
 
 _HELD = {}  # lock path -> (open file, depth): the locks this process holds

@@ -261,14 +261,25 @@ class RunDir:
     def done_marker(self, stage: str) -> str:
         return self.path("stages", re.sub(r"[^\w.-]+", "_", stage) + ".done")
 
-    def stage(self, name: str, fn: Callable[..., Any], *args: Any, key: Any = None) -> None:
-        """Runs FN(*ARGS) unless a rerun finds stage NAME finished (with the same KEY, when one is given:
-        what the stage's result depends on besides the run's settings)."""
+    def stage(self, name: str, fn: Callable[..., Any], *args: Any, key: Any = None, outputs: Sequence[str] = (),
+              remake: bool = True) -> None:  # fmt: skip
+        """Runs FN(*ARGS) unless a rerun finds stage NAME finished (with the same KEY, when one is given: what the
+        stage's result depends on besides the run's settings) and its OUTPUTS (paths) all there. A finished stage
+        whose result was deleted is done again, the log naming what was missing; with REMAKE false (a stage
+        whose remade result could differ from what later stages were made of) that is refused in one line."""
         marker = self.done_marker(name)
-        if is_done(marker, key):
+        missing = [path for path in outputs if not os.path.exists(path)]
+        if is_done(marker, key) and not missing:
             log(f"{name}: done earlier")
             return
-        if os.path.exists(marker):
+        if is_done(marker, key) and not remake:
+            raise self.error(
+                f"{', '.join(missing)} is missing, but the {name} stage was done: restore it, or remove {marker} to "
+                f"make it again (and the later stages' markers in {os.path.dirname(marker)}, made from the old one)"
+            )
+        if is_done(marker, key):
+            log(f"{name}: done earlier, but {', '.join(missing)} is missing: done again")
+        elif os.path.exists(marker):
             log(f"{name}: done earlier with other inputs ({short(key)} now): done again")
         log(f"{name} ...")
         start = time.time()

@@ -468,6 +468,30 @@ class TestSmokeRun(unittest.TestCase):
         with open(os.path.join(self.out, "results.json")) as f:
             self.assertEqual(f.read(), before)
 
+    def test_a_deleted_result_is_remade_or_named(self):
+        """A finished stage whose result is gone: a student's exported model is made again (from its last
+        checkpoint, not trained again); the sentencepiece model, which the data-bin and the teacher were made
+        from, is named in one line and nothing is done."""
+        self.results()
+        model = os.path.join(self.out, "models", "baseline.pt")
+        os.remove(model)
+        result = self.demo()
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertIn(f"student baseline: done earlier, but {model} is missing: done again", result.stdout)
+        self.assertIn("checkpoint_last.pt has 10 updates already: not trained again", result.stdout)
+        self.assertTrue(os.path.isfile(model))
+        spm_model = os.path.join(self.out, "spm.model")
+        os.replace(spm_model, spm_model + ".aside")
+        try:
+            result = self.demo()
+        finally:
+            os.replace(spm_model + ".aside", spm_model)
+        self.assertEqual(result.returncode, 2, result.stdout[-3000:])
+        self.assertRegex(
+            result.stderr.strip().splitlines()[-1],
+            rf"error: {re.escape(spm_model)} is missing, but the sentencepiece stage was done: restore it",
+        )
+
     def test_killed_in_the_report_or_a_student_the_rerun_finishes(self):
         # kill -9 at a random moment (a new one each run) of the final evaluation and report, then of a student's
         # training, and rerun the same command each time

@@ -2,6 +2,7 @@
 rule, the table, and every bad input refused before any translation. (A whole evaluation of real models,
 fairseq and CTranslate2, with timing rounds, runs in tests/test_demo_pipeline.py on the smoke run.)"""
 
+import json
 import os
 import random
 import re
@@ -13,6 +14,7 @@ import unittest
 
 import torch
 
+from fairseq_kd.cli import kd_pseudolabel
 from fairseq_kd.evaluate import (
     EvaluationError,
     Record,
@@ -25,7 +27,7 @@ from fairseq_kd.evaluate import (
 )
 from fairseq_kd.generate_log import read_translations
 from fairseq_kd.io import UserError
-from tests.utils import TeacherTestCase
+from tests.utils import KD_FLAGS, TeacherTestCase, quiet, train_translation_model
 
 BIN = os.path.dirname(sys.executable)
 
@@ -190,3 +192,34 @@ class TestWordLevelData(TeacherTestCase):
         self.assertEqual(scores["auto"], scores["none"])
         self.assertGreater(scores["auto"], 5, scores)
         self.assertLess(scores["sentencepiece"], scores["auto"] / 2, scores)
+
+
+class TestPathsWithColons(TeacherTestCase):
+    def test_a_teacher_and_data_bin_whose_paths_hold_colons_are_used_as_they_are(self):
+        """fairseq reads ':' in a data directory or a --path as a list of them; such paths are given to it
+        through links: evaluation, pseudo-labels and training with --teacher-path score and train as the same
+        files under plain paths do."""
+        odd = os.path.join(self.dir, "run:1")
+        shutil.copytree(self.data, os.path.join(odd, "data:bin"))
+        teacher = os.path.join(odd, "teacher:best.pt")
+        shutil.copy(self.teacher, teacher)
+        refs = os.path.join(self.data, "test.out")
+        settings = Settings(beam=2)
+        (plain,) = evaluate({"teacher": self.teacher}, self.data, refs, settings=settings)
+        (colons,) = evaluate({"teacher": teacher}, os.path.join(odd, "data:bin"), refs, settings=settings)
+        self.assertEqual(colons.bleu, plain.bleu)
+        self.assertGreater(plain.bleu, 5)
+        # pseudo-labels by the fairseq engine, and one update of word-level KD with such a --teacher-path (the
+        # task's own flag: a path that names a file is one teacher, not an ensemble)
+        out = os.path.join(self.dir, "labels")
+        args = kd_pseudolabel.get_parser().parse_args(
+            ["--teacher", teacher, "--data", os.path.join(odd, "data:bin"), "--output", out, "--cpu", "--subset", "valid"]
+        )
+        with quiet():
+            kd_pseudolabel.main(args)
+        with open(os.path.join(out, "summary.json")) as f:
+            self.assertGreater(json.load(f)["kept"], 0)
+        with quiet():
+            train_translation_model(self.data, task="translation_kd", save_dir=os.path.join(self.dir, "s"),
+                                    extra_flags=["--teacher-path", teacher, "--max-update", "1"] + KD_FLAGS)  # fmt: skip
+        self.assertTrue(os.path.isfile(os.path.join(self.dir, "s", "checkpoint_last.pt")))

@@ -18,7 +18,7 @@ import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from ..io import check_output_path, check_outputs_apart, run_lock
+from ..io import check_output_path, check_outputs_apart, colon_free, run_lock
 from ..topk_cache import TopKCacheError, build_cache
 from . import run
 
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     output = args.output or os.path.join(args.data, f"topk-{args.subset}-k{args.k}")
     check_output_path("--output", output)
     check_outputs_apart({"--teacher": args.teacher, "--data": args.data}, {"--output": output})
-    flags = [args.data, "--task", "translation_kd", "--teacher-path", args.teacher, "--arch", "transformer"]
+    flags = [colon_free(args.data), "--task", "translation_kd", "--teacher-path", args.teacher, "--arch", "transformer"]
     if args.teacher_data:
         flags += ["--teacher-data", args.teacher_data]
     if args.source_lang and args.target_lang:

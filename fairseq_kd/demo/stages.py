@@ -92,9 +92,16 @@ class Demo(RunDir):
     def run_stages(self) -> None:
         self.check_run_dir()
         self.pipeline.check_run_dir(inputs=False)  # the pipeline's settings, checked before the teacher is made
-        for name, fn in (("corpus", self.corpus), ("sentencepiece", self.sentencepiece), ("binarize", self.binarize),
-                         ("teacher", self.teacher)):  # fmt: skip
-            self.stage(name, fn)
+        raw = [self.path("raw", f"{split}.{lang}") for split in SPLITS for lang in (self.src, self.tgt)]
+        binarized = [self.path("data-bin", f"dict.{lang}.txt") for lang in (self.src, self.tgt)]
+        binarized += [
+            self.path("data-bin", f"{s}.{self.src}-{self.tgt}.{lang}.bin") for s in SPLITS for lang in (self.src, self.tgt)
+        ]
+        # the corpus is made again as it was; the later stages' products are what the next ones were made of
+        self.stage("corpus", self.corpus, outputs=raw)
+        self.stage("sentencepiece", self.sentencepiece, outputs=[self.path("spm.model")], remake=False)
+        self.stage("binarize", self.binarize, outputs=binarized, remake=False)
+        self.stage("teacher", self.teacher, outputs=[self.config.teacher], remake=False)
         if self.teacher_only:
             log(f"    the teacher is {self.config.teacher}; rerun without --teacher-only for the students")
             return

@@ -13,7 +13,7 @@ from fairseq.data import data_utils
 
 from .. import ct2
 from ..generate_log import read_translations
-from ..io import read_lines, write_json, write_text
+from ..io import colon_free, read_lines, write_json, write_text
 from ..runs import BIN, PLUGIN_DIR, run_logged
 from .systems import EvaluationError, Source, System
 
@@ -88,7 +88,8 @@ def translate(system: System, source: Source, settings: Settings, log_path: str)
 
 
 def translate_fairseq(system: System, source: Source, settings: Settings, log_path: str) -> Tuple[List[str], Dict[str, float]]:
-    cmd = [os.path.join(BIN, "fairseq-generate"), source.data_bin, "--path", system.path, "--gen-subset", source.split,
+    cmd = [os.path.join(BIN, "fairseq-generate"), colon_free(source.data_bin), "--path", colon_free(system.path),
+           "--gen-subset", source.split,
            "--source-lang", source.src, "--target-lang", source.tgt,
            "--beam", settings.beam, "--batch-size", settings.batch_size,
            "--max-len-a", settings.max_len_a, "--max-len-b", settings.max_len_b,

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import methods as M
 from ..checkpoints import export_ctranslate2, load_checkpoint
 from ..evaluate import SIGNIFICANCE, Record, evaluate, plot, seed_summary
-from ..io import run_lock, write_json, write_text
+from ..io import colon_free, run_lock, write_json, write_text
 from ..models.student_init import StudentInitError, layout_flags, select_layers
 from ..models.width_pruning import WidthError, check_widths
 from ..runs import RunDir, digest, log, minutes
@@ -57,12 +57,14 @@ class Pipeline(RunDir):
         start = time.time()
         self.data_stages()
         for name in self.config.methods:
-            self.stage(f"student {name}", self.student, name, 1)
+            self.stage(f"student {name}", self.student, name, 1, outputs=[self.path("models", f"{name}.pt")])
         # the CTranslate2 model is the best of the students there are
-        self.stage("ctranslate2", self.ctranslate2, key=list(self.config.methods))
+        self.stage("ctranslate2", self.ctranslate2, key=list(self.config.methods),
+                   outputs=[self.path("models", "ctranslate2_int8", "model.bin")])  # fmt: skip
         for seed in range(2, self.config.seeds + 1):
             for name in self.seeded_methods():
-                self.stage(f"student {name}.seed{seed}", self.student, name, seed)
+                self.stage(f"student {name}.seed{seed}", self.student, name, seed,
+                           outputs=[self.path("models", f"{name}.seed{seed}.pt")])  # fmt: skip
         self.report()
         log(f"done in {minutes(time.time() - start)}")
 
@@ -97,14 +99,16 @@ class Pipeline(RunDir):
 
     def data_stages(self) -> None:
         if self.needs(M.TEACHER, M.MIXTURE, M.LOW_DATA):
-            self.stage("pseudolabels", self.pseudolabels, "pseudolabels", [])
+            self.stage("pseudolabels", self.pseudolabels, "pseudolabels", [], outputs=[self.method_paths().pseudo])
         if self.needs(M.TEACHER_SAMPLED):
             k = {M.get(n).sampling_topk for n in self.config.methods if M.get(n).sampling_topk}
-            self.stage("pseudolabels sampled", self.pseudolabels, "pseudolabels-sampled", ["--sampling-topk", min(k)])
+            self.stage("pseudolabels sampled", self.pseudolabels, "pseudolabels-sampled", ["--sampling-topk", min(k)],
+                       outputs=[self.method_paths().sampled])  # fmt: skip
         if any(M.get(n).teacher == M.TOPK_CACHE for n in self.config.methods):
-            self.stage("topk cache", self.topk_cache)
+            self.stage("topk cache", self.topk_cache, outputs=[os.path.join(self.method_paths().topk_cache, "meta.json")])
         if self.needs(M.LOW_DATA, M.LOW_DATA_REFERENCES):
-            self.stage("low-data split", self.low_data)
+            paths = self.method_paths()
+            self.stage("low-data split", self.low_data, outputs=[paths.low_references, paths.low_pseudo])
 
     def pseudolabels(self, name: str, extra: List[Any]) -> None:
         c = self.config
@@ -179,14 +183,15 @@ class Pipeline(RunDir):
 
     def method_paths(self) -> M.MethodPaths:
         c = self.config
+        # as fairseq-train is given them: fairseq reads ':' in a data directory as a list of them
         return M.MethodPaths(
-            data=c.data_bin,
+            data=colon_free(c.data_bin),
             teacher=c.teacher,
-            pseudo=self.path("pseudolabels", "data-bin"),
-            sampled=self.path("pseudolabels-sampled", "data-bin"),
+            pseudo=colon_free(self.path("pseudolabels", "data-bin")),
+            sampled=colon_free(self.path("pseudolabels-sampled", "data-bin")),
             topk_cache=self.path("topk-cache"),
-            low_references=self.path("low-data-references"),
-            low_pseudo=self.path("low-data-pseudolabels"),
+            low_references=colon_free(self.path("low-data-references")),
+            low_pseudo=colon_free(self.path("low-data-pseudolabels")),
         )
 
     # ---- students --------------------------------------------------------------------------------

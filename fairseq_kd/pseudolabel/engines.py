@@ -26,7 +26,7 @@ from fairseq_cli import generate
 from .. import ct2
 from ..checkpoints import export_ctranslate2, export_student
 from ..generate_log import read_speed
-from ..io import write_json, write_text
+from ..io import colon_free, write_json, write_text
 from ..runs import PLUGIN_DIR, is_done, mark_done
 from .labels import PseudoLabelError
 
@@ -74,7 +74,8 @@ def translate_shard(args: argparse.Namespace, job: Any, shard: int) -> None:
 
 def _fairseq_shard(args, job, shard, tmp):
     flags = [
-        job.data_bin, "--path", os.pathsep.join(args.teachers), "--task", "translation", "--gen-subset", job.split,
+        colon_free(job.data_bin), "--path", os.pathsep.join(colon_free(t) for t in args.teachers), "--task", "translation",
+        "--gen-subset", job.split,
         "--source-lang", job.src, "--target-lang", job.tgt,
         "--beam", str(max(args.beam, args.nbest)), "--nbest", str(args.nbest),
         "--max-tokens", str(args.max_tokens), "--required-batch-size-multiple", "1",

@@ -25,6 +25,7 @@ from ..io import (
     read_lines,
     run_lock,
     sha256_file,
+    split_models,
     write_json,
 )
 from ..runs import check_recorded
@@ -100,7 +101,7 @@ def _positive(args, *names):
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no work done: before anything is written."""
-    args.teachers = [t for t in args.teacher.split(os.pathsep)]
+    args.teachers = split_models(args.teacher)
     _positive(args, "num_shards", "beam", "nbest", "sampling_topk", "max_tokens", "batch_size", "max_length_ratio")
     if args.shard_id is not None and not 0 <= args.shard_id < args.num_shards:
         raise PseudoLabelError(f"--shard-id {args.shard_id} is not in 0..{args.num_shards - 1}")

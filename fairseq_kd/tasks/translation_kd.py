@@ -20,6 +20,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
+from ..io import split_models
 from ..models.student_init import spread_layers
 from ..teacher import (
     TeacherError,
@@ -290,7 +291,7 @@ class TranslationKDTask(TranslationTask):
             self._student_hidden_sizes = hidden_sizes(model)
             self._student_layer_counts = layer_counts(model)
             check_output_layer(model, "student")
-            self.teachers = [self.load_teacher(path) for path in self.cfg.teacher_path.split(":")]
+            self.teachers = [self.load_teacher(path) for path in split_models(self.cfg.teacher_path)]
         if init_from_teacher:
             teacher = self.teachers[0]
             if not isinstance(teacher, TransformerModelBase):
