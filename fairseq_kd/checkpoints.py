@@ -26,10 +26,10 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 from ctranslate2.converters import fairseq as ct2_fairseq
-from fairseq import checkpoint_utils, tasks
+from fairseq import checkpoint_utils, tasks, utils
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterionConfig
 from fairseq.data import Dictionary, data_utils
-from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY, FairseqEncoderDecoderModel
 from fairseq.tasks.translation import TranslationConfig
 from omegaconf import OmegaConf
 
@@ -131,6 +131,60 @@ def check_ctranslate2_convertible(state: Dict[str, Any], what: str = "the model"
     activation = model_cfg.get("activation_fn", "relu")
     if activation not in ct2_fairseq._SUPPORTED_ACTIVATIONS:
         raise CheckpointError(f"{what} uses --activation-fn {activation}, which CTranslate2 does not convert")
+
+
+def dictionary_difference(
+    ours: Dictionary, theirs: Dictionary, names: Tuple[str, str] = ("student", "teacher")
+) -> Optional[str]:
+    """A description of the first difference between two dictionaries (the NAMES of their owners), or None if
+    they are equal."""
+    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
+        if a != b:
+            return f"index {i} is {a!r} for the {names[0]} but {b!r} for the {names[1]}"
+    if len(ours) != len(theirs):
+        shorter, longer, who = (ours, theirs, names[1]) if len(ours) < len(theirs) else (theirs, ours, names[0])
+        return (
+            f"the {names[0]} has {len(ours)} symbols and the {names[1]} {len(theirs)}; the {who}'s extra symbols "
+            f"start with {longer.symbols[len(shorter)]!r} at index {len(shorter)}"
+        )
+    return None
+
+
+def recorded_data_dir(task_cfg: Any) -> Optional[str]:
+    """The first data directory that a checkpoint's task config records (None if it records none): where
+    the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
+    directory elsewhere, or missing here."""
+    return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
+
+
+def check_fits_data(cfg: Dict[str, Any], data_bin: str, src: str, tgt: str, what: str = "the model") -> None:
+    """A translation checkpoint's config (CFG) against the data it is to translate, before any work: an
+    encoder-decoder model, of the data's direction (where it records one), trained with dictionaries equal to
+    DATA_BIN's symbol by symbol (where the ones its config records are still there)."""
+    model, task = cfg.get("model") or {}, cfg.get("task") or {}
+    arch = model.get("arch") if hasattr(model, "get") else getattr(model, "arch", None)
+    if arch in ARCH_MODEL_REGISTRY and not issubclass(ARCH_MODEL_REGISTRY[arch], FairseqEncoderDecoderModel):
+        raise CheckpointError(
+            f"{what} is a {arch} model (task {task.get('_name')}), not an encoder-decoder translation model: it cannot "
+            "translate a source sentence"
+        )
+    languages = (task.get("source_lang"), task.get("target_lang"))
+    if None not in languages and languages != (src, tgt):
+        raise CheckpointError(
+            f"{what} translates {languages[0]}->{languages[1]}, the data {src}->{tgt}: give a model of the data's "
+            "direction (or the -s/-t of its own)"
+        )
+    recorded = recorded_data_dir(task)
+    for lang in (src, tgt):
+        theirs = os.path.join(recorded or "", f"dict.{lang}.txt")
+        ours = os.path.join(data_bin, f"dict.{lang}.txt")
+        if recorded and os.path.isfile(theirs) and os.path.isfile(ours):
+            difference = dictionary_difference(Dictionary.load(ours), Dictionary.load(theirs), ("data", "model"))
+            if difference:
+                raise CheckpointError(
+                    f"{what} was trained with {theirs}, which is not {ours} ({difference}): give the data-bin made "
+                    "with its dictionaries"
+                )
 
 
 def check_embeddings_fit(

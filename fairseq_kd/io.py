@@ -14,7 +14,7 @@ import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from fairseq import options
-from fairseq.data import encoders
+from fairseq.data import Dictionary, encoders
 from fairseq_cli import preprocess
 
 
@@ -188,6 +188,9 @@ def check_output_path(flag: str, path: str, file_expected: bool = False) -> None
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UserError(f"{flag} {path} cannot be made: {parent} is a file")
+    where = path if os.path.isdir(path) else parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be written: {where} is read-only for this user; give a writable path")
 
 
 def check_outputs_apart(inputs: Dict[str, Optional[str]], outputs: Dict[str, Optional[str]]) -> None:
@@ -237,6 +240,19 @@ def encode_lines(lines: Sequence[str], spm_model: Optional[str] = None, bpe_code
     except (RuntimeError, OSError, ValueError) as e:
         raise UserError(f"cannot load {flag} {path!r}: {str(e).splitlines()[0]}") from None
     return [bpe.encode(line) if line.strip() else "" for line in lines]
+
+
+def check_known_tokens(lines: Sequence[str], dictionary: str, flag: str) -> None:
+    """Refuses token lines of which most tokens are not in DICTIONARY (a dict.LANG.txt): raw text given without
+    the tokenizer the data was made with, which fairseq would binarize to unknown tokens without a word."""
+    symbols = set(Dictionary.load(dictionary).symbols)
+    tokens = [token for line in lines for token in line.split()]
+    unknown = sum(token not in symbols for token in tokens)
+    if tokens and unknown > 0.5 * len(tokens):
+        raise UserError(
+            f"{flag}: {100 * unknown // len(tokens)}% of its tokens are not in {dictionary}: encode it as the data was "
+            "made (--spm-model or --bpe-codes)"
+        )
 
 
 def binarize(prefix: str, dest_dir: str, src: str, tgt: str, data_dir: str, only_source: bool = False,

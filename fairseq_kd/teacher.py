@@ -15,11 +15,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from fairseq import models, utils
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.models import FairseqEncoderDecoderModel
 from torch import Tensor
 
-from .checkpoints import load_checkpoint
+from .checkpoints import dictionary_difference, load_checkpoint, recorded_data_dir
 from .io import UserError
 
 logger = logging.getLogger(__name__)
@@ -98,27 +98,6 @@ def run_teachers(teachers: Sequence[torch.nn.Module], net_input: Dict[str, Tenso
 
 class TeacherError(UserError):
     pass
-
-
-def dictionary_difference(ours: Dictionary, theirs: Dictionary) -> Optional[str]:
-    """A description of the first difference between two dictionaries, or None if they are equal."""
-    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
-        if a != b:
-            return f"index {i} is {a!r} for the student but {b!r} for the teacher"
-    if len(ours) != len(theirs):
-        shorter, longer, who = (ours, theirs, "teacher") if len(ours) < len(theirs) else (theirs, ours, "student")
-        return (
-            f"the student has {len(ours)} symbols and the teacher {len(theirs)}; the {who}'s extra symbols "
-            f"start with {longer.symbols[len(shorter)]!r} at index {len(shorter)}"
-        )
-    return None
-
-
-def recorded_data_dir(task_cfg: Any) -> Optional[str]:
-    """The first data directory that a checkpoint's task config records (None if it records none): where
-    the teacher's dictionaries are unless --teacher-data says otherwise. It may be relative to a working
-    directory elsewhere, or missing here."""
-    return utils.split_paths(task_cfg["data"])[0] if task_cfg.get("data") else None
 
 
 def hidden_sizes(model: torch.nn.Module) -> Dict[str, int]:

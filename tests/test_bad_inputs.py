@@ -10,13 +10,18 @@ import io
 import os
 import re
 import shutil
+import tempfile
+import unittest
 from dataclasses import dataclass
 from typing import Callable, List
+from unittest import mock
 
 import torch
 
+from fairseq_kd.checkpoints import export_ctranslate2, export_student
 from fairseq_kd.cli import kd_cache_topk, kd_evaluate, kd_export, kd_pseudolabel, run
 from fairseq_kd.demo import stages as demo_stages
+from fairseq_kd.io import UserError, check_output_path
 from fairseq_kd.pipeline import __main__ as pipeline_main
 
 from .utils import TeacherTestCase, tiny_teacher
@@ -31,6 +36,15 @@ class Case:
     what: str  # the class and the mistake
     argv: Callable[["Files"], List[str]]
     message: str  # a regular expression the one-line error must match
+
+
+def set_setting(cfg, **values):
+    """Sets VALUES in a checkpoint's config section (a dict, an omegaconf node or a Namespace)."""
+    for key, value in values.items():
+        if isinstance(cfg, dict):
+            cfg[key] = value
+        else:
+            setattr(cfg, key, value)
 
 
 class Files:
@@ -66,6 +80,29 @@ class Files:
             model_cfg.arch = "lstm"
         self.lstm = os.path.join(root, "lstm.pt")  # a checkpoint whose config names an LSTM
         torch.save(state, self.lstm)
+        state = torch.load(self.teacher, map_location="cpu", weights_only=False)
+        set_setting(state["cfg"]["task"], source_lang="out", target_lang="in")
+        self.reversed = os.path.join(root, "reversed.pt")  # a teacher of the other direction (same dictionaries)
+        torch.save(state, self.reversed)
+        state = torch.load(self.teacher, map_location="cpu", weights_only=False)
+        set_setting(state["cfg"]["model"], arch="transformer_lm")
+        set_setting(state["cfg"]["task"], _name="language_modeling")
+        self.lm = os.path.join(root, "lm.pt")  # a checkpoint of a language model
+        torch.save(state, self.lm)
+        # the data-bin copied with a dictionary of the same size whose first two words are swapped
+        self.other_symbols = os.path.join(root, "other_symbols")
+        shutil.copytree(self.data, self.other_symbols)
+        with open(os.path.join(self.other_symbols, "dict.out.txt")) as f:
+            entries = f.read().splitlines()
+        entries[0], entries[1] = entries[1], entries[0]
+        self.write("other_symbols/dict.out.txt", "\n".join(entries) + "\n")
+        self.english = self.write("english.in", "This is raw English text.\nIt was never encoded.\n")
+        # a CTranslate2 model whose model.bin is cut short
+        self.ct2_truncated = os.path.join(root, "ct2_truncated")
+        export_student(self.teacher, os.path.join(root, "exported.pt"), overwrite=True)
+        export_ctranslate2(os.path.join(root, "exported.pt"), self.data, self.ct2_truncated, "int8", "in", "out")
+        with open(os.path.join(self.ct2_truncated, "model.bin"), "r+b") as f:
+            f.truncate(os.path.getsize(os.path.join(self.ct2_truncated, "model.bin")) // 2)
         self.unequal = os.path.join(root, "unequal")
         os.makedirs(self.unequal)
         for split in ("train", "valid", "test"):
@@ -226,6 +263,18 @@ CASES = [
     ),
     Case(P, "number: nbest 0", lambda f: f.pseudo("--subset", "train", "--nbest", "0"), "--nbest must be >= 1"),
     Case(P, "number: max tokens 0", lambda f: f.pseudo("--subset", "train", "--max-tokens", "0"), "--max-tokens must be >= 1"),
+    Case(
+        P,
+        "model: a teacher of the other direction",
+        lambda f: f.pseudo("--subset", "train", "--teacher", f.reversed),
+        "translates out->in, the data in->out",
+    ),
+    Case(
+        P,
+        "data: raw --input without its tokenizer",
+        lambda f: f.pseudo("--input", f.english),
+        "--input: \\d+% of its tokens are not in .*dict.in.txt: encode it as the data was made",
+    ),
     Case(P, "number: shards 0", lambda f: f.pseudo("--subset", "train", "--num-shards", "0"), "--num-shards must be >= 1"),
     Case(
         P,
@@ -393,6 +442,36 @@ CASES = [
         lambda f: f.pipeline("--student", "2,1,128,512,3"),
         "3 attention heads do not divide the width 128",
     ),  # fmt: skip
+    Case(
+        V,
+        "model: a teacher of the other direction",
+        lambda f: f.evaluate(systems=[f"t={f.reversed}"]),
+        "translates out->in, the data in->out",
+    ),
+    Case(
+        V,
+        "model: a language model",
+        lambda f: f.evaluate(systems=[f"lm={f.lm}"]),
+        "is a transformer_lm model .*not an encoder-decoder translation model",
+    ),
+    Case(
+        V,
+        "data: a dictionary of the same size with other symbols",
+        lambda f: [f.other_symbols, "--references", os.path.join(f.data, "test.out"), "--out", f.out, f"t={f.teacher}"],
+        "was trained with .*dict.out.txt, which is not .*other_symbols/dict.out.txt \\(index 4 is",
+    ),
+    Case(
+        V,
+        "model: a truncated CTranslate2 model",
+        lambda f: f.evaluate(systems=[f"ct2={f.ct2_truncated}"]),
+        "CTranslate2 cannot load .*ct2_truncated .*: convert the model again",
+    ),
+    Case(
+        V,
+        "data: raw --source without its tokenizer",
+        lambda f: f.evaluate("--source", f.english, "--references", f.english),
+        "--source: \\d+% of its tokens are not in .*dict.in.txt: encode it as the data was made",
+    ),
     Case(V, "number: beam absurd", lambda f: f.evaluate("--beam", "100000"), "--beam 100000: at most 128"),
     Case(V, "number: length bound infinite", lambda f: f.evaluate("--max-len-a", "inf"), "--max-len-a must be in"),
     Case(V, "number: threads negative", lambda f: f.evaluate("--threads", "-1"), "--threads -1: give 0"),
@@ -462,6 +541,19 @@ def catalogue():
         shown = case.message.replace("\\", "").replace("|", "\\|").replace(".*", "...").replace("d+", "N")
         lines.append(f"| `{case.command}` | {case.what} | `{shown}` |")
     return "\n".join(lines)
+
+
+class TestOutputPaths(unittest.TestCase):
+    def test_a_read_only_output_directory_is_refused_before_any_work(self):
+        """Refused for a user who cannot write there (root can write anywhere, so the check is made to see a
+        read-only directory through os.access)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            target = os.path.join(tmp, "new", "out")
+            check_output_path("--out", target)  # writable: accepted
+            with mock.patch("fairseq_kd.io.os.access", lambda path, mode: path != tmp):
+                with self.assertRaisesRegex(UserError, f"--out {target} cannot be written: {tmp} is read-only for this user"):
+                    check_output_path("--out", target)
+            self.assertFalse(os.path.exists(os.path.join(tmp, "new")))
 
 
 class TestBadInputs(TeacherTestCase):

@@ -4,6 +4,7 @@ pseudo-labels, students with two seeds, CTranslate2, evaluation with the paired 
 report); a rerun that redoes nothing; fairseq-kd-evaluate on its exported models; and the pipeline on a
 teacher it did not train, with a monolingual transfer set."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,15 +26,16 @@ from unittest import mock
 import sacrebleu
 import torch
 
+from fairseq_kd.checkpoints import load_checkpoint
 from fairseq_kd.demo.stages import Demo, DemoError, check_data_dir
 from fairseq_kd.evaluate import seed_summary
 from fairseq_kd.io import UserError
-from fairseq_kd.pipeline import PipelineError, load_config
-from fairseq_kd.pipeline.config import config_from_record, config_record
+from fairseq_kd.pipeline import Config, Pipeline, PipelineError, Shape, Training, load_config
+from fairseq_kd.pipeline.config import config_from_record, config_record, default_student
 from fairseq_kd.pipeline.data import low_data_selector
 from fairseq_kd.pipeline.distil import students_table
 from fairseq_kd.runs import checkpoint_updates, repair_last_checkpoint
-from tests.utils import create_dummy_data, quiet
+from tests.utils import TINY_ARCH, create_dummy_data, quiet, tiny_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC, TGT = "in", "out"  # the cipher data's pair: not de/en
@@ -210,6 +212,24 @@ class TestPieces(unittest.TestCase):
         threads = Demo(out, "smoke")
         threads.config.evaluation.threads = 2
         threads.pipeline.check_run_dir()
+
+    def test_the_default_student_is_derived_from_the_teacher_and_fits_it(self):
+        """Without --student, the pipeline's student is the teacher's encoder and one decoder layer: every
+        initialised method takes it from any teacher (here a 3+3 one, whose 3 encoder layers no 2-layer
+        student divides), and the report says where the shape came from."""
+        data, teacher = tiny_teacher(TINY_ARCH[:2] + ["--encoder-layers", "3", "--decoder-layers", "3"] + TINY_ARCH[6:])
+        shape = default_student(load_checkpoint(teacher)["cfg"]["model"])
+        self.assertEqual(shape, Shape(3, 1, 16, 32, 2))
+        config = Config(teacher, data, data, "in", "out", shape, Training(10, 1), methods=["baseline", "init_kd"],
+                        student_from_teacher=True)  # fmt: skip
+        pipe = Pipeline(os.path.join(self.tmp, "run"), config)
+        pipe.check_students_fit()
+        self.assertIn("3+1 layers, 16 wide (FFN 32, 2 heads; the default student: the teacher's encoder, one decoder "
+                      "layer)", pipe.budget_line())  # fmt: skip
+        with self.assertRaisesRegex(PipelineError, "3 encoder layers are not divisible by the student's 2"):
+            Pipeline(
+                os.path.join(self.tmp, "run"), dataclasses.replace(config, student=Shape(2, 1, 16, 32, 2))
+            ).check_students_fit()
 
     def test_a_changed_input_file_is_refused(self):
         """A run directory records what its inputs hold: a rerun after one changed at the same path is refused

@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 from ..evaluate import Settings, evaluate, results_table
-from ..io import check_outputs_apart
+from ..io import check_output_path, check_outputs_apart
 from . import add_tokenizer_arguments, run
 
 
@@ -66,6 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     inputs = {"DATA_BIN": args.data, "--references": args.references, "--source": args.source}
     inputs.update({spec.partition("=")[0]: spec.partition("=")[2] for spec in args.systems})
     check_outputs_apart(inputs, {"--out": args.out})
+    if args.out:
+        check_output_path("--out", args.out)
     records = evaluate(
         args.systems, args.data, args.references, split=args.split, out_dir=args.out, baseline=args.baseline,
         timing_rounds=args.timing_rounds, settings=settings, source_lang=args.source_lang,

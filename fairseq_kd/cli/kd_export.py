@@ -63,6 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         {"STUDENT_CHECKPOINT": args.student, "--data": args.data},
         {"OUTPUT_CHECKPOINT": args.output, "--ctranslate2": args.ctranslate2},
     )
+    if args.ctranslate2:
+        check_output_path("--ctranslate2", args.ctranslate2)
     if args.ctranslate2 and not args.data:
         raise CheckpointError("--ctranslate2 needs --data DATA_BIN (its dictionaries)")
     if args.ctranslate2 and os.path.exists(args.ctranslate2) and not args.overwrite:

@@ -25,7 +25,7 @@ from typing import List, Optional
 import sentencepiece as spm
 
 from ..cli import run
-from ..io import UserError, read_lines, run_lock, write_text
+from ..io import UserError, check_output_path, read_lines, run_lock, write_text
 from ..pipeline import DEFAULT_LAYOUT, Config, Pipeline, PipelineError
 from ..runs import RunDir, log
 from .corpus import build_corpus
@@ -212,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.data is None and args.source_lang and args.source_lang != args.locale:
         raise DemoError(f"-s {args.source_lang} without --data: the gettext corpus's source is --locale ({args.locale})")
     out = args.out or ("runs/demo" if args.preset == "default" else f"runs/demo-{args.preset}")
+    check_output_path("--out", out)
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     Demo(
         out,

@@ -101,8 +101,6 @@ def evaluate(
     parsed = parse_systems(specs)
     use_vmap(parsed, vmap)
     work = out_dir or tempfile.mkdtemp(prefix="fairseq-kd-evaluate-")
-    if source:  # raw text is binarized into the work directory
-        os.makedirs(work, exist_ok=True)
     src = load_source(data_bin, split, references, source_lang, target_lang, source, spm_model, bpe_codes, work)
     for system in parsed:
         check_dictionaries(system, src)

@@ -14,8 +14,15 @@ from fairseq.data import Dictionary, data_utils
 from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.tasks import TASK_REGISTRY
 
-from ..checkpoints import CheckpointError, check_embeddings_fit, check_loadable_by_stock_fairseq, load_checkpoint
-from ..io import UserError, binarize, encode_lines, read_lines, sha256_file, write_text
+from .. import ct2
+from ..checkpoints import (
+    CheckpointError,
+    check_embeddings_fit,
+    check_fits_data,
+    check_loadable_by_stock_fairseq,
+    load_checkpoint,
+)
+from ..io import UserError, binarize, check_known_tokens, encode_lines, read_lines, sha256_file, write_text
 from ..models.swish import uses_swish
 
 
@@ -34,6 +41,7 @@ class System:
     params: Optional[int] = None
     size_mb: float = 0.0
     digest: str = ""
+    cfg: Dict = field(default_factory=dict)  # a checkpoint's task and model settings, for the fit check
 
 
 def parse_systems(specs: Sequence[str]) -> List[System]:
@@ -76,6 +84,12 @@ def inspect_system(name: str, path: str) -> System:
         if not os.path.isfile(os.path.join(path, "model.bin")):
             raise EvaluationError(f"{name}: {path} is a directory but not a CTranslate2 model (it has no model.bin)")
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        try:  # a truncated or foreign model.bin fails here, before any system translates
+            ct2.translator(path, "cpu", 1)  # loaded, then freed
+        except (RuntimeError, ValueError) as e:
+            raise EvaluationError(
+                f"{name}: CTranslate2 cannot load {path} ({str(e).splitlines()[0]}): convert the model again"
+            ) from None
         return System(
             name, path, "ctranslate2", size_mb=round(size / 2**20, 2), digest=sha256_file(os.path.join(path, "model.bin"))
         )
@@ -102,6 +116,7 @@ def inspect_system(name: str, path: str) -> System:
         size_mb=round(os.path.getsize(path) / 2**20, 2),
         digest=sha256_file(path),
         embedding_shapes={k: tuple(v.shape) for k, v in state["model"].items() if k.endswith("embed_tokens.weight")},
+        cfg={"task": cfg.get("task") or {}, "model": model},
     )
 
 
@@ -147,6 +162,7 @@ def load_source(data_bin: str, split: str, references: str, source_lang: Optiona
     refs = read_lines(references, "--references")
     if source:
         lines = encode_lines(read_lines(source, "--source"), spm_model, bpe_codes)
+        check_known_tokens(lines, os.path.join(data_bin, f"dict.{src}.txt"), "--source")
         if len(lines) != len(refs):
             raise EvaluationError(f"--source has {len(lines)} lines but --references {len(refs)}: they must be parallel")
         bin_dir = os.path.join(work_dir or tempfile.mkdtemp(), "source-bin")
@@ -186,6 +202,7 @@ def check_dictionaries(system: System, source: Source) -> None:
     # the shapes read when the system was inspected: the checkpoint is not loaded again
     embeddings = {k: torch.empty(shape, device="meta") for k, shape in system.embedding_shapes.items()}
     try:
+        check_fits_data(system.cfg, source.data_bin, source.src, source.tgt, what=f"{system.name}: {system.path}")
         check_embeddings_fit(embeddings, source.data_bin, source.src, source.tgt, what=system.name)
     except CheckpointError as e:
         raise EvaluationError(str(e)) from None

@@ -2,13 +2,16 @@
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from .. import pipeline
+from ..checkpoints import load_checkpoint
 from ..cli import add_tokenizer_arguments, run
 from ..evaluate import POST_PROCESSING
-from .config import Config, PipelineError, Shape, Training
+from ..io import check_output_path, check_outputs_apart
+from .config import Config, PipelineError, Shape, Training, default_student
 from .distil import Pipeline
 
 
@@ -34,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--transfer", help="raw monolingual source text for the teacher to translate (default: the training sources)"
     )
-    parser.add_argument("--student", default="2,1,128,512,4", help="encoder layers, decoder layers, width, FFN width, heads")
+    parser.add_argument("--student", help="encoder layers, decoder layers, width, FFN width, heads (default: the teacher's "
+                        "encoder, its depth and width, and one decoder layer)")  # fmt: skip
     parser.add_argument("--max-update", type=int, default=4200)
     parser.add_argument("--warmup-updates", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.002)
@@ -50,16 +54,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     )  # fmt: skip
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        shape = Shape(*(int(x) for x in args.student.split(",")))
-    except (TypeError, ValueError):
-        raise PipelineError(f"--student {args.student!r}: give five integers, e.g. 2,1,128,512,4") from None
+    check_outputs_apart({"--teacher": args.teacher, "--data-bin": args.data_bin, "--references": args.references,
+                         "--transfer": args.transfer}, {"--out": args.out})  # fmt: skip
+    check_output_path("--out", args.out)
+    if args.student is None:
+        if not os.path.isfile(args.teacher):
+            raise PipelineError(f"--teacher {args.teacher!r} does not exist (give the teacher's fairseq checkpoint)")
+        shape = default_student(load_checkpoint(args.teacher, "--teacher")["cfg"]["model"])
+        print(f"the student: {shape.encoder_layers}+{shape.decoder_layers} layers, {shape.embed_dim} wide (FFN "
+              f"{shape.ffn_dim}, {shape.heads} heads): the teacher's encoder and one decoder layer", flush=True)  # fmt: skip
+    else:
+        try:
+            shape = Shape(*(int(x) for x in args.student.split(",")))
+        except (TypeError, ValueError):
+            raise PipelineError(f"--student {args.student!r}: give five integers, e.g. 2,1,128,512,4") from None
     config = Config(
         args.teacher, args.data_bin, args.references, args.source_lang, args.target_lang, shape,
         Training(args.max_update, args.warmup_updates, args.lr, args.max_tokens, args.dropout),
         methods=[m for m in args.methods.split(",") if m], seeds=args.seeds, spm_model=args.spm_model,
         bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
         pseudolabel_engine=args.pseudolabel_engine, pseudolabel_beam=args.pseudolabel_beam,
+        student_from_teacher=args.student is None,
     )  # fmt: skip
     config.evaluation.post_process = args.post_process or tokenizer_post_process(args.spm_model, args.bpe_codes)
     Pipeline(args.out, config).run()

@@ -10,13 +10,12 @@ from argparse import Namespace
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import methods as M
-from ..checkpoints import export_ctranslate2, load_checkpoint
+from ..checkpoints import export_ctranslate2, load_checkpoint, recorded_data_dir
 from ..evaluate import SIGNIFICANCE, Record, evaluate, plot, seed_summary
 from ..io import colon_free, run_lock, write_json, write_text
 from ..models.student_init import StudentInitError, layout_flags, select_layers
 from ..models.width_pruning import WidthError, check_widths
 from ..runs import RunDir, digest, log, minutes
-from ..teacher import recorded_data_dir
 from .config import RERUN_MAY_CHANGE, SINCE_ADDED, Config, PipelineError, check_config, check_inputs, config_record
 from .data import binarize_pairs, low_data_selector, read_pairs
 
@@ -269,10 +268,11 @@ class Pipeline(RunDir):
     def budget_line(self) -> str:
         """What every student of the comparison had: one shape and one training budget."""
         s, t = self.config.student, self.config.training
+        derived = "; the default student: the teacher's encoder, one decoder layer" if self.config.student_from_teacher else ""
         return (
             f"Every student: {s.encoder_layers}+{s.decoder_layers} layers, {s.embed_dim} wide (FFN {s.ffn_dim}, "
-            f"{s.heads} heads), {t.max_update:,} updates of up to {t.max_tokens:,} tokens, its last checkpoint: "
-            "the same budget for every method."
+            f"{s.heads} heads{derived}), {t.max_update:,} updates of up to {t.max_tokens:,} tokens, its last "
+            "checkpoint: the same budget for every method."
         )
 
     def report(self) -> None:

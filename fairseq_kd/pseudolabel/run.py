@@ -15,10 +15,11 @@ import numpy as np
 from fairseq.data import Dictionary, data_utils
 
 from .. import ct2
-from ..checkpoints import CheckpointError, check_embeddings_fit, load_checkpoint
+from ..checkpoints import CheckpointError, check_embeddings_fit, check_fits_data, load_checkpoint
 from ..generate_log import Hypothesis, read_nbest
 from ..io import (
     binarize,
+    check_known_tokens,
     check_output_path,
     check_outputs_apart,
     encode_lines,
@@ -222,6 +223,7 @@ def load_teachers(args: argparse.Namespace, src: str, tgt: str) -> List[Any]:
     for path in args.teachers:
         state = load_checkpoint(path, what="teacher checkpoint")
         try:
+            check_fits_data(state["cfg"], args.data, src, tgt, what=f"teacher {path}")
             check_embeddings_fit(state["model"], args.data, src, tgt, what=f"teacher {path}")
         except CheckpointError as e:
             raise PseudoLabelError(str(e)) from None
@@ -358,6 +360,8 @@ def main(args: argparse.Namespace) -> None:
     teacher_cfgs = load_teachers(args, src, tgt)
     # bad input fails before anything is written
     tokenized = tokenize(read_raw_input(args.input), args) if args.input else None
+    if tokenized is not None:
+        check_known_tokens(tokenized, os.path.join(args.data, f"dict.{src}.txt"), "--input")
     # shards may be translated by several processes at once; the run that merges them is alone
     with run_lock(args.output, "fairseq-kd-pseudolabel", shared=args.shard_id is not None):
         run(args, src, tgt, teacher_cfgs, tokenized)
