@@ -1,4 +1,4 @@
-"""Hugging Face MarianMT (OPUS-MT) models as fairseq teachers.
+"""Hugging Face MarianMT (OPUS-MT) models as fairseq teachers, and fairseq students as MarianMT models.
 
 ``fairseq-kd-import-hf MODEL_DIR OUT`` reads a local ``save_pretrained`` directory of a ``MarianMTModel`` (its
 ``config.json``, weights, ``vocab.json`` and, when there, ``source.spm`` and ``target.spm``) and writes OUT/
@@ -28,19 +28,35 @@ MarianMT is fairseq's post-norm transformer with these differences, each mapped 
 Refused, each in one line naming the setting: separate source and target vocabularies
 (``share_encoder_decoder_embeddings`` false), a non-zero ``final_logits_bias``, an activation other than
 relu, gelu and swish, and a vocabulary without Marian's special symbols.
+
+``fairseq-kd-export STUDENT OUT.pt --huggingface DIR`` (:func:`export_marian`) goes the other way: a post-norm
+fairseq transformer with one joint dictionary and shared embeddings becomes a MarianMT directory that
+transformers loads and ``generate()`` runs, and ``ct2-transformers-converter`` converts. The vocabulary is
+the dictionary in OPUS-MT's layout (``<pad>`` moved last, the others in fairseq's order); decoding starts from
+``</s>``, as in fairseq; the positions are fairseq's table (sinusoidal or learned), written into ``model.safetensors``, which
+transformers then loads instead of computing Marian's own; the tokenizer is MarianTokenizer over the data's
+sentencepiece model. The generation defaults are fairseq's: beam 4 as the evaluation, no ``<pad>``, at least
+one token before ``</s>``. Refused in one line: a pre-norm model (MarianMT is post-norm; its pre-norm relative
+is M2M100, whose generation needs language tokens), a layer norm on the embeddings, separate source and
+target dictionaries or embeddings, different encoder and decoder widths. CTranslate2's converter for MarianMT
+starts the decoder from a zero vector (OPUS-MT's ``<pad>`` row) where fairseq starts from ``</s>``'s
+embedding: a student converted that way translates a little differently from the fairseq one; convert it
+from fairseq (``fairseq-kd-export --ctranslate2``) to keep its translations.
 """
 
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from fairseq import options, tasks
+from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.modules import SinusoidalPositionalEmbedding
 from omegaconf import OmegaConf
 
-from .checkpoints import export_student
+from .checkpoints import export_student, load_checkpoint
 from .io import UserError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's dictionary, in its order
@@ -196,3 +212,133 @@ def import_marian(model_dir: str, out_dir: str, src: str = "src", tgt: str = "tg
     finally:
         os.remove(converted)
     return path
+
+
+class HFExportError(UserError):
+    pass
+
+
+def _setting(model_cfg: Any, name: str, default: Any = None) -> Any:
+    return model_cfg.get(name, default) if hasattr(model_cfg, "get") else getattr(model_cfg, name, default)
+
+
+def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int) -> Any:
+    """The MarianConfig of a fairseq transformer's settings; refuses what MarianMT cannot represent."""
+    from transformers import MarianConfig  # here, not at the top: an optional dependency (the [hf] extra)
+
+    def value(name: str, default: Any = None) -> Any:
+        return _setting(model_cfg, name, default)
+
+    for flag, name in (("--encoder-normalize-before", "encoder_normalize_before"),
+                       ("--decoder-normalize-before", "decoder_normalize_before"),
+                       ("--layernorm-embedding", "layernorm_embedding")):  # fmt: skip
+        if value(name):
+            raise HFExportError(
+                f"the student was trained with {flag}: MarianMT is post-norm without a layer norm on its embeddings "
+                "(export it to fairseq or CTranslate2)"
+            )
+    if not value("share_all_embeddings"):
+        raise HFExportError(
+            "the student's source, target and output embeddings are not one matrix (--share-all-embeddings): "
+            "MarianMT's export here takes one joint vocabulary"
+        )
+    if value("encoder_embed_dim") != value("decoder_embed_dim"):
+        raise HFExportError("the student's encoder and decoder widths differ: MarianMT has one d_model")
+    if value("no_token_positional_embeddings") or value("adaptive_softmax_cutoff"):
+        raise HFExportError("the student has no positions or an adaptive softmax: MarianMT has neither")
+    activation = value("activation_fn", "relu")
+    if activation not in ("relu", "gelu", "swish"):
+        raise HFExportError(f"--activation-fn {activation}: MarianMT's export here takes relu, gelu and swish")
+    positions = min(value("max_source_positions", 1024), value("max_target_positions", 1024))
+    return MarianConfig(
+        vocab_size=vocab_size, d_model=value("encoder_embed_dim"),
+        encoder_layers=value("encoder_layers"), decoder_layers=value("decoder_layers"),
+        encoder_attention_heads=value("encoder_attention_heads"), decoder_attention_heads=value("decoder_attention_heads"),
+        encoder_ffn_dim=value("encoder_ffn_embed_dim"), decoder_ffn_dim=value("decoder_ffn_embed_dim"),
+        activation_function=activation, max_position_embeddings=positions,
+        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
+        scale_embedding=not value("no_scale_embedding"), dropout=value("dropout", 0.1),
+        attention_dropout=value("attention_dropout", 0.0), activation_dropout=value("activation_dropout", 0.0),
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def fairseq_positions(
+    state: Dict[str, torch.Tensor], model_cfg: Any, stack: str, count: int, dim: int, pad: int
+) -> torch.Tensor:
+    """The position vectors that fairseq adds at positions 0..COUNT-1 of a sentence (its rows pad + 1 ...):
+    the learned table's, or fairseq's sinusoids."""
+    if _setting(model_cfg, f"{stack}_learned_pos"):
+        return state[f"{stack}.embed_positions.weight"][pad + 1 : pad + 1 + count].clone()
+    return SinusoidalPositionalEmbedding.get_embedding(count + pad + 1, dim, pad)[pad + 1 :].clone()
+
+
+def marian_order(size: int, pad: int) -> List[int]:
+    """The fairseq index of each Marian id: OPUS-MT's layout, ``<pad>`` last, the others in fairseq's order."""
+    return [i for i in range(size) if i != pad] + [pad]
+
+
+def marian_state(state: Dict[str, torch.Tensor], model_cfg: Any, config: Any, pad: int) -> Dict[str, torch.Tensor]:
+    """A MarianMTModel's state dict (with its position tables) from a fairseq transformer's."""
+    shared = state["encoder.embed_tokens.weight"]
+    for key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+        if key in state and not torch.equal(state[key], shared):
+            raise HFExportError(f"the student's {key} is not its encoder's embeddings: not one shared matrix")
+    shared = shared[torch.tensor(marian_order(shared.size(0), pad))]
+    out = {"model.shared.weight": shared.clone(), "final_logits_bias": torch.zeros(1, shared.size(0))}
+    for stack in ("encoder", "decoder"):
+        out[f"model.{stack}.embed_tokens.weight"] = out["model.shared.weight"]
+        out[f"model.{stack}.embed_positions.weight"] = fairseq_positions(
+            state, model_cfg, stack, config.max_position_embeddings, config.d_model, pad
+        )
+    out["lm_head.weight"] = out["model.shared.weight"]
+    for key, value in state.items():
+        if key.startswith(("encoder.layers.", "decoder.layers.")):
+            out["model." + key] = value.clone()
+    return out
+
+
+def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt: str,
+                  spm_model: Optional[str] = None) -> None:  # fmt: skip
+    """Writes OUT_DIR as a MarianMT directory (weights, config, generation config, vocab.json, and with
+    SPM_MODEL, the data's sentencepiece model, MarianTokenizer's files) from an exported fairseq student."""
+    from safetensors.torch import load_file, save_file  # here, not at the top: optional dependencies
+    from transformers import GenerationConfig, MarianMTModel, MarianTokenizer
+
+    state = load_checkpoint(student_path, "the student")
+    model_cfg = state["cfg"]["model"]
+    dicts = [Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt")) for lang in (src, tgt)]
+    if dicts[0].symbols != dicts[1].symbols:
+        raise HFExportError(
+            f"{data_bin}'s dict.{src}.txt and dict.{tgt}.txt differ: MarianMT's export here takes one joint vocabulary"
+        )
+    dictionary = dicts[1]
+    order = marian_order(len(dictionary), dictionary.pad())
+    pad, eos = order.index(dictionary.pad()), order.index(dictionary.eos())
+    config = marian_config(model_cfg, len(dictionary), pad, eos)
+    weights = marian_state(state["model"], model_cfg, config, dictionary.pad())
+    model = MarianMTModel(config).eval()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("embed_positions.weight")]:
+        raise HFExportError(
+            f"the student's weights do not fill MarianMT's: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=eos, eos_token_id=eos, pad_token_id=pad, forced_eos_token_id=eos,
+        bad_words_ids=[[pad]], min_new_tokens=1, num_beams=4, max_length=config.max_position_embeddings,
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    # transformers computes Marian's own sinusoids unless the file holds the tables: it holds fairseq's
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors = load_file(path)
+    for stack in ("encoder", "decoder"):
+        tensors[f"model.{stack}.embed_positions.weight"] = weights[f"model.{stack}.embed_positions.weight"].contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+    vocab = os.path.join(out_dir, "vocab.json")
+    with open(vocab, "w", encoding="utf-8") as f:
+        json.dump({dictionary.symbols[index]: i for i, index in enumerate(order)}, f, ensure_ascii=False)
+    if spm_model:
+        tokenizer = MarianTokenizer(source_spm=spm_model, target_spm=spm_model, vocab=vocab, unk_token="<unk>",
+                                    eos_token="</s>", pad_token="<pad>", model_max_length=config.max_position_embeddings)  # fmt: skip
+        tokenizer.save_pretrained(out_dir)

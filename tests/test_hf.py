@@ -135,7 +135,6 @@ class TestImportedTeacher(unittest.TestCase):
 
         from tests.utils import (
             KD_FLAGS,
-            TINY_ARCH,
             preprocess_translation_data,
             quiet,
             run_console_script,
@@ -203,3 +202,132 @@ class TestImportedTeacher(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
+class TestMarianExport(unittest.TestCase):
+    """A fairseq student (post-norm, one joint sentencepiece dictionary, shared embeddings) exported with
+    ``fairseq-kd-export --huggingface``: transformers' MarianMT gives the fairseq model's log-probabilities and
+    greedy translations, its tokenizer encodes as the data was made, and CTranslate2 converts it."""
+
+    @classmethod
+    def setUpClass(cls):
+        import random
+
+        import sentencepiece as spm
+
+        from tests.utils import preprocess_translation_data, quiet, train_translation_model
+
+        cls.tmp = tempfile.TemporaryDirectory()
+        raw, cls.data = os.path.join(cls.tmp.name, "raw"), os.path.join(cls.tmp.name, "bin")
+        os.makedirs(raw)
+        rng = random.Random(0)
+        words = ["haus", "maus", "baum", "tag", "nacht", "licht", "wald", "feld"]
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(300)]
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=os.path.join(cls.tmp.name, "spm"),
+                                       vocab_size=20, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1, minloglevel=2)  # fmt: skip
+        cls.spm_model = os.path.join(cls.tmp.name, "spm.model")
+        processor = spm.SentencePieceProcessor(model_file=cls.spm_model)
+        for split, part in (("train", lines[:260]), ("valid", lines[260:280]), ("test", lines[280:])):
+            for lang in ("in", "out"):
+                text = part if lang == "in" else [" ".join(reversed(line.split())) for line in part]
+                with open(os.path.join(raw, f"{split}.{lang}"), "w") as f:
+                    f.writelines(" ".join(processor.encode(t, out_type=str)) + "\n" for t in text)
+        arch = ["--arch", "transformer", "--share-all-embeddings", "--encoder-layers", "2", "--decoder-layers", "1",
+                "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+                "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+                "--max-source-positions", "64", "--max-target-positions", "64"]  # fmt: skip
+        with quiet():
+            preprocess_translation_data(raw, ["--joined-dictionary"], destdir=cls.data)
+            train_translation_model(cls.data, arch_flags=arch, save_dir=os.path.join(cls.tmp.name, "student"),
+                                    extra_flags=["--max-epoch", "3", "--lr", "0.01"])  # fmt: skip
+        cls.student = os.path.join(cls.tmp.name, "student", "checkpoint_last.pt")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def export(self, name="hf", *flags):
+        from tests.utils import run_console_script
+
+        out = os.path.join(self.tmp.name, name)
+        result = run_console_script("fairseq-kd-export", [self.student, out + ".pt", "--overwrite", "--data", self.data,
+                                                          "--huggingface", out, *flags])  # fmt: skip
+        return out, result
+
+    def test_log_probabilities_greedy_translations_tokenizer_and_ctranslate2(self):
+        from argparse import Namespace
+
+        from fairseq import checkpoint_utils
+        from transformers import MarianMTModel, MarianTokenizer
+
+        out, result = self.export("hf", "--spm-model", self.spm_model)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        hf = MarianMTModel.from_pretrained(out).eval()
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([out + ".pt"])
+        fs = models[0].eval()
+        d = task.target_dictionary
+        with open(os.path.join(out, "vocab.json")) as f:
+            vocab = json.load(f)
+        self.assertEqual(vocab["<pad>"], len(d) - 1)  # OPUS-MT's layout: <pad> last
+        to_hf = torch.tensor([vocab[s] for s in d.symbols])  # Marian id of each fairseq index
+        to_fs = torch.argsort(to_hf)
+        generator = torch.Generator().manual_seed(0)
+        for length, target_length in ((5, 4), (11, 9), (1, 2)):
+            src = torch.cat([torch.randint(4, len(d), (1, length), generator=generator), torch.tensor([[d.eos()]])], 1)
+            prev = torch.cat([torch.tensor([[d.eos()]]), torch.randint(4, len(d), (1, target_length), generator=generator)], 1)
+            with torch.no_grad():
+                hf_lprobs = hf(input_ids=to_hf[src], decoder_input_ids=to_hf[prev]).logits.log_softmax(-1)
+                fs_lprobs = fs(src, torch.tensor([src.size(1)]), prev)[0].log_softmax(-1)
+            diff = (hf_lprobs[..., to_hf] - fs_lprobs).abs().max().item()
+            self.assertLessEqual(diff, 1e-4, f"max |log p difference| {diff}")
+        # greedy: fairseq's SequenceGenerator against generate() with the exported generation defaults
+        search = task.build_generator([fs], Namespace(beam=1, max_len_a=0, max_len_b=12))
+        tokenizer = MarianTokenizer.from_pretrained(out)
+        with open(os.path.join(os.path.dirname(self.data), "raw", "test.in")) as f:
+            sources = [line.split() for line in f.read().splitlines()[:8]]
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=self.spm_model)
+        for pieces in sources:
+            text = processor.decode(pieces)
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            fs_src = torch.tensor([[d.index(p) for p in pieces] + [d.eos()]])
+            self.assertEqual(ids.tolist(), to_hf[fs_src].tolist(), text)  # the tokenizer encodes as the data was made
+            sample = {"net_input": {"src_tokens": fs_src, "src_lengths": torch.tensor([fs_src.size(1)])}}
+            fs_tokens = search.generate([fs], sample)[0][0]["tokens"].tolist()
+            with torch.no_grad():
+                hf_out = hf.generate(input_ids=ids, num_beams=1, do_sample=False, max_new_tokens=13)
+            self.assertEqual(to_fs[hf_out[0, 1:]].tolist(), fs_tokens, text)
+            self.assertEqual(
+                tokenizer.decode(hf_out[0], skip_special_tokens=True), processor.decode([d[i] for i in fs_tokens[:-1]])
+            )
+        # CTranslate2's converter for transformers takes it (it starts decoding from a zero vector, where fairseq
+        # starts from </s>'s embedding: its translations are the model's, not exactly the student's)
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+
+        ct2_dir = os.path.join(self.tmp.name, "ct2")
+        TransformersConverter(out).convert(ct2_dir, force=True)
+        translator = ctranslate2.Translator(ct2_dir, device="cpu")
+        results = translator.translate_batch([pieces + ["</s>"] for pieces in sources], beam_size=1, max_decoding_length=12)
+        self.assertEqual(len(results), len(sources))
+        self.assertTrue(all(set(r.hypotheses[0]) <= set(d.symbols) for r in results))
+
+    def test_a_pre_norm_student_is_refused_before_anything_is_written(self):
+        state = torch.load(self.student, map_location="cpu", weights_only=False)
+        model_cfg = state["cfg"]["model"]
+        if isinstance(model_cfg, dict):
+            model_cfg["encoder_normalize_before"] = True
+        else:
+            model_cfg.encoder_normalize_before = True
+        prenorm = os.path.join(self.tmp.name, "prenorm.pt")
+        torch.save(state, prenorm)
+        from tests.utils import run_console_script
+
+        out = os.path.join(self.tmp.name, "refused")
+        result = run_console_script("fairseq-kd-export", [prenorm, out + ".pt", "--data", self.data, "--huggingface", out])
+        self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+        self.assertIn("--encoder-normalize-before: MarianMT is post-norm", result.stderr.strip().splitlines()[-1])
+        self.assertFalse(os.path.exists(out + ".pt"))
+        self.assertFalse(os.path.exists(out))

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+from fairseq.data import data_utils
+
 from .. import ct2
 from ..checkpoints import (
     CheckpointError,
@@ -22,6 +24,7 @@ from ..checkpoints import (
     load_checkpoint,
 )
 from ..evaluate import count_parameters
+from ..hf import HFExportError, export_marian, marian_config
 from ..io import check_output_path, check_outputs_apart
 from ..models.swish import uses_swish
 from . import run
@@ -52,7 +55,26 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the shortlist's candidates per source token, by Dice coefficient (default: 50)",
     )
+    parser.add_argument("--huggingface", metavar="DIR",
+                        help="also write the student as a Hugging Face MarianMT directory in DIR (needs --data; a "
+                             "post-norm student with one joint dictionary)")  # fmt: skip
+    parser.add_argument("--spm-model", help="with --huggingface: the data's sentencepiece model, for its tokenizer")
     return parser
+
+
+def check_huggingface_export(args: argparse.Namespace) -> None:
+    """--huggingface's inputs, before anything is written."""
+    try:
+        import transformers  # noqa: F401 (here, not at the top: an optional dependency, the [hf] extra)
+    except ImportError:
+        raise HFExportError("--huggingface needs transformers: pip install '.[hf]' (or make install)") from None
+    if not args.data:
+        raise HFExportError("--huggingface needs --data DATA_BIN (its dictionary becomes the model's vocabulary)")
+    if os.path.exists(args.huggingface) and not args.overwrite:
+        raise HFExportError(f"{args.huggingface} exists (give --overwrite to replace it)")
+    check_output_path("--huggingface", args.huggingface)
+    if args.spm_model and not os.path.isfile(args.spm_model):
+        raise HFExportError(f"--spm-model {args.spm_model!r} does not exist")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -61,8 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     check_outputs_apart(
         {"STUDENT_CHECKPOINT": args.student, "--data": args.data},
-        {"OUTPUT_CHECKPOINT": args.output, "--ctranslate2": args.ctranslate2},
+        {"OUTPUT_CHECKPOINT": args.output, "--ctranslate2": args.ctranslate2, "--huggingface": args.huggingface},
     )
+    if args.huggingface:
+        check_huggingface_export(args)
     if args.ctranslate2:
         check_output_path("--ctranslate2", args.ctranslate2)
     if args.ctranslate2 and not args.data:
@@ -80,6 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)
     if args.ctranslate2:  # before OUTPUT_CHECKPOINT is written
         check_ctranslate2_convertible(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.student)
+    if args.huggingface:
+        src, tgt = data_utils.infer_language_pair(args.data)
+        marian_config(load_checkpoint(args.student, "STUDENT_CHECKPOINT")["cfg"]["model"], 1, 1, 2)  # its refusals
     state = export_student(args.student, args.output, overwrite=args.overwrite)
     if args.ctranslate2:
         vmap = None
@@ -96,6 +123,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             if vmap and os.path.exists(vmap):
                 os.remove(vmap)  # the model directory holds its copy, vmap.txt
         print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
+    if args.huggingface:
+        export_marian(args.output, args.data, args.huggingface, src, tgt, args.spm_model)
+        print(
+            f"wrote {args.huggingface} (MarianMT{' with its tokenizer' if args.spm_model else ', no tokenizer: give --spm-model'})"
+        )
     cfg = state["cfg"]
     num_params = count_parameters(state["model"])  # a shared embedding once, as fairseq-kd-evaluate counts
     if uses_swish(cfg["model"]):
