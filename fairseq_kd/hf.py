@@ -30,7 +30,7 @@ Refused, each in one line naming the setting: separate source and target vocabul
 relu, gelu and swish, and a vocabulary without Marian's special symbols.
 
 ``fairseq-kd-export STUDENT OUT.pt --huggingface DIR`` (:func:`export_marian`) goes the other way: a post-norm
-fairseq transformer with one joint dictionary and shared embeddings becomes a MarianMT directory that
+fairseq transformer with one joint vocabulary becomes a MarianMT directory that
 transformers loads and ``generate()`` runs, and ``ct2-transformers-converter`` converts. The vocabulary is
 the dictionary in OPUS-MT's layout (``<pad>`` moved last, the others in fairseq's order); decoding starts from
 ``</s>``, as in fairseq; the positions are fairseq's table (sinusoidal or learned), written into ``model.safetensors``, which
@@ -38,7 +38,8 @@ transformers then loads instead of computing Marian's own; the tokenizer is Mari
 sentencepiece model. The generation defaults are fairseq's: beam 4 as the evaluation, no ``<pad>``, at least
 one token before ``</s>``. Refused in one line: a pre-norm model (MarianMT is post-norm; its pre-norm relative
 is M2M100, whose generation needs language tokens), a layer norm on the embeddings, separate source and
-target dictionaries or embeddings, different encoder and decoder widths. CTranslate2's converter for MarianMT
+target dictionaries, different encoder and decoder widths. Separate source, target and output embeddings
+(a student of an imported OPUS-MT teacher has them) stay separate. CTranslate2's converter for MarianMT
 starts the decoder from a zero vector (OPUS-MT's ``<pad>`` row) where fairseq starts from ``</s>``'s
 embedding: a student converted that way translates a little differently from the fairseq one; convert it
 from fairseq (``fairseq-kd-export --ctranslate2``) to keep its translations.
@@ -222,8 +223,9 @@ def _setting(model_cfg: Any, name: str, default: Any = None) -> Any:
     return model_cfg.get(name, default) if hasattr(model_cfg, "get") else getattr(model_cfg, name, default)
 
 
-def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int) -> Any:
-    """The MarianConfig of a fairseq transformer's settings; refuses what MarianMT cannot represent."""
+def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int, shared: bool = True, tied: bool = True) -> Any:
+    """The MarianConfig of a fairseq transformer's settings (SHARED: one matrix for the source and target
+    embeddings; TIED: the output layer is the target embeddings); refuses what MarianMT cannot represent."""
     from transformers import MarianConfig  # here, not at the top: an optional dependency (the [hf] extra)
 
     def value(name: str, default: Any = None) -> Any:
@@ -237,11 +239,6 @@ def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int) -> Any:
                 f"the student was trained with {flag}: MarianMT is post-norm without a layer norm on its embeddings "
                 "(export it to fairseq or CTranslate2)"
             )
-    if not value("share_all_embeddings"):
-        raise HFExportError(
-            "the student's source, target and output embeddings are not one matrix (--share-all-embeddings): "
-            "MarianMT's export here takes one joint vocabulary"
-        )
     if value("encoder_embed_dim") != value("decoder_embed_dim"):
         raise HFExportError("the student's encoder and decoder widths differ: MarianMT has one d_model")
     if value("no_token_positional_embeddings") or value("adaptive_softmax_cutoff"):
@@ -251,7 +248,7 @@ def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int) -> Any:
         raise HFExportError(f"--activation-fn {activation}: MarianMT's export here takes relu, gelu and swish")
     positions = min(value("max_source_positions", 1024), value("max_target_positions", 1024))
     return MarianConfig(
-        vocab_size=vocab_size, d_model=value("encoder_embed_dim"),
+        vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=value("encoder_embed_dim"),
         encoder_layers=value("encoder_layers"), decoder_layers=value("decoder_layers"),
         encoder_attention_heads=value("encoder_attention_heads"), decoder_attention_heads=value("decoder_attention_heads"),
         encoder_ffn_dim=value("encoder_ffn_embed_dim"), decoder_ffn_dim=value("decoder_ffn_embed_dim"),
@@ -259,7 +256,7 @@ def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int) -> Any:
         pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
         scale_embedding=not value("no_scale_embedding"), dropout=value("dropout", 0.1),
         attention_dropout=value("attention_dropout", 0.0), activation_dropout=value("activation_dropout", 0.0),
-        share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+        share_encoder_decoder_embeddings=shared, tie_word_embeddings=tied,
     )  # fmt: skip
 
 
@@ -278,20 +275,29 @@ def marian_order(size: int, pad: int) -> List[int]:
     return [i for i in range(size) if i != pad] + [pad]
 
 
+def embedding_sharing(state: Dict[str, torch.Tensor]) -> Tuple[bool, bool]:
+    """(the source and target embeddings are one matrix, the output layer is the target embeddings)."""
+    encoder, decoder = state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"]
+    output = state.get("decoder.output_projection.weight", decoder)
+    return torch.equal(encoder, decoder), torch.equal(decoder, output)
+
+
 def marian_state(state: Dict[str, torch.Tensor], model_cfg: Any, config: Any, pad: int) -> Dict[str, torch.Tensor]:
     """A MarianMTModel's state dict (with its position tables) from a fairseq transformer's."""
-    shared = state["encoder.embed_tokens.weight"]
-    for key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
-        if key in state and not torch.equal(state[key], shared):
-            raise HFExportError(f"the student's {key} is not its encoder's embeddings: not one shared matrix")
-    shared = shared[torch.tensor(marian_order(shared.size(0), pad))]
-    out = {"model.shared.weight": shared.clone(), "final_logits_bias": torch.zeros(1, shared.size(0))}
+    order = torch.tensor(marian_order(state["encoder.embed_tokens.weight"].size(0), pad))
+    encoder = state["encoder.embed_tokens.weight"][order].clone()
+    decoder = state["decoder.embed_tokens.weight"][order].clone()
+    output = state.get("decoder.output_projection.weight", state["decoder.embed_tokens.weight"])[order].clone()
+    out = {"final_logits_bias": torch.zeros(1, output.size(0))}
+    if config.share_encoder_decoder_embeddings:
+        out["model.shared.weight"] = encoder
+    out["model.encoder.embed_tokens.weight"] = encoder
+    out["model.decoder.embed_tokens.weight"] = encoder if config.share_encoder_decoder_embeddings else decoder
+    out["lm_head.weight"] = out["model.decoder.embed_tokens.weight"] if config.tie_word_embeddings else output
     for stack in ("encoder", "decoder"):
-        out[f"model.{stack}.embed_tokens.weight"] = out["model.shared.weight"]
         out[f"model.{stack}.embed_positions.weight"] = fairseq_positions(
             state, model_cfg, stack, config.max_position_embeddings, config.d_model, pad
         )
-    out["lm_head.weight"] = out["model.shared.weight"]
     for key, value in state.items():
         if key.startswith(("encoder.layers.", "decoder.layers.")):
             out["model." + key] = value.clone()
@@ -315,10 +321,11 @@ def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt:
     dictionary = dicts[1]
     order = marian_order(len(dictionary), dictionary.pad())
     pad, eos = order.index(dictionary.pad()), order.index(dictionary.eos())
-    config = marian_config(model_cfg, len(dictionary), pad, eos)
+    config = marian_config(model_cfg, len(dictionary), pad, eos, *embedding_sharing(state["model"]))
     weights = marian_state(state["model"], model_cfg, config, dictionary.pad())
     model = MarianMTModel(config).eval()
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    unexpected = [k for k in unexpected if k != "model.shared.weight"]  # absent when the embeddings are not shared
     if unexpected or [k for k in missing if not k.endswith("embed_positions.weight")]:
         raise HFExportError(
             f"the student's weights do not fill MarianMT's: missing {missing[:3]}, unexpected {unexpected[:3]}"

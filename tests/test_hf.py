@@ -331,3 +331,80 @@ class TestMarianExport(unittest.TestCase):
         self.assertIn("--encoder-normalize-before: MarianMT is post-norm", result.stderr.strip().splitlines()[-1])
         self.assertFalse(os.path.exists(out + ".pt"))
         self.assertFalse(os.path.exists(out))
+
+
+@unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
+class TestMarianRoundTrip(unittest.TestCase):
+    def test_the_pipeline_distils_an_imported_marian_teacher_into_a_student_exported_back(self):
+        """MarianMT -> fairseq-kd-import-hf -> python -m fairseq_kd.pipeline (baseline and init_kd, the default
+        student: the teacher's encoder and one decoder layer) -> fairseq-kd-export --huggingface -> MarianMT,
+        whose greedy translations are the fairseq student's."""
+        import random
+        import subprocess
+        import sys
+        from argparse import Namespace
+
+        from fairseq import checkpoint_utils
+        from transformers import MarianMTModel
+
+        from tests.utils import preprocess_translation_data, quiet, run_console_script
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_dir, teacher_dir, raw = (os.path.join(tmp, name) for name in ("hf", "teacher", "raw"))
+            tiny_marian(hf_dir)
+            result = run_console_script("fairseq-kd-import-hf", [hf_dir, teacher_dir, "-s", "in", "-t", "out"])
+            self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+            rng = random.Random(0)
+            os.makedirs(raw)
+            for split, n in (("train", 80), ("valid", 12), ("test", 12)):
+                for lang in ("in", "out"):
+                    pieces = [" ".join(f"\u2581w{rng.randrange(2, VOCAB - 1)}" for _ in range(5)) for _ in range(n)]
+                    with open(os.path.join(raw, f"{split}.{lang}.tok"), "w") as f:
+                        f.writelines(p + "\n" for p in pieces)
+                    with open(os.path.join(raw, f"{split}.{lang}"), "w") as f:  # the references: detokenized
+                        f.writelines(p.replace(" ", "").replace("\u2581", " ").strip() + "\n" for p in pieces)
+            tok = os.path.join(tmp, "tok")
+            os.makedirs(tok)
+            for name in os.listdir(raw):
+                if name.endswith(".tok"):
+                    os.replace(os.path.join(raw, name), os.path.join(tok, name[: -len(".tok")]))
+            dicts = [
+                "--srcdict",
+                os.path.join(teacher_dir, "dict.in.txt"),
+                "--tgtdict",
+                os.path.join(teacher_dir, "dict.out.txt"),
+            ]
+            with quiet():
+                preprocess_translation_data(tok, dicts, destdir=os.path.join(tmp, "bin"))
+            run_dir = os.path.join(tmp, "run")
+            pipeline = subprocess.run(
+                [sys.executable, "-m", "fairseq_kd.pipeline", "--teacher", os.path.join(teacher_dir, "model.pt"),
+                 "--data-bin", os.path.join(tmp, "bin"), "--references", raw, "-s", "in", "-t", "out",
+                 "--methods", "baseline,init_kd", "--max-update", "6", "--warmup-updates", "1",
+                 "--post-process", "sentencepiece", "--out", run_dir],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            self.assertEqual(pipeline.returncode, 0, pipeline.stdout[-3000:])
+            self.assertIn("the default student: the teacher's encoder, one decoder layer", pipeline.stdout)
+            student = os.path.join(run_dir, "models", "init_kd.pt")
+            out = os.path.join(tmp, "student-hf")
+            result = run_console_script("fairseq-kd-export", [student, os.path.join(tmp, "again.pt"), "--data",
+                                                              os.path.join(tmp, "bin"), "--huggingface", out])  # fmt: skip
+            self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+            hf = MarianMTModel.from_pretrained(out).eval()
+            models, _, task = checkpoint_utils.load_model_ensemble_and_task([student])
+            fs, d = models[0].eval(), task.target_dictionary
+            self.assertFalse(hf.config.share_encoder_decoder_embeddings)  # the imported teacher's three matrices
+            with open(os.path.join(out, "vocab.json")) as f:
+                vocab = json.load(f)
+            to_hf = torch.tensor([vocab[s] for s in d.symbols])
+            to_fs = torch.argsort(to_hf)
+            search = task.build_generator([fs], Namespace(beam=1, max_len_a=0, max_len_b=12))
+            for seed in range(4):
+                g = torch.Generator().manual_seed(seed)
+                src = torch.cat([torch.randint(4, len(d), (1, 6), generator=g), torch.tensor([[d.eos()]])], 1)
+                sample = {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)])}}
+                fs_tokens = search.generate([fs], sample)[0][0]["tokens"].tolist()
+                with torch.no_grad():
+                    hf_out = hf.generate(input_ids=to_hf[src], num_beams=1, do_sample=False, max_new_tokens=13)
+                self.assertEqual(to_fs[hf_out[0, 1:]].tolist(), fs_tokens, f"seed {seed}")
