@@ -97,7 +97,7 @@ def fairseq_order(vocab: Dict[str, int], config: Any) -> Tuple[List[str], List[i
     return symbols, marian_ids
 
 
-def check_config(config: Any, state: Dict[str, torch.Tensor]) -> None:
+def check_marian_config(config: Any, state: Dict[str, torch.Tensor]) -> None:
     """Refuses, in one line, what the conversion cannot represent."""
     if config.model_type != "marian":
         raise HFImportError(f"model_type {config.model_type!r}: only MarianMT (model_type marian) is imported")
@@ -180,7 +180,7 @@ def import_marian(model_dir: str, out_dir: str, src: str = "src", tgt: str = "tg
     config = MarianConfig.from_pretrained(model_dir)
     model = MarianMTModel.from_pretrained(model_dir).eval()
     hf_state = model.state_dict()
-    check_config(config, hf_state)
+    check_marian_config(config, hf_state)
     symbols, marian_ids = fairseq_order(read_vocab(model_dir), config)
     os.makedirs(out_dir, exist_ok=True)
     for lang in (src, tgt):

@@ -103,7 +103,7 @@ class LabelSmoothedCrossEntropyWithKDCriterionConfig(LabelSmoothedCrossEntropyCr
     )
 
 
-def check_settings(nll_weight: float, kd_weight: float, kd_temperature: float, cosine_weight: float, cosine_encoder: bool,
+def check_criterion_settings(nll_weight: float, kd_weight: float, kd_temperature: float, cosine_weight: float, cosine_encoder: bool,
                    kd_topk: int, kd_selection: str, kd_selection_ratio: float, kd_selection_queue_size: int,
                    kd_divergence: str = "forward_kl", kd_beta: Optional[float] = None) -> None:  # fmt: skip
     """Every check of the criterion's own settings; raises ValueError naming the flag."""
@@ -197,7 +197,7 @@ class LabelSmoothedCrossEntropyWithKDCriterion(LabelSmoothedCrossEntropyCriterio
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         kd_selection, kd_divergence = str(kd_selection), str(kd_divergence)
-        check_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
+        check_criterion_settings(nll_weight, kd_weight, kd_temperature, cosine_weight, cosine_encoder, kd_topk, kd_selection,
                        kd_selection_ratio, kd_selection_queue_size, kd_divergence, kd_beta)  # fmt: skip
         teacher = getattr(task, "teacher_kind", None)  # "live", "topk_cache" or None: what the task can give
         if (kd_weight > 0 or cosine_weight > 0) and teacher is None:

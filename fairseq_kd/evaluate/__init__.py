@@ -56,14 +56,14 @@ from .translation import (
     check_detokenized,
     detect_post_process,
     timing,
-    translate,
+    translate_system,
 )
 
 __all__ = [
     "MAX_BEAM", "MAX_LEN_A", "POST_PROCESSING", "SIGNIFICANCE", "EvaluationError", "Record", "Settings", "Source",
     "System", "check_detokenized", "check_dictionaries", "count_parameters", "detect_post_process", "evaluate",
     "inspect_system", "load_source", "paired_bootstrap", "parse_systems", "plot", "results_table", "score",
-    "seed_summary", "translate", "use_vmap", "verdict",
+    "seed_summary", "translate_system", "use_vmap", "verdict",
 ]  # fmt: skip
 
 

@@ -80,7 +80,7 @@ class Settings:
             raise EvaluationError(f"--bootstrap-samples must be at least 100 (got {self.bootstrap_samples})")
 
 
-def translate(system: System, source: Source, settings: Settings, log_path: str) -> Tuple[List[str], Dict[str, float]]:
+def translate_system(system: System, source: Source, settings: Settings, log_path: str) -> Tuple[List[str], Dict[str, float]]:
     """(detokenized hypotheses in corpus order, speed) of one translation of the source by SYSTEM."""
     if system.kind == "ctranslate2":
         return translate_ctranslate2(system, source, settings)
@@ -149,7 +149,7 @@ def timing(systems: List[System], source: Source, settings: Settings, rounds: in
     for r in range(rounds):
         for system in systems[r % len(systems) :] + systems[: r % len(systems)]:
             log_path = os.path.join(work, "logs", f"timing_{system.name}_{r + 1}.log")
-            hypotheses, speed = translate(system, source, settings, log_path)
+            hypotheses, speed = translate_system(system, source, settings, log_path)
             if hypotheses != translations[system.name]:
                 logger.warning(f"{system.name}: timing round {r + 1} translated differently from its scoring run")
             runs[system.name].append(speed)
@@ -173,7 +173,7 @@ def cached_translation(system: System, source: Source, settings: Settings, work:
             if len(hypotheses) == len(source.tokens):
                 say(f"{system.name}: translated earlier ({base}.txt)")
                 return hypotheses, earlier["speed"]
-    hypotheses, speed = translate(system, source, settings, os.path.join(work, "logs", f"{system.name}.log"))
+    hypotheses, speed = translate_system(system, source, settings, os.path.join(work, "logs", f"{system.name}.log"))
     write_text(base + ".txt", "".join(h + "\n" for h in hypotheses))
     write_json(base + ".json", {"key": key, "speed": speed})
     say(f"{system.name}: translated {len(hypotheses)} sentences, {speed['sentences_per_s']} sentences/s")

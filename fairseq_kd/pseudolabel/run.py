@@ -364,10 +364,12 @@ def main(args: argparse.Namespace) -> None:
         check_known_tokens(tokenized, os.path.join(args.data, f"dict.{src}.txt"), "--input")
     # shards may be translated by several processes at once; the run that merges them is alone
     with run_lock(args.output, "fairseq-kd-pseudolabel", shared=args.shard_id is not None):
-        run(args, src, tgt, teacher_cfgs, tokenized)
+        make_pseudolabels(args, src, tgt, teacher_cfgs, tokenized)
 
 
-def run(args: argparse.Namespace, src: str, tgt: str, teacher_cfgs: List[Any], tokenized: Optional[List[str]]) -> None:
+def make_pseudolabels(
+    args: argparse.Namespace, src: str, tgt: str, teacher_cfgs: List[Any], tokenized: Optional[List[str]]
+) -> None:
     settings = settings_of(args)
     settings["teacher_sha256"] = ":".join(sha256_file(t) for t in args.teachers)
     settings["source_sha256"] = sha256_file(source_file(args, src, tgt))

@@ -15,7 +15,7 @@ from fairseq.sequence_generator import SequenceGenerator
 ON_POLICY_MAX_LEN = (1.5, 10)
 
 
-def check_settings(fraction: float, decoding: str, temperature: float) -> None:
+def check_on_policy_settings(fraction: float, decoding: str, temperature: float) -> None:
     if not 0 <= fraction <= 1:
         raise ValueError(
             f"--on-policy-fraction must be in [0, 1] (the share of updates on the student's translations), got {fraction}"

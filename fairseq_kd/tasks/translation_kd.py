@@ -177,7 +177,7 @@ class TranslationKDTask(TranslationTask):
                 "--teacher-topk-cache covers one binarized training split; it cannot follow a --train-mixture "
                 "(binarize the mixture as one corpus, or use --teacher-path)"
             )
-        on_policy.check_settings(cfg.on_policy_fraction, str(cfg.on_policy_decoding), cfg.on_policy_temperature)
+        on_policy.check_on_policy_settings(cfg.on_policy_fraction, str(cfg.on_policy_decoding), cfg.on_policy_temperature)
         self.topk_cache = None
         self.teachers = []
         self._on_policy_generator = None
