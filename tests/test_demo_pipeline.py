@@ -193,6 +193,14 @@ class TestPieces(unittest.TestCase):
         with open(os.path.join(out, "demo.json"), "rb") as f:
             self.assertEqual(f.read(), before)
         Demo(out, "smoke").check_run_dir()  # the same preset: accepted
+        # --data: other text at the same path is another corpus
+        data = os.path.join(self.tmp, "data")
+        write_data(data)
+        Demo(os.path.join(self.tmp, "own"), "smoke", data=data, src=SRC, tgt=TGT).check_run_dir()
+        with open(os.path.join(data, f"train.{TGT}"), "a") as f:
+            f.write("one more line\n")
+        with self.assertRaisesRegex(DemoError, f"made with other settings \\(data_digests.train.{TGT}: "):
+            Demo(os.path.join(self.tmp, "own"), "smoke", data=data, src=SRC, tgt=TGT).check_run_dir()
 
     def test_a_run_dir_with_other_settings_is_refused_untouched_but_methods_may_be_added(self):
         out = os.path.join(self.tmp, "run")

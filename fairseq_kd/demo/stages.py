@@ -27,7 +27,7 @@ import sentencepiece as spm
 from ..cli import run
 from ..io import UserError, check_output_path, read_lines, run_lock, write_text
 from ..pipeline import DEFAULT_LAYOUT, Config, Pipeline, PipelineError
-from ..runs import RunDir, log
+from ..runs import RunDir, digest, log
 from .corpus import build_corpus
 from .presets import PRESETS
 
@@ -79,8 +79,12 @@ class Demo(RunDir):
             "teacher_label_smoothing": self.preset["teacher_label_smoothing"],
             "teacher_layout": list(self.preset["teacher_layout"]),
         }
-        # a run recorded before the layout was: the default layout's
+        if self.data:  # what --data holds: other text at the same path is another corpus
+            record["data_digests"] = {f"{split}.{lang}": digest(os.path.join(self.data, f"{split}.{lang}"))
+                                      for split in SPLITS for lang in (self.src, self.tgt)}  # fmt: skip
+        # a run recorded before the layout was: the default layout's; before the digests were: none
         self.check_recorded("demo.json", record, "a demo run", defaults={"teacher_layout": list(DEFAULT_LAYOUT)},
+                            unrecorded_ok=("data_digests",),
                             remedy=f"give another output directory (OUT=...) or remove {self.out} to start over")  # fmt: skip
 
     def run(self) -> None:
