@@ -22,6 +22,15 @@ Shapes (Kasai et al. 2021, "Deep Encoder, Shallow Decoder": the decoder's depth 
 
 Writes RESULTS/students_curve.tsv (update, valid NLL, valid BLEU per student) and, per shape, the pipeline's
 results (OUT/SHAPE/results.{json,md}) copied to RESULTS/students_SHAPE.{json,md}.
+
+With ``--measure`` (once the shapes' students exist), the deployment measurement instead: the teacher in
+fairseq and CTranslate2 (float32, int8) and every seed-1 student in fairseq and CTranslate2 (float32, int8,
+int8 with the vocabulary map learned from the training split), evaluated on valid and test with the
+evaluation's settings (beam 4; CTranslate2 on one thread) and ``--timing-rounds`` translations by turns,
+paired bootstrap against the teacher; greedy (beam 1) for the teacher and the recommended student (the best
+valid BLEU among the students that reach the speed targets, else the best); each student's int8 drop; the
+targets (>= 97% of the teacher's test BLEU, >= 10x the teacher's fairseq speed, >= 3x the teacher's speed in
+the same runtime); RESULTS/students.{md,png} and the students of RESULTS/summary.json.
 """
 
 import argparse
@@ -34,7 +43,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fairseq_kd.io import write_text  # noqa: E402
+import big_teacher  # noqa: E402
+
+from fairseq_kd.evaluate import evaluate, plot  # noqa: E402
+from fairseq_kd.io import write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
 
 # name: (shape, methods)
@@ -46,6 +58,12 @@ SHAPES = {
 }
 # every student's budget: the big teacher's valid NLL was within 0.03 bits of its best after 1,600 updates
 STUDENT_TRAINING = Training(max_update=1600, warmup_updates=400, lr=0.002, max_tokens=4096, eval_bleu="sentencepiece")
+RUNTIMES = ("fairseq", "ct2_float32", "ct2_int8", "ct2_int8_vmap")
+# the teacher's system that a student's runtime is compared with ("same runtime"); the vocabulary map is the
+# students' own addition to CTranslate2 int8
+SAME_RUNTIME = {"fairseq": "teacher", "ct2_float32": "teacher.ct2_float32", "ct2_int8": "teacher.ct2_int8",
+                "ct2_int8_vmap": "teacher.ct2_int8"}  # fmt: skip
+BLEU_KEPT, SPEEDUP_FAIRSEQ, SPEEDUP_SAME_RUNTIME = 0.97, 10.0, 3.0
 VALID_LINE = re.compile(r"valid on 'valid' subset \| .*?\| nll_loss ([\d.]+) .*?\| bleu ([\d.]+) .*?\| num_updates (\d+)")
 
 
@@ -78,12 +96,149 @@ def write_curves(out, shapes, results):
     write_text(os.path.join(results, "students_curve.tsv"), "\n".join(lines) + "\n")
 
 
+def runtime_of(name):
+    """(student or "teacher", runtime) of a system's name: "6x1.init_kd.ct2_int8" -> ("6x1.init_kd", "ct2_int8")."""
+    for runtime in RUNTIMES[1:]:
+        if name.endswith("." + runtime):
+            return name[: -len(runtime) - 1], runtime
+    return name, "fairseq"
+
+
+def student_entries(records, shapes, params):
+    """The summary's students: one entry per student and runtime, from the test records ({name: Record}) and
+    the fairseq checkpoints' parameter counts."""
+    teacher = records["teacher"]
+    entries = []
+    for name, record in records.items():
+        student, runtime = runtime_of(name)
+        if student == "teacher":
+            continue
+        shape = shapes[student.split(".")[0]]
+        same = records[SAME_RUNTIME[runtime]]
+        sig = record.significance.get("bleu", {})
+        entries.append({
+            "name": name, "student": student, "method": student.split(".", 1)[1], "encoder_layers": shape.encoder_layers,
+            "decoder_layers": shape.decoder_layers, "embed_dim": shape.embed_dim, "params": params[student],
+            "runtime": runtime, "test_bleu": record.bleu, "test_chrf": record.chrf,
+            "pct_teacher_bleu": round(100 * record.bleu / teacher.bleu, 1),
+            "sentences_per_s": record.sentences_per_s,
+            "x_teacher_fairseq": round(record.sentences_per_s / teacher.sentences_per_s, 2),
+            "x_teacher_same_runtime": round(record.sentences_per_s / same.sentences_per_s, 2),
+            "p_vs_teacher": sig.get("p_value"), "verdict_vs_teacher": sig.get("verdict"),
+            "int8_drop": round(record.bleu - records[f"{student}.ct2_float32"].bleu, 2) if runtime.startswith("ct2_int8") else None,
+        })  # fmt: skip
+    return entries
+
+
+def meets_targets(entry):
+    return (entry["pct_teacher_bleu"] >= 100 * BLEU_KEPT and entry["x_teacher_fairseq"] >= SPEEDUP_FAIRSEQ
+            and entry["x_teacher_same_runtime"] >= SPEEDUP_SAME_RUNTIME)  # fmt: skip
+
+
+def students_table(entries, teacher):
+    head = ["student", "runtime", "params", "test BLEU", "% teacher", "p vs teacher", "chrF", "sentences/s",
+            "x teacher (fairseq)", "x teacher (same runtime)", "int8 drop", "targets"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append(f"| teacher | fairseq | {teacher.params:,} | {teacher.bleu:.2f} | 100 | | {teacher.chrf:.2f} | "
+                 f"{teacher.sentences_per_s:.1f} | 1.0 | 1.0 | | |")  # fmt: skip
+    for e in entries:
+        drop = "" if e["int8_drop"] is None else f"{e['int8_drop']:+.2f}"
+        lines.append(f"| {e['student']} | {e['runtime']} | {e['params']:,} | {e['test_bleu']:.2f} | {e['pct_teacher_bleu']} | "
+                     f"{e['p_vs_teacher']} | {e['test_chrf']:.2f} | {e['sentences_per_s']:.1f} | {e['x_teacher_fairseq']} | "
+                     f"{e['x_teacher_same_runtime']} | {drop} | {'met' if meets_targets(e) else ''} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def convert(name, checkpoint, config, out, weights, vmap=False):
+    """NAME's CTranslate2 model at WEIGHTS (with the vocabulary map learned from the training split), converted
+    once per content of CHECKPOINT."""
+    if not vmap:
+        return big_teacher.ctranslate2(name, checkpoint, config, out, weights)
+    target = os.path.join(out, "models", f"{name}.ct2_{weights}_vmap")
+    if not os.path.isfile(os.path.join(target, "vmap.txt")):
+        big_teacher.run([os.path.join(big_teacher.BIN, "fairseq-kd-export"), checkpoint, target + ".pt", "--overwrite",
+                         "--ctranslate2", target, "--data", config.data_bin, "--quantization", weights,
+                         "--vocab-map-split", "train"])  # fmt: skip
+    return target
+
+
+def measure(args, shapes, run_config):
+    """The deployment measurement of the shapes' seed-1 students against the teacher (see the module's doc)."""
+    c = run_config
+    out = os.path.join(args.out, "measure")
+    systems = {"teacher": c.teacher}
+    for weights in ("float32", "int8"):
+        systems[f"teacher.ct2_{weights}"] = convert("teacher", c.teacher, c, out, weights)
+    shape_of, params = {}, {}
+    for name in shapes:
+        shape, methods = SHAPES[name]
+        for method in methods:
+            model = os.path.join(args.out, name, "models", f"{method}.pt")
+            if not os.path.isfile(model):
+                raise SystemExit(f"{model} does not exist: train the shape {name} first (without --measure)")
+            student = f"{name}.{method}"
+            shape_of[name] = shape
+            systems[student] = model
+            systems[f"{student}.ct2_float32"] = convert(student, model, c, out, "float32")
+            systems[f"{student}.ct2_int8"] = convert(student, model, c, out, "int8")
+            systems[f"{student}.ct2_int8_vmap"] = convert(student, model, c, out, "int8", vmap=True)
+    vmap = [n for n in systems if n.endswith(".ct2_int8_vmap")]
+    records = {}
+    for split in ("valid", "test"):
+        found = evaluate(
+            systems, c.data_bin, os.path.join(c.references, f"{split}.{c.tgt}"), split=split,
+            out_dir=os.path.join(out, "eval", split), baseline="teacher", settings=dataclasses.replace(c.evaluation),
+            timing_rounds=args.timing_rounds if split == "test" else 0, source_lang=c.src, target_lang=c.tgt,
+            quiet=True, vmap=vmap,
+        )  # fmt: skip
+        records[split] = {r.name: r for r in found}
+    params = {runtime_of(n)[0]: r.params for n, r in records["test"].items() if runtime_of(n)[1] == "fairseq"}
+    entries = student_entries(records["test"], shape_of, params)
+    valid = records["valid"]
+    fast = [
+        e for e in entries if e["x_teacher_fairseq"] >= SPEEDUP_FAIRSEQ and e["x_teacher_same_runtime"] >= SPEEDUP_SAME_RUNTIME
+    ]
+    # the recommended student: chosen on valid, among those that reach the speed targets (else all)
+    recommended = max(fast or entries, key=lambda e: valid[e["name"]].bleu)
+    greedy_systems = {n: systems[n] for n in ("teacher", "teacher.ct2_int8", recommended["student"], recommended["name"])}
+    greedy = evaluate(
+        greedy_systems, c.data_bin, os.path.join(c.references, f"test.{c.tgt}"), split="test",
+        out_dir=os.path.join(out, "eval", "test_greedy"), baseline="teacher",
+        settings=dataclasses.replace(c.evaluation, beam=1), timing_rounds=args.timing_rounds, source_lang=c.src,
+        target_lang=c.tgt, quiet=True, vmap=[n for n in greedy_systems if n in vmap],
+    )  # fmt: skip
+    teacher = records["test"]["teacher"]
+    summary_path = os.path.join(args.results, "summary.json")
+    with open(summary_path) as f:
+        summary = json.load(f)
+    summary["students"] = entries
+    summary["recommended"] = {"name": recommended["name"], "chosen_on": "valid BLEU, among the students that reach "
+                              "the speed targets", "meets_targets": meets_targets(recommended)}  # fmt: skip
+    summary["targets"] = {"bleu_kept": BLEU_KEPT, "x_teacher_fairseq": SPEEDUP_FAIRSEQ,
+                          "x_teacher_same_runtime": SPEEDUP_SAME_RUNTIME,
+                          "met_by": [e["name"] for e in entries if meets_targets(e)]}  # fmt: skip
+    summary["greedy"] = [{"name": r.name, "test_bleu": r.bleu, "sentences_per_s": r.sentences_per_s} for r in greedy]
+    summary["students_command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
+    summary["students_timing_rounds"] = args.timing_rounds
+    write_json(summary_path, summary)
+    table = students_table(entries, teacher)
+    greedy_lines = "".join(f"| {r.name} | {r.bleu:.2f} | {r.sentences_per_s:.1f} |\n" for r in greedy)
+    write_text(os.path.join(args.results, "students.md"),
+               f"Test split, beam 4, medians of {args.timing_rounds} timings by turns, one thread, the same machine "
+               f"in one run; p: sacreBLEU's paired bootstrap against the teacher.\n\n{table}\n"
+               f"Greedy (beam 1):\n\n| system | test BLEU | sentences/s |\n|---|---|---|\n{greedy_lines}")  # fmt: skip
+    plot(list(records["test"].values()), os.path.join(args.results, "students.png"))
+    print(table)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a big-preset demo run whose teacher is trained")
     parser.add_argument("--out", required=True, help="work directory: one pipeline run per shape (resumable)")
     parser.add_argument("--results", required=True, help="directory for the curves and the tables")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, in order (default: {','.join(SHAPES)})")
+    parser.add_argument("--measure", action="store_true", help="the deployment measurement of the trained shapes")
+    parser.add_argument("--timing-rounds", type=int, default=5, help="with --measure: timings by turns per system")
     parser.add_argument("--seeds", type=int, default=1,
                         help="seeds of each shape's baseline and best student (a rerun may raise it: more are added)")  # fmt: skip
     args = parser.parse_args()
@@ -98,6 +253,9 @@ def main():
         raise SystemExit(f"--shapes {','.join(unknown)}: choose from {','.join(SHAPES)}")
     run_config = load_config(args.run)
     os.makedirs(args.results, exist_ok=True)
+    if args.measure:
+        measure(args, shapes, run_config)
+        return
     pipelines = {}
     for name in shapes:
         shape, methods = SHAPES[name]

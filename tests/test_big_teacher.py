@@ -54,6 +54,33 @@ class TestBigTeacher(unittest.TestCase):
         json.dumps(result)
 
 
+class TestStudentSummary(unittest.TestCase):
+    def test_entries_speedups_int8_drop_and_targets(self):
+        def record(name, bleu, speed, params=None, p=None):
+            significance = {"bleu": {"p_value": p, "verdict": "loss"}} if p is not None else {}
+            return Record(name, name, "x", bleu, 50.0, speed, 10 * speed, params, 1.0, significance=significance)
+
+        records = {r.name: r for r in [
+            record("teacher", 40.0, 10.0, 12_000_000), record("teacher.ct2_float32", 40.0, 12.0),
+            record("teacher.ct2_int8", 39.9, 20.0), record("6x1.init_kd", 39.0, 30.0, 7_000_000, 0.01),
+            record("6x1.init_kd.ct2_float32", 39.0, 40.0, p=0.01), record("6x1.init_kd.ct2_int8", 38.9, 80.0, p=0.01),
+            record("6x1.init_kd.ct2_int8_vmap", 38.95, 110.0, p=0.01),
+        ]}  # fmt: skip
+        self.assertEqual(big_students.runtime_of("6x1-w128.init_kd.ct2_int8_vmap"), ("6x1-w128.init_kd", "ct2_int8_vmap"))
+        entries = {e["name"]: e for e in big_students.student_entries(records, {"6x1": PRESETS["big"]["student"]},
+                                                                          {"6x1.init_kd": 7_000_000})}  # fmt: skip
+        vmap = entries["6x1.init_kd.ct2_int8_vmap"]
+        self.assertEqual((vmap["x_teacher_fairseq"], vmap["x_teacher_same_runtime"]), (11.0, 5.5))  # vs the teacher's int8
+        self.assertEqual(vmap["pct_teacher_bleu"], 97.4)
+        self.assertEqual(vmap["int8_drop"], -0.05)  # int8 with the map minus float32
+        self.assertIsNone(entries["6x1.init_kd"]["int8_drop"])
+        self.assertEqual(entries["6x1.init_kd.ct2_float32"]["x_teacher_same_runtime"], 3.33)
+        self.assertTrue(big_students.meets_targets(vmap))
+        self.assertFalse(big_students.meets_targets(entries["6x1.init_kd.ct2_int8"]))  # 8x the teacher in fairseq
+        table = big_students.students_table(list(entries.values()), records["teacher"])
+        self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 38.95 | 97.4 |", table)
+
+
 class TestStudentCurve(TeacherTestCase):
     def test_valid_bleu_logged_while_training_is_the_evaluations_bleu(self):
         """A student trained with the pipeline's Training(eval_bleu=...) logs valid BLEU at every validation, and
