@@ -304,10 +304,11 @@ def marian_state(state: Dict[str, torch.Tensor], model_cfg: Any, config: Any, pa
     return out
 
 
-def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt: str,
-                  spm_model: Optional[str] = None) -> None:  # fmt: skip
+def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt: str, spm_model: Optional[str] = None,
+                  target_spm_model: Optional[str] = None) -> None:  # fmt: skip
     """Writes OUT_DIR as a MarianMT directory (weights, config, generation config, vocab.json, and with
-    SPM_MODEL, the data's sentencepiece model, MarianTokenizer's files) from an exported fairseq student."""
+    SPM_MODEL, the data's sentencepiece model (TARGET_SPM_MODEL, where the target side has its own),
+    MarianTokenizer's files) from an exported fairseq student."""
     from safetensors.torch import load_file, save_file  # here, not at the top: optional dependencies
     from transformers import GenerationConfig, MarianMTModel, MarianTokenizer
 
@@ -346,6 +347,6 @@ def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt:
     with open(vocab, "w", encoding="utf-8") as f:
         json.dump({dictionary.symbols[index]: i for i, index in enumerate(order)}, f, ensure_ascii=False)
     if spm_model:
-        tokenizer = MarianTokenizer(source_spm=spm_model, target_spm=spm_model, vocab=vocab, unk_token="<unk>",
+        tokenizer = MarianTokenizer(source_spm=spm_model, target_spm=target_spm_model or spm_model, vocab=vocab, unk_token="<unk>",
                                     eos_token="</s>", pad_token="<pad>", model_max_length=config.max_position_embeddings)  # fmt: skip
         tokenizer.save_pretrained(out_dir)

@@ -59,6 +59,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also write the student as a Hugging Face MarianMT directory in DIR (needs --data; a "
                              "post-norm student with one joint dictionary)")  # fmt: skip
     parser.add_argument("--spm-model", help="with --huggingface: the data's sentencepiece model, for its tokenizer")
+    parser.add_argument("--target-spm-model", help="with --huggingface: the target side's own sentencepiece model, "
+                        "where it has one (an imported OPUS-MT teacher's target.spm)")  # fmt: skip
     return parser
 
 
@@ -73,8 +75,11 @@ def check_huggingface_export(args: argparse.Namespace) -> None:
     if os.path.exists(args.huggingface) and not args.overwrite:
         raise HFExportError(f"{args.huggingface} exists (give --overwrite to replace it)")
     check_output_path("--huggingface", args.huggingface)
-    if args.spm_model and not os.path.isfile(args.spm_model):
-        raise HFExportError(f"--spm-model {args.spm_model!r} does not exist")
+    for flag, path in (("--spm-model", args.spm_model), ("--target-spm-model", args.target_spm_model)):
+        if path and not os.path.isfile(path):
+            raise HFExportError(f"{flag} {path!r} does not exist")
+    if args.target_spm_model and not args.spm_model:
+        raise HFExportError("--target-spm-model needs --spm-model (the source side's)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -124,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 os.remove(vmap)  # the model directory holds its copy, vmap.txt
         print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
     if args.huggingface:
-        export_marian(args.output, args.data, args.huggingface, src, tgt, args.spm_model)
+        export_marian(args.output, args.data, args.huggingface, src, tgt, args.spm_model, args.target_spm_model)
         print(
             f"wrote {args.huggingface} (MarianMT{' with its tokenizer' if args.spm_model else ', no tokenizer: give --spm-model'})"
         )
