@@ -30,7 +30,7 @@ from fairseq_kd.checkpoints import load_checkpoint
 from fairseq_kd.demo.stages import Demo, DemoError, check_data_dir
 from fairseq_kd.evaluate import seed_summary
 from fairseq_kd.io import UserError
-from fairseq_kd.pipeline import Config, Pipeline, PipelineError, Shape, Training, load_config
+from fairseq_kd.pipeline import Config, Pipeline, PipelineError, Shape, Training, check_config, load_config
 from fairseq_kd.pipeline.config import config_from_record, config_record, default_student
 from fairseq_kd.pipeline.data import low_data_selector
 from fairseq_kd.pipeline.distil import students_table
@@ -238,6 +238,15 @@ class TestPieces(unittest.TestCase):
             Pipeline(
                 os.path.join(self.tmp, "run"), dataclasses.replace(config, student=Shape(2, 1, 16, 32, 2))
             ).check_students_fit()
+
+    def test_seeded_methods_choose_which_methods_train_with_every_seed(self):
+        config = Config("t.pt", "d", "r", "in", "out", Shape(1, 1, 16, 32, 2), Training(10, 1),
+                        methods=["baseline", "init_kd", "word_kd"], seeds=2)  # fmt: skip
+        pipe = Pipeline(os.path.join(self.tmp, "run"), dataclasses.replace(config, seeded=["init_kd", "word_kd"]))
+        self.assertEqual(pipe.seeded_methods(), ["init_kd", "word_kd"])
+        self.assertEqual(pipe.seeded_methods(required=False), ["init_kd", "word_kd"])
+        with self.assertRaisesRegex(PipelineError, "--seeded-methods seq_kd: not in --methods"):
+            check_config(dataclasses.replace(config, seeded=["seq_kd"]))
 
     def test_a_changed_input_file_is_refused(self):
         """A run directory records what its inputs hold: a rerun after one changed at the same path is refused

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="baseline,init_kd,seq_kd",
                         help="comma-separated methods of fairseq_kd.methods (python -m fairseq_kd.methods lists them)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1, help="train the baseline and the best student with N seeds")
+    parser.add_argument("--seeded-methods", help="comma-separated methods to train with every seed instead of the "
+                        "baseline and the best student (a rerun may change it)")  # fmt: skip
     parser.add_argument("--timing-rounds", type=int, default=0, help="time every system N more times, by turns")
     parser.add_argument("--out", required=True, help="output directory; a rerun resumes in it")
 
@@ -72,6 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.teacher, args.data_bin, args.references, args.source_lang, args.target_lang, shape,
         Training(args.max_update, args.warmup_updates, args.lr, args.max_tokens, args.dropout),
         methods=[m for m in args.methods.split(",") if m], seeds=args.seeds, spm_model=args.spm_model,
+        seeded=[m for m in args.seeded_methods.split(",") if m] if args.seeded_methods else None,
         bpe_codes=args.bpe_codes, transfer=args.transfer, timing_rounds=args.timing_rounds,
         pseudolabel_engine=args.pseudolabel_engine, pseudolabel_beam=args.pseudolabel_beam,
         student_from_teacher=args.student is None,

@@ -15,9 +15,9 @@ from .data import binarized_sentences
 
 # settings a rerun may change: they decide what is measured, not how the models already made were made
 # (CTranslate2's threads decide only the timing, and every cached translation is keyed on them)
-RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds", "evaluation.threads"}
+RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds", "seeded", "evaluation.threads"}
 # settings added after runs were made: a run directory without them was made with these values
-SINCE_ADDED = {"pseudolabel_engine": "fairseq", "student_from_teacher": False}
+SINCE_ADDED = {"pseudolabel_engine": "fairseq", "student_from_teacher": False, "seeded": None}
 
 
 class PipelineError(UserError):
@@ -120,6 +120,8 @@ class Config:
     training: Training
     methods: List[str] = field(default_factory=lambda: ["baseline", "seq_kd"])
     seeds: int = 1
+    # the methods trained with every seed; None: the baseline and the student with the best valid BLEU
+    seeded: Optional[List[str]] = None
     spm_model: Optional[str] = None
     bpe_codes: Optional[str] = None
     transfer: Optional[str] = None  # raw monolingual source text to pseudo-label instead of the training sources
@@ -141,6 +143,9 @@ def check_config(config: Config) -> None:
         raise PipelineError(f"--methods names a method twice: {','.join(config.methods)}")
     if "baseline" not in config.methods:
         raise PipelineError("--methods must include baseline: every student is compared with it")
+    unknown = [name for name in config.seeded or () if name not in config.methods]
+    if unknown:
+        raise PipelineError(f"--seeded-methods {','.join(unknown)}: not in --methods ({','.join(config.methods)})")
     if config.seeds < 1 or config.timing_rounds < 0:
         raise PipelineError(
             f"--seeds must be at least 1 and --timing-rounds at least 0 (got {config.seeds}, {config.timing_rounds})"

@@ -247,6 +247,9 @@ class Pipeline(RunDir):
         return max(students, key=lambda r: r["bleu"])["name"]
 
     def seeded_methods(self, required: bool = True) -> List[str]:
+        """The methods trained with every seed: --seeded-methods, else the baseline and the best student."""
+        if self.config.seeded:
+            return list(self.config.seeded)
         best = self.best_student(required)
         return ["baseline"] + ([best] if best and best != "baseline" else [])
 

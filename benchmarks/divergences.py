@@ -1,0 +1,133 @@
+"""The divergences and on-policy distillation, measured: every ``--kd-divergence`` and the on-policy variant
+against forward-KL init_kd and word_kd, at one student shape and budget, on the big teacher.
+
+    python benchmarks/divergences.py --run runs/demo-big --out runs/divergences \
+        --results benchmarks/results/divergences [--seeds 2] [--max-update 800]
+
+One pipeline run (``fairseq_kd.pipeline.Pipeline``) into OUT/pipeline with the methods of METHODS, all of one
+shape (SHAPE: 6 encoder layers and 1 decoder layer, half the teacher's width, initialised from the teacher's
+sub-network where the method says so) and one budget, every method trained with ``--seeds`` seeds
+(``Config.seeded``); then every seed's student scored on valid and test against init_kd (forward KL, the
+default) and against word_kd by sacreBLEU's paired bootstrap (the translations of the pipeline's evaluation
+are reused). A method is recommended over forward KL only when it beats init_kd with p < 0.05 on valid for
+every seed (the test split reports, it does not choose).
+
+Writes RESULTS/results.json (every comparison, with the command) and RESULTS/results.md. Every stage resumes.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fairseq_kd.evaluate import SIGNIFICANCE, paired_bootstrap, score  # noqa: E402
+from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
+from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
+
+METHODS = ["baseline", "word_kd", "init_kd", "init_kd_rkl", "init_kd_jsd", "init_kd_tvd", "init_kd_skl",
+           "init_kd_on_policy"]  # fmt: skip
+REFERENCES = ("init_kd", "word_kd")  # forward KL with the teacher's layers, and from random initialisation
+SHAPE = Shape(6, 1, 128, 512, 2)
+
+
+def student_names(methods, seeds):
+    return [m if s == 1 else f"{m}.seed{s}" for s in range(1, seeds + 1) for m in methods]
+
+
+def comparisons(translations, references, names, seeds):
+    """{split: {student: {"bleu", "vs": {reference: {difference, p_value, verdict}}}}} from the translations
+    ({split: {name: hypotheses}}) and the references ({split: lines}); a student is compared with the
+    reference method of its own seed."""
+    out = {}
+    for split, hypotheses in translations.items():
+        out[split] = {}
+        for name in names:
+            out[split][name] = {"bleu": score(hypotheses[name], references[split])["bleu"], "vs": {}}
+        for reference in REFERENCES:
+            for seed in range(1, seeds + 1):
+                base = reference if seed == 1 else f"{reference}.seed{seed}"
+                same_seed = [n for n in names if (n.partition(".seed")[2] or "1") == str(seed) and n != base]
+                tests, _ = paired_bootstrap((base, hypotheses[base]), {n: hypotheses[n] for n in same_seed},
+                                            references[split])  # fmt: skip
+                for name in same_seed:
+                    bleu = tests[name]["bleu"]
+                    out[split][name]["vs"][reference] = {
+                        "difference": round(out[split][name]["bleu"] - out[split][base]["bleu"], 2),
+                        "p_value": bleu["p_value"], "verdict": bleu["verdict"],
+                    }  # fmt: skip
+    return out
+
+
+def recommendation(results, methods, seeds):
+    """The methods that beat init_kd on valid with p < SIGNIFICANCE for every seed (empty: forward KL stays)."""
+    better = []
+    for method in methods:
+        if method in ("baseline",) + REFERENCES:
+            continue
+        names = [method if s == 1 else f"{method}.seed{s}" for s in range(1, seeds + 1)]
+        tests = [results["valid"][n]["vs"]["init_kd"] for n in names]
+        if all(t["difference"] > 0 and t["p_value"] < SIGNIFICANCE for t in tests):
+            better.append(method)
+    return better
+
+
+def table(results, methods, seeds, split):
+    head = ["method"] + [f"seed {s}" for s in range(1, seeds + 1)] + ["vs init_kd (per seed)", "vs word_kd (per seed)"]
+    lines = [f"### {split}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        names = [method if s == 1 else f"{method}.seed{s}" for s in range(1, seeds + 1)]
+        cells = [method] + [f"{results[split][n]['bleu']:.2f}" for n in names]
+        for reference in REFERENCES:
+            parts = []
+            for n in names:
+                t = results[split][n]["vs"].get(reference)
+                parts.append("" if t is None else f"{t['difference']:+.2f} (p {t['p_value']:.3f})")
+            cells.append("; ".join(p for p in parts if p))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a big-preset demo run whose teacher is trained")
+    parser.add_argument("--out", required=True, help="work directory (resumable)")
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--max-update", type=int, default=800)
+    args = parser.parse_args()
+    run_config = load_config(args.run)
+    config = dataclasses.replace(
+        run_config, student=SHAPE, methods=list(METHODS), seeds=args.seeds, seeded=list(METHODS), timing_rounds=0,
+        training=Training(max_update=args.max_update, warmup_updates=200, lr=0.002, max_tokens=4096),
+        evaluation=dataclasses.replace(run_config.evaluation),
+    )  # fmt: skip
+    pipeline = Pipeline(os.path.join(args.out, "pipeline"), config)
+    pipeline.run()
+    names = student_names(METHODS, args.seeds)
+    translations, references = {}, {}
+    for split in ("valid", "test"):
+        directory = pipeline.path("eval", split, "translations")
+        translations[split] = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in names}
+        references[split] = read_lines(os.path.join(config.references, f"{split}.{config.tgt}"))
+    results = comparisons(translations, references, names, args.seeds)
+    better = recommendation(results, METHODS, args.seeds)
+    os.makedirs(args.results, exist_ok=True)
+    command = "python benchmarks/divergences.py " + " ".join(sys.argv[1:])
+    write_json(os.path.join(args.results, "results.json"), {
+        "command": command, "shape": dataclasses.asdict(SHAPE), "max_update": args.max_update, "seeds": args.seeds,
+        "methods": METHODS, "results": results, "better_than_forward_kl": better,
+    })  # fmt: skip
+    verdict = (f"Better than forward KL (init_kd) on valid for every seed: {', '.join(better)}." if better
+               else "No method beat forward KL (init_kd) on valid for every seed: forward KL stays the default.")  # fmt: skip
+    write_text(os.path.join(args.results, "results.md"),
+               f"`{command}`\n\nBLEU per seed; differences with sacreBLEU's paired bootstrap p (same seed).\n\n"
+               + table(results, METHODS, args.seeds, "valid") + "\n" + table(results, METHODS, args.seeds, "test")
+               + f"\n{verdict}\n")  # fmt: skip
+    print(json.dumps({"better_than_forward_kl": better}))
+
+
+if __name__ == "__main__":
+    main()
