@@ -189,12 +189,83 @@ def import_marian(model_dir: str, out_dir: str, src: str = "src", tgt: str = "tg
     for name in ("source.spm", "target.spm"):
         if os.path.isfile(os.path.join(model_dir, name)):
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(out_dir, name))
-    args = options.parse_args_and_arch(options.get_training_parser(), fairseq_flags(config, out_dir, src, tgt))
+    pad = SPECIALS.index("<pad>")
+    return _write_imported(fairseq_flags(config, out_dir, src, tgt), convert_state(hf_state, config, marian_ids, pad), out_dir,
+                           model_dir)  # fmt: skip
+
+
+def read_fsmt_vocab(path: str) -> List[str]:
+    """The symbols of one of FSMT's vocabularies (vocab-src.json or vocab-tgt.json) in id order: fairseq's
+    dictionary, which FSMT's conversion from fairseq wrote."""
+    if not os.path.isfile(path):
+        raise HFImportError(f"{path} does not exist: give an FSMT save_pretrained directory")
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    symbols = sorted(vocab, key=vocab.get)
+    if [vocab[s] for s in symbols] != list(range(len(symbols))) or tuple(symbols[:4]) != SPECIALS:
+        raise HFImportError(f"{path}: its ids are not 0..N-1 with fairseq's {' '.join(SPECIALS)} first")
+    return symbols
+
+
+def import_fsmt(model_dir: str, out_dir: str, src: Optional[str] = None, tgt: Optional[str] = None) -> str:
+    """Writes OUT_DIR/model.pt, dict.SRC.txt, dict.TGT.txt (and merges.txt, the BPE codes) from the FSMT model in
+    MODEL_DIR (fairseq's WMT19 models in transformers): fairseq's own post-norm transformer with its sinusoidal
+    positions, its dictionaries in fairseq's order and separate source and target embeddings, so its weights
+    are copied as they are. SRC and TGT default to the model's own languages (its ``langs``)."""
+    # here, not at the top: an optional dependency (the [hf] extra)
+    from transformers import FSMTConfig, FSMTForConditionalGeneration
+
+    config = FSMTConfig.from_pretrained(model_dir)
+    src, tgt = src or config.langs[0], tgt or config.langs[1]
+    if config.activation_function not in ACTIVATIONS:
+        raise HFImportError(
+            f"activation_function {config.activation_function!r}: fairseq's transformer has relu, gelu and swish"
+        )
+    vocabularies = [read_fsmt_vocab(os.path.join(model_dir, f"vocab-{side}.json")) for side in ("src", "tgt")]
+    model = FSMTForConditionalGeneration.from_pretrained(model_dir).eval()
+    hf_state = model.state_dict()
+    os.makedirs(out_dir, exist_ok=True)
+    for lang, symbols in zip((src, tgt), vocabularies):
+        with open(os.path.join(out_dir, f"dict.{lang}.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"{s} 1\n" for s in symbols[len(SPECIALS) :])
+    if os.path.isfile(os.path.join(model_dir, "merges.txt")):
+        shutil.copyfile(os.path.join(model_dir, "merges.txt"), os.path.join(out_dir, "merges.txt"))
+    flags = [
+        out_dir, "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--arch", "transformer",
+        "--encoder-layers", str(config.encoder_layers), "--decoder-layers", str(config.decoder_layers),
+        "--encoder-embed-dim", str(config.d_model), "--decoder-embed-dim", str(config.d_model),
+        "--encoder-ffn-embed-dim", str(config.encoder_ffn_dim), "--decoder-ffn-embed-dim", str(config.decoder_ffn_dim),
+        "--encoder-attention-heads", str(config.encoder_attention_heads),
+        "--decoder-attention-heads", str(config.decoder_attention_heads),
+        "--activation-fn", ACTIVATIONS[config.activation_function],
+        "--max-source-positions", str(config.max_position_embeddings),
+        "--max-target-positions", str(config.max_position_embeddings),
+        "--dropout", str(config.dropout), "--attention-dropout", str(config.attention_dropout),
+        "--activation-dropout", str(config.activation_dropout),
+    ] + ([] if config.scale_embedding else ["--no-scale-embedding"])  # fmt: skip
+    if config.tie_word_embeddings:
+        flags.append("--share-decoder-input-output-embed")
+    weights = {
+        k[len("model.") :]: v.clone() for k, v in hf_state.items() if k.startswith("model.") and "embed_positions" not in k
+    }
+    if config.tie_word_embeddings:
+        weights.pop("decoder.output_projection.weight", None)
+    return _write_imported(flags, weights, out_dir, model_dir)
+
+
+def _write_imported(flags: List[str], weights: Dict[str, torch.Tensor], out_dir: str, model_dir: str) -> str:
+    """OUT_DIR/model.pt: the fairseq model of FLAGS (fairseq-train's) with WEIGHTS, written as every exported
+    model is (plain containers only, which stock fairseq loads on torch >= 2.6); returns its path."""
+    args = options.parse_args_and_arch(options.get_training_parser(), flags)
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     fairseq_model = task.build_model(cfg.model)
-    pad = task.source_dictionary.pad()
-    fairseq_model.load_state_dict(convert_state(hf_state, config, marian_ids, pad), strict=True)
+    missing, unexpected = fairseq_model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith(("embed_positions._float_tensor", "version"))]
+    if missing or unexpected:
+        raise HFImportError(
+            f"the weights do not fill fairseq's transformer: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     cfg_dict["task"]["data"] = os.path.abspath(out_dir)
     state = {
@@ -208,11 +279,29 @@ def import_marian(model_dir: str, out_dir: str, src: str = "src", tgt: str = "tg
     path = os.path.join(out_dir, "model.pt")
     converted = os.path.join(out_dir, "converted.pt")
     torch.save(state, converted)
-    try:  # as every exported model: plain containers only, which stock fairseq loads on torch >= 2.6
+    try:
         export_student(converted, path, overwrite=True)
     finally:
         os.remove(converted)
     return path
+
+
+def import_hf(model_dir: str, out_dir: str, src: Optional[str] = None, tgt: Optional[str] = None) -> str:
+    """A Hugging Face translation model of MODEL_DIR as a fairseq checkpoint in OUT_DIR, by its model_type:
+    MarianMT (:func:`import_marian`) or FSMT (:func:`import_fsmt`); returns the checkpoint's path."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise HFImportError(f"{model_dir} has no config.json: give a local save_pretrained directory (nothing is downloaded)")
+    with open(path) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type == "marian":
+        return import_marian(model_dir, out_dir, src or "src", tgt or "tgt")
+    if model_type == "fsmt":
+        return import_fsmt(model_dir, out_dir, src, tgt)
+    raise HFImportError(
+        f"model_type {model_type!r}: fairseq-kd-import-hf imports MarianMT (marian) and FSMT (fsmt); M2M100 and NLLB "
+        "need their language tokens, which are not converted yet"
+    )
 
 
 class HFExportError(UserError):

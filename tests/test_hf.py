@@ -128,6 +128,79 @@ class TestMarianImport(unittest.TestCase):
             import_marian(self.tmp.name, self.out)
 
 
+def tiny_fsmt(directory, tie=False, seed=0):
+    """A random FSMTForConditionalGeneration (fairseq's WMT19 architecture in transformers) of 2+2 layers, 16
+    wide, with separate source and target vocabularies in fairseq's order, saved into DIRECTORY."""
+    from transformers import FSMTConfig, FSMTForConditionalGeneration
+
+    sizes = {"src": 30, "tgt": 26}
+    config = FSMTConfig(
+        langs=["de", "en"], src_vocab_size=sizes["src"], tgt_vocab_size=sizes["tgt"], d_model=16, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=64, dropout=0.0, tie_word_embeddings=tie,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = FSMTForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" not in name:
+                p.copy_(torch.randn_like(p) * (0.5 if "layer_norm" not in name else 0.3)
+                        + (1.0 if name.endswith("layer_norm.weight") else 0.0))  # fmt: skip
+    model.save_pretrained(directory)
+    for side, size in sizes.items():
+        symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [f"{side}{i}@@" if i % 3 else f"{side}{i}" for i in range(4, size)]
+        with open(os.path.join(directory, f"vocab-{side}.json"), "w") as f:
+            json.dump({s: i for i, s in enumerate(symbols)}, f)
+    return FSMTForConditionalGeneration.from_pretrained(directory).eval()
+
+
+@unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
+class TestFSMTImport(unittest.TestCase):
+    def test_log_probabilities_and_greedy_translations_are_fsmts(self):
+        from argparse import Namespace
+
+        from fairseq import checkpoint_utils
+
+        from fairseq_kd.hf import import_hf
+
+        for tie in (False,):  # fairseq's WMT19 models: separate source, target and output embeddings
+            with self.subTest(tie_word_embeddings=tie), tempfile.TemporaryDirectory() as tmp:
+                hf = tiny_fsmt(os.path.join(tmp, "hf"), tie)
+                path = import_hf(os.path.join(tmp, "hf"), os.path.join(tmp, "fairseq"))
+                self.assertTrue(os.path.isfile(os.path.join(tmp, "fairseq", "dict.de.txt")))  # FSMT's own languages
+                models, _, task = checkpoint_utils.load_model_ensemble_and_task([path])
+                fs = models[0].eval()
+                g = torch.Generator().manual_seed(1)
+                for length, target_length in ((5, 4), (9, 7), (1, 3)):
+                    src = torch.cat([torch.randint(4, 30, (1, length), generator=g), torch.tensor([[2]])], 1)
+                    prev = torch.cat([torch.tensor([[2]]), torch.randint(4, 26, (1, target_length), generator=g)], 1)
+                    with torch.no_grad():
+                        # use_cache=False: with the cache on, FSMT's forward makes no causal mask for a whole target
+                        hf_lprobs = hf(input_ids=src, decoder_input_ids=prev, use_cache=False).logits.log_softmax(-1)
+                        fs_lprobs = fs(src, torch.tensor([src.size(1)]), prev)[0].log_softmax(-1)
+                    diff = (hf_lprobs - fs_lprobs).abs().max().item()
+                    self.assertLessEqual(diff, 1e-4, f"max |log p difference| {diff}")
+                search = task.build_generator([fs], Namespace(beam=1, max_len_a=0, max_len_b=12))
+                for seed in range(4):
+                    g = torch.Generator().manual_seed(seed)
+                    src = torch.cat([torch.randint(4, 30, (1, 6), generator=g), torch.tensor([[2]])], 1)
+                    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)])}}
+                    fs_tokens = search.generate([fs], sample)[0][0]["tokens"].tolist()
+                    with torch.no_grad():
+                        hf_out = hf.generate(input_ids=src, num_beams=1, do_sample=False, max_new_tokens=13,
+                                             min_new_tokens=1, bad_words_ids=[[1]])  # fmt: skip
+                    self.assertEqual(hf_out[0, 1:].tolist(), fs_tokens, f"seed {seed}")
+
+    def test_a_model_type_that_is_not_converted_is_refused(self):
+        from fairseq_kd.hf import HFImportError, import_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump({"model_type": "m2m_100"}, f)
+            with self.assertRaisesRegex(HFImportError, "model_type 'm2m_100': fairseq-kd-import-hf imports MarianMT"):
+                import_hf(tmp, os.path.join(tmp, "out"))
+
+
 @unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")
 class TestImportedTeacher(unittest.TestCase):
     def test_the_console_script_then_a_kd_student_then_stock_generation(self):
