@@ -128,7 +128,9 @@ def _suppressed_row(layer_norm_weight, layer_norm_bias, logit=SUPPRESSED_LOGIT):
     return ((logit / k) / g).to(layer_norm_weight.dtype)
 
 
-def fairseq_flags(config: Any, data_dir: str, src: str, tgt: str) -> List[str]:
+def fairseq_flags(config: Any, data_dir: str, src: str, tgt: str, learned_positions: bool = True) -> List[str]:
+    """fairseq-train's flags for the post-norm transformer of a MarianMT or FSMT config (their settings share
+    names); LEARNED_POSITIONS: the positions are a learned table (Marian's), else fairseq's sinusoids (FSMT's)."""
     return [
         data_dir, "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--arch", "transformer",
         "--encoder-layers", str(config.encoder_layers), "--decoder-layers", str(config.decoder_layers),
@@ -137,12 +139,13 @@ def fairseq_flags(config: Any, data_dir: str, src: str, tgt: str) -> List[str]:
         "--encoder-attention-heads", str(config.encoder_attention_heads),
         "--decoder-attention-heads", str(config.decoder_attention_heads),
         "--activation-fn", ACTIVATIONS[config.activation_function],
-        "--encoder-learned-pos", "--decoder-learned-pos",
         "--max-source-positions", str(config.max_position_embeddings),
         "--max-target-positions", str(config.max_position_embeddings),
         "--dropout", str(config.dropout), "--attention-dropout", str(config.attention_dropout),
         "--activation-dropout", str(config.activation_dropout),
-    ] + ([] if config.scale_embedding else ["--no-scale-embedding"])  # fmt: skip
+    ] + (["--encoder-learned-pos", "--decoder-learned-pos"] if learned_positions else []) + (
+        [] if config.scale_embedding else ["--no-scale-embedding"]
+    )  # fmt: skip
 
 
 def convert_state(hf_state: Dict[str, torch.Tensor], config: Any, marian_ids: List[int], pad: int) -> Dict[str, torch.Tensor]:
@@ -230,19 +233,7 @@ def import_fsmt(model_dir: str, out_dir: str, src: Optional[str] = None, tgt: Op
             f.writelines(f"{s} 1\n" for s in symbols[len(SPECIALS) :])
     if os.path.isfile(os.path.join(model_dir, "merges.txt")):
         shutil.copyfile(os.path.join(model_dir, "merges.txt"), os.path.join(out_dir, "merges.txt"))
-    flags = [
-        out_dir, "--task", "translation", "--source-lang", src, "--target-lang", tgt, "--arch", "transformer",
-        "--encoder-layers", str(config.encoder_layers), "--decoder-layers", str(config.decoder_layers),
-        "--encoder-embed-dim", str(config.d_model), "--decoder-embed-dim", str(config.d_model),
-        "--encoder-ffn-embed-dim", str(config.encoder_ffn_dim), "--decoder-ffn-embed-dim", str(config.decoder_ffn_dim),
-        "--encoder-attention-heads", str(config.encoder_attention_heads),
-        "--decoder-attention-heads", str(config.decoder_attention_heads),
-        "--activation-fn", ACTIVATIONS[config.activation_function],
-        "--max-source-positions", str(config.max_position_embeddings),
-        "--max-target-positions", str(config.max_position_embeddings),
-        "--dropout", str(config.dropout), "--attention-dropout", str(config.attention_dropout),
-        "--activation-dropout", str(config.activation_dropout),
-    ] + ([] if config.scale_embedding else ["--no-scale-embedding"])  # fmt: skip
+    flags = fairseq_flags(config, out_dir, src, tgt, learned_positions=False)
     if config.tie_word_embeddings:
         flags.append("--share-decoder-input-output-embed")
     weights = {
