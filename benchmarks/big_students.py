@@ -2,7 +2,7 @@
 method with its baseline at the same shape and budget, trained by the distillation pipeline.
 
     python benchmarks/big_students.py --run runs/demo-big --out runs/big-students \
-        --results benchmarks/results/big_teacher [--shapes 6x1,3x1,6x1-w128,6x1-w64] [--seeds 3]
+        --results benchmarks/results/big_teacher [--shapes 6x1,3x1,6x1-w128,6x1-w64] [--seeds 3] [--max-update N]
 
 On a run of ``python -m fairseq_kd.demo --preset big`` whose teacher stage is done, one pipeline run
 (``fairseq_kd.pipeline.Pipeline``) per shape of SHAPES into OUT/SHAPE, in the order given, each resuming
@@ -19,6 +19,11 @@ Shapes (Kasai et al. 2021, "Deep Encoder, Shallow Decoder": the decoder's depth 
 * ``3x1``: 3 + 1 at the same width;
 * ``6x1-w128`` and ``6x1-w64``: 6 + 1 at half and a quarter of the width (the pruned initialisation: the
   teacher's sub-network chosen by activation importance; heads of the teacher's head size, 64).
+
+``--max-update N`` sets every student's budget (default 1,600); a rerun with a larger one continues the
+shapes' students from their last checkpoints (the pipeline's raised budget). The ``6x1-w128`` shape also trains
+word_kd: the guide's claim (c), init_kd against word_kd from random initialisation, compared at every budget it
+is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued).
 
 Writes RESULTS/students_curve.tsv (update, valid NLL, valid BLEU per student) and, per shape, the pipeline's
 results (OUT/SHAPE/results.{json,md}) copied to RESULTS/students_SHAPE.{json,md}.
@@ -45,17 +50,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import big_teacher  # noqa: E402
 
-from fairseq_kd.evaluate import evaluate, plot  # noqa: E402
-from fairseq_kd.io import write_json, write_text  # noqa: E402
+from fairseq_kd.evaluate import evaluate, paired_bootstrap, plot, score  # noqa: E402
+from fairseq_kd.io import read_lines, sha256_file, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
 
 # name: (shape, methods)
 SHAPES = {
     "6x1": (Shape(6, 1, 256, 1024, 4), ["baseline", "init_kd"]),
     "3x1": (Shape(3, 1, 256, 1024, 4), ["baseline", "init_kd"]),
-    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd"]),
+    # and word_kd: the guide's claim (c), init_kd against word_kd from random initialisation, at several budgets
+    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd"]),
     "6x1-w64": (Shape(6, 1, 64, 256, 1), ["baseline", "init_kd"]),
 }
+# the methods every shape's measurement needs (the others are measured once trained)
+MEASURED = ("baseline", "init_kd")
 # every student's budget: the big teacher's valid NLL was within 0.03 bits of its best after 1,600 updates
 STUDENT_TRAINING = Training(max_update=1600, warmup_updates=400, lr=0.002, max_tokens=4096, eval_bleu="sentencepiece")
 RUNTIMES = ("fairseq", "ct2_float32", "ct2_int8", "ct2_int8_vmap")
@@ -74,12 +82,50 @@ def valid_curve(log_path):
         return [(int(m[3]), float(m[1]), float(m[2])) for m in VALID_LINE.finditer(f.read())]
 
 
-def config_for(run_config, shape, seeds):
-    """The pipeline's settings for SHAPE: the big run's teacher, data and evaluation; STUDENT_TRAINING."""
+def config_for(run_config, shape, seeds, max_update):
+    """The pipeline's settings for SHAPE: the big run's teacher, data and evaluation; STUDENT_TRAINING with
+    MAX_UPDATE updates."""
     return dataclasses.replace(
-        run_config, student=shape, training=dataclasses.replace(STUDENT_TRAINING), seeds=seeds, timing_rounds=0,
-        evaluation=dataclasses.replace(run_config.evaluation),
+        run_config, student=shape, training=dataclasses.replace(STUDENT_TRAINING, max_update=max_update), seeds=seeds,
+        timing_rounds=0, evaluation=dataclasses.replace(run_config.evaluation),
     )  # fmt: skip
+
+
+def claim_c(pipeline, budget, results):
+    """The guide's claim (c) at BUDGET: init_kd (the teacher's layers) against word_kd (the same loss from random
+    initialisation), seed 1, on valid and test by sacreBLEU's paired bootstrap (the pipeline's translations),
+    added to RESULTS/claim_c.json (one entry per budget) and written as RESULTS/claim_c.md."""
+    c = pipeline.config
+    entry = {}
+    for split in ("valid", "test"):
+        directory = pipeline.path("eval", split, "translations")
+        hypotheses = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in ("baseline", "word_kd", "init_kd")}
+        references = read_lines(os.path.join(c.references, f"{split}.{c.tgt}"))
+        bleu = {n: score(h, references)["bleu"] for n, h in hypotheses.items()}
+        tests, _ = paired_bootstrap(("word_kd", hypotheses["word_kd"]), {"init_kd": hypotheses["init_kd"]}, references)
+        entry[split] = {**{f"{n}_bleu": b for n, b in bleu.items()},
+                        "init_kd_minus_word_kd": round(bleu["init_kd"] - bleu["word_kd"], 2),
+                        "p_value": tests["init_kd"]["bleu"]["p_value"], "verdict": tests["init_kd"]["bleu"]["verdict"]}  # fmt: skip
+    path = os.path.join(results, "claim_c.json")
+    found = {"budgets": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f)
+    found["budgets"][str(budget)] = entry
+    found["shape"] = dataclasses.asdict(c.student)
+    found["command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
+    write_json(path, found)
+    lines = ["| updates | split | baseline | word_kd | init_kd | init_kd - word_kd | p | verdict |", "|" + "---|" * 8]
+    for updates in sorted(found["budgets"], key=int):
+        for split, e in found["budgets"][updates].items():
+            lines.append(f"| {int(updates):,} | {split} | {e['baseline_bleu']:.2f} | {e['word_kd_bleu']:.2f} | "
+                         f"{e['init_kd_bleu']:.2f} | {e['init_kd_minus_word_kd']:+.2f} | {e['p_value']} | {e['verdict']} |")  # fmt: skip
+    write_text(os.path.join(results, "claim_c.md"),
+               "The guide's claim (c) at the big teacher's scale: init_kd (the teacher's sub-network, NLL + word-level "
+               "KD) against word_kd (the same loss from random initialisation) at one shape (6+1 layers, 128 wide), "
+               "seed 1, each budget the same students continued (the inverse_sqrt schedule does not depend on the "
+               "budget); BLEU by fairseq-kd-evaluate, p: sacreBLEU's paired bootstrap, init_kd against word_kd.\n\n"
+               + "\n".join(lines) + "\n")  # fmt: skip
 
 
 def write_curves(out, shapes, results):
@@ -155,10 +201,14 @@ def convert(name, checkpoint, config, out, weights, vmap=False):
     if not vmap:
         return big_teacher.ctranslate2(name, checkpoint, config, out, weights)
     target = os.path.join(out, "models", f"{name}.ct2_{weights}_vmap")
-    if not os.path.isfile(os.path.join(target, "vmap.txt")):
+    digest = sha256_file(checkpoint)
+    stamp = os.path.join(target, "source_sha256.txt")
+    if not (os.path.isfile(stamp) and open(stamp).read().strip() == digest):
+        shutil.rmtree(target, ignore_errors=True)
         big_teacher.run([os.path.join(big_teacher.BIN, "fairseq-kd-export"), checkpoint, target + ".pt", "--overwrite",
                          "--ctranslate2", target, "--data", config.data_bin, "--quantization", weights,
                          "--vocab-map-split", "train"])  # fmt: skip
+        write_text(stamp, digest + "\n")
     return target
 
 
@@ -169,14 +219,18 @@ def measure(args, shapes, run_config):
     systems = {"teacher": c.teacher}
     for weights in ("float32", "int8"):
         systems[f"teacher.ct2_{weights}"] = convert("teacher", c.teacher, c, out, weights)
-    shape_of, params = {}, {}
+    shape_of, params, not_measured = {}, {}, []
     for name in shapes:
         shape, methods = SHAPES[name]
         for method in methods:
             model = os.path.join(args.out, name, "models", f"{method}.pt")
-            if not os.path.isfile(model):
-                raise SystemExit(f"{model} does not exist: train the shape {name} first (without --measure)")
             student = f"{name}.{method}"
+            if not os.path.isfile(model) and method in MEASURED:
+                raise SystemExit(f"{model} does not exist: train the shape {name} first (without --measure)")
+            if not os.path.isfile(model):
+                print(f"{student}: not trained yet, not measured (summary.json's not_measured)", flush=True)
+                not_measured.append(student)
+                continue
             shape_of[name] = shape
             systems[student] = model
             systems[f"{student}.ct2_float32"] = convert(student, model, c, out, "float32")
@@ -220,6 +274,7 @@ def measure(args, shapes, run_config):
     summary["greedy"] = [{"name": r.name, "test_bleu": r.bleu, "sentences_per_s": r.sentences_per_s} for r in greedy]
     summary["students_command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
     summary["students_timing_rounds"] = args.timing_rounds
+    summary["not_measured"] = not_measured
     write_json(summary_path, summary)
     table = students_table(entries, teacher)
     greedy_lines = "".join(f"| {r.name} | {r.bleu:.2f} | {r.sentences_per_s:.1f} |\n" for r in greedy)
@@ -239,6 +294,12 @@ def main():
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, in order (default: {','.join(SHAPES)})")
     parser.add_argument("--measure", action="store_true", help="the deployment measurement of the trained shapes")
     parser.add_argument("--timing-rounds", type=int, default=5, help="with --measure: timings by turns per system")
+    parser.add_argument(
+        "--max-update",
+        type=int,
+        default=STUDENT_TRAINING.max_update,
+        help="every student's budget (a rerun may raise it: the shapes' students continue)",
+    )
     parser.add_argument("--seeds", type=int, default=1,
                         help="seeds of each shape's baseline and best student (a rerun may raise it: more are added)")  # fmt: skip
     args = parser.parse_args()
@@ -259,7 +320,7 @@ def main():
     pipelines = {}
     for name in shapes:
         shape, methods = SHAPES[name]
-        config = config_for(run_config, shape, args.seeds)
+        config = config_for(run_config, shape, args.seeds, args.max_update)
         config.methods = list(methods)
         pipelines[name] = Pipeline(os.path.join(args.out, name), config)
         pipelines[name].check_run_dir(inputs=False)  # every shape's settings checked before the first trains
@@ -272,6 +333,8 @@ def main():
             shutil.copyfile(
                 os.path.join(args.out, name, f"results.{ext}"), os.path.join(args.results, f"students_{name}.{ext}")
             )
+        if {"init_kd", "word_kd"} <= set(pipelines[name].config.methods):
+            claim_c(pipelines[name], args.max_update, args.results)
 
 
 if __name__ == "__main__":

@@ -142,11 +142,16 @@ def is_done(marker: str, key: Any = None) -> bool:
         return False
     if key is None:
         return True
+    return marker_key(marker) == key
+
+
+def marker_key(marker: str) -> Any:
+    """The key that MARKER records (None for a marker made before keys were recorded)."""
     with open(marker) as f:
         try:
-            return json.load(f).get("key") == key
-        except ValueError:  # a marker without a key: made before keys were recorded
-            return False
+            return json.load(f).get("key")
+        except ValueError:
+            return None
 
 
 def mark_done(marker: str, key: Any = None, seconds: Optional[float] = None) -> None:
@@ -280,7 +285,7 @@ class RunDir:
         if is_done(marker, key):
             log(f"{name}: done earlier, but {', '.join(missing)} is missing: done again")
         elif os.path.exists(marker):
-            log(f"{name}: done earlier with other inputs ({short(key)} now): done again")
+            log(f"{name}: done earlier with other inputs ({short(marker_key(marker))} then, {short(key)} now): done again")
         log(f"{name} ...")
         start = time.time()
         fn(*args)

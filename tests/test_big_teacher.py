@@ -2,9 +2,11 @@
 
 import json
 import os
+import random
 import sys
 import tempfile
 import unittest
+from unittest import mock
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
@@ -79,6 +81,43 @@ class TestStudentSummary(unittest.TestCase):
         self.assertFalse(big_students.meets_targets(entries["6x1.init_kd.ct2_int8"]))  # 8x the teacher in fairseq
         table = big_students.students_table(list(entries.values()), records["teacher"])
         self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 38.95 | 97.4 |", table)
+
+    def test_claim_c_compares_init_kd_with_word_kd_at_every_budget(self):
+        """One row per budget and split, from the pipeline's translations; init_kd against word_kd by the
+        paired bootstrap: a perfect init_kd beats a word_kd that drops words, and a second budget adds rows."""
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        rng = random.Random(0)
+        words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+        references = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
+        pipeline = mock.Mock()
+        pipeline.config = mock.Mock(references=tmp.name, tgt="en", student=PRESETS["big"]["student"])
+        pipeline.path = lambda *parts: os.path.join(tmp.name, "run", *parts)
+        for split in ("valid", "test"):
+            with open(os.path.join(tmp.name, f"{split}.en"), "w") as f:
+                f.write("\n".join(references) + "\n")
+            directory = pipeline.path("eval", split, "translations")
+            os.makedirs(directory)
+            for name, kept in (("init_kd", 8), ("word_kd", 5), ("baseline", 3)):
+                with open(os.path.join(directory, f"{name}.txt"), "w") as f:
+                    f.write("\n".join(" ".join(r.split()[:kept]) for r in references) + "\n")
+        results = os.path.join(tmp.name, "results")
+        os.makedirs(results)
+        big_students.claim_c(pipeline, 1600, results)
+        big_students.claim_c(pipeline, 6400, results)
+        with open(os.path.join(results, "claim_c.json")) as f:
+            found = json.load(f)
+        self.assertEqual(sorted(found["budgets"]), ["1600", "6400"])
+        test = found["budgets"]["1600"]["test"]
+        self.assertEqual(test["init_kd_bleu"], 100.0)
+        self.assertGreater(test["word_kd_bleu"], test["baseline_bleu"])
+        self.assertEqual(test["init_kd_minus_word_kd"], round(100.0 - test["word_kd_bleu"], 2))
+        self.assertLess(test["p_value"], 0.05)
+        self.assertEqual(test["verdict"], "gain")
+        with open(os.path.join(results, "claim_c.md")) as f:
+            table = f.read()
+        self.assertEqual(table.count("| 1,600 |"), 2)
+        self.assertEqual(table.count("| 6,400 |"), 2)
 
 
 class TestStudentCurve(TeacherTestCase):

@@ -248,6 +248,46 @@ class TestPieces(unittest.TestCase):
         with self.assertRaisesRegex(PipelineError, "--seeded-methods seq_kd: not in --methods"):
             check_config(dataclasses.replace(config, seeded=["seq_kd"]))
 
+    def test_a_raised_budget_continues_the_students_as_one_longer_run(self):
+        """A rerun with a larger --max-update continues each student from its last checkpoint and ends where a
+        run given that budget from the start ends (the inverse_sqrt schedule does not depend on the budget); a
+        smaller one is refused in one line, the run directory untouched."""
+        data, teacher = tiny_teacher()
+
+        def pipeline(out, max_update):
+            config = Config(teacher, data, data, "in", "out", Shape(1, 1, 16, 32, 2),
+                            Training(max_update, 4, max_tokens=512, save_interval_updates=4),
+                            methods=["baseline", "word_kd"])  # fmt: skip
+            return Pipeline(os.path.join(self.tmp, out), config)
+
+        def parameters(pipe):
+            return load_checkpoint(pipe.path("models", "word_kd.pt"))["model"]
+
+        with quiet():
+            short = pipeline("continued", 6)
+            short.check_run_dir()
+            short.student_stage("word_kd", 1)
+            self.assertEqual(checkpoint_updates(short.path("students", "word_kd", "checkpoint_last.pt")), 6)
+            first = parameters(short)
+            longer = pipeline("continued", 12)
+            longer.check_run_dir()
+            longer.student_stage("word_kd", 1)
+            straight = pipeline("straight", 12)
+            straight.check_run_dir()
+            straight.student_stage("word_kd", 1)
+        self.assertEqual(checkpoint_updates(longer.path("students", "word_kd", "checkpoint_last.pt")), 12)
+        continued, expected = parameters(longer), parameters(straight)
+        self.assertFalse(all(torch.equal(first[k], continued[k]) for k in first))
+        for key in expected:
+            torch.testing.assert_close(continued[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+        with open(longer.path("pipeline.json"), "rb") as f:
+            before = f.read()
+        with self.assertRaisesRegex(PipelineError, "holds students trained for 12 updates, more than --max-update 6: "
+                                    "give another output directory, or 12 or more"):  # fmt: skip
+            pipeline("continued", 6).check_run_dir()
+        with open(longer.path("pipeline.json"), "rb") as f:
+            self.assertEqual(f.read(), before)
+
     def test_a_changed_input_file_is_refused(self):
         """A run directory records what its inputs hold: a rerun after one changed at the same path is refused
         untouched; a run recorded before inputs were takes them at its next run."""

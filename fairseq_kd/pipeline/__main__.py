@@ -41,7 +41,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     parser.add_argument("--student", help="encoder layers, decoder layers, width, FFN width, heads (default: the teacher's "
                         "encoder, its depth and width, and one decoder layer)")  # fmt: skip
-    parser.add_argument("--max-update", type=int, default=4200)
+    parser.add_argument(
+        "--max-update", type=int, default=4200, help="every student's updates (a rerun may raise it: the students continue)"
+    )
     parser.add_argument("--warmup-updates", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--max-tokens", type=int, default=4096)

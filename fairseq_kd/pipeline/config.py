@@ -16,6 +16,10 @@ from .data import binarized_sentences
 # settings a rerun may change: they decide what is measured, not how the models already made were made
 # (CTranslate2's threads decide only the timing, and every cached translation is keyed on them)
 RERUN_MAY_CHANGE = {"methods", "timing_rounds", "seeds", "seeded", "evaluation.threads"}
+# a setting a rerun may raise, not lower: the students' budget. Each student continues from its last checkpoint,
+# as fairseq-train does with a larger --max-update; the inverse_sqrt schedule does not depend on the budget, so
+# the student continued to N updates is the one a run with N updates from the start makes
+RERUN_MAY_RAISE = "training.max_update"
 # settings added after runs were made: a run directory without them was made with these values
 SINCE_ADDED = {"pseudolabel_engine": "fairseq", "student_from_teacher": False, "seeded": None}
 

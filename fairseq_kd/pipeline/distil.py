@@ -16,7 +16,16 @@ from ..io import colon_free, run_lock, write_json, write_text
 from ..models.student_init import StudentInitError, layout_flags, select_layers
 from ..models.width_pruning import WidthError, check_widths
 from ..runs import RunDir, digest, log, minutes
-from .config import RERUN_MAY_CHANGE, SINCE_ADDED, Config, PipelineError, check_config, check_inputs, config_record
+from .config import (
+    RERUN_MAY_CHANGE,
+    RERUN_MAY_RAISE,
+    SINCE_ADDED,
+    Config,
+    PipelineError,
+    check_config,
+    check_inputs,
+    config_record,
+)
 from .data import binarize_pairs, low_data_selector, read_pairs
 
 
@@ -37,13 +46,31 @@ class Pipeline(RunDir):
         with others (but for RERUN_MAY_CHANGE) is refused, and nothing in it is touched. Without INPUTS (the
         demo's check before it has made the teacher) the settings are checked, not recorded."""
         check_config(self.config)
+        self.check_budget()
         record = config_record(self.config)
         if inputs:
             record["inputs"] = input_digests(self.config)
-        self.check_recorded("pipeline.json", record, "a run", defaults=SINCE_ADDED, may_change=RERUN_MAY_CHANGE,
+        may_change = RERUN_MAY_CHANGE | {RERUN_MAY_RAISE}
+        self.check_recorded("pipeline.json", record, "a run", defaults=SINCE_ADDED, may_change=may_change,
                             unrecorded_ok=("inputs",), keys=None if inputs else set(record), write=inputs,
                             remedy=f"its finished stages would not match; give another output directory or remove "
                             f"{self.out} to start over")  # fmt: skip
+
+    def check_budget(self) -> None:
+        """A rerun may raise the students' budget (RERUN_MAY_RAISE), not lower it: its students are trained."""
+        path = self.path("pipeline.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            then = json.load(f)["training"]["max_update"]
+        now = self.config.training.max_update
+        if now < then:
+            raise PipelineError(
+                f"{self.out} holds students trained for {then:,} updates, more than --max-update {now:,}: give "
+                f"another output directory, or {then:,} or more (a larger budget continues them)"
+            )
+        if now > then:
+            log(f"the students' budget is raised from {then:,} to {now:,} updates: each continues from its last checkpoint")
 
     def run(self) -> None:
         check_inputs(self.config)
@@ -56,14 +83,13 @@ class Pipeline(RunDir):
         start = time.time()
         self.data_stages()
         for name in self.config.methods:
-            self.stage(f"student {name}", self.student, name, 1, outputs=[self.path("models", f"{name}.pt")])
+            self.student_stage(name, 1)
         # the CTranslate2 model is the best of the students there are
-        self.stage("ctranslate2", self.ctranslate2, key=list(self.config.methods),
+        self.stage("ctranslate2", self.ctranslate2, key={"methods": self.config.methods, "budget": self.budget},
                    outputs=[self.path("models", "ctranslate2_int8", "model.bin")])  # fmt: skip
         for seed in range(2, self.config.seeds + 1):
             for name in self.seeded_methods():
-                self.stage(f"student {name}.seed{seed}", self.student, name, seed,
-                           outputs=[self.path("models", f"{name}.seed{seed}.pt")])  # fmt: skip
+                self.student_stage(name, seed)
         self.report()
         log(f"done in {minutes(time.time() - start)}")
 
@@ -194,6 +220,16 @@ class Pipeline(RunDir):
         )
 
     # ---- students --------------------------------------------------------------------------------
+
+    @property
+    def budget(self) -> int:
+        return self.config.training.max_update
+
+    def student_stage(self, name: str, seed: int) -> None:
+        """Student NAME with SEED trained and exported, unless it was for this budget (a raised one continues it)."""
+        run = name if seed == 1 else f"{name}.seed{seed}"
+        self.stage(f"student {run}", self.student, name, seed, key={"budget": self.budget},
+                   outputs=[self.path("models", f"{run}.pt")])  # fmt: skip
 
     def student(self, name: str, seed: int) -> None:
         method = M.get(name)
