@@ -22,8 +22,8 @@ Shapes (Kasai et al. 2021, "Deep Encoder, Shallow Decoder": the decoder's depth 
 
 ``--max-update N`` sets every student's budget (default 1,600); a rerun with a larger one continues the
 shapes' students from their last checkpoints (the pipeline's raised budget). The ``6x1-w128`` shape also trains
-word_kd: the guide's claim (c), init_kd against word_kd from random initialisation, compared at every budget it
-is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued).
+word_kd_nll: the guide's claim (c), init_kd against word_kd_nll (the same loss, NLL + word-level KD, from random
+initialisation: the two differ in nothing else), compared at every budget it is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued).
 
 Writes RESULTS/students_curve.tsv (update, valid NLL, valid BLEU per student) and, per shape, the pipeline's
 results (OUT/SHAPE/results.{json,md}) copied to RESULTS/students_SHAPE.{json,md}.
@@ -58,8 +58,8 @@ from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: 
 SHAPES = {
     "6x1": (Shape(6, 1, 256, 1024, 4), ["baseline", "init_kd"]),
     "3x1": (Shape(3, 1, 256, 1024, 4), ["baseline", "init_kd"]),
-    # and word_kd: the guide's claim (c), init_kd against word_kd from random initialisation, at several budgets
-    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd"]),
+    # and word_kd_nll: the guide's claim (c), init_kd against the same loss from random initialisation, at several budgets
+    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd_nll"]),
     "6x1-w64": (Shape(6, 1, 64, 256, 1), ["baseline", "init_kd"]),
 }
 # the methods every shape's measurement needs (the others are measured once trained)
@@ -92,19 +92,19 @@ def config_for(run_config, shape, seeds, max_update):
 
 
 def claim_c(pipeline, budget, results):
-    """The guide's claim (c) at BUDGET: init_kd (the teacher's layers) against word_kd (the same loss from random
+    """The guide's claim (c) at BUDGET: init_kd (the teacher's layers) against word_kd_nll (the same loss from random
     initialisation), seed 1, on valid and test by sacreBLEU's paired bootstrap (the pipeline's translations),
     added to RESULTS/claim_c.json (one entry per budget) and written as RESULTS/claim_c.md."""
     c = pipeline.config
     entry = {}
     for split in ("valid", "test"):
         directory = pipeline.path("eval", split, "translations")
-        hypotheses = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in ("baseline", "word_kd", "init_kd")}
+        hypotheses = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in ("baseline", "word_kd_nll", "init_kd")}
         references = read_lines(os.path.join(c.references, f"{split}.{c.tgt}"))
         bleu = {n: score(h, references)["bleu"] for n, h in hypotheses.items()}
-        tests, _ = paired_bootstrap(("word_kd", hypotheses["word_kd"]), {"init_kd": hypotheses["init_kd"]}, references)
+        tests, _ = paired_bootstrap(("word_kd_nll", hypotheses["word_kd_nll"]), {"init_kd": hypotheses["init_kd"]}, references)
         entry[split] = {**{f"{n}_bleu": b for n, b in bleu.items()},
-                        "init_kd_minus_word_kd": round(bleu["init_kd"] - bleu["word_kd"], 2),
+                        "init_kd_minus_word_kd_nll": round(bleu["init_kd"] - bleu["word_kd_nll"], 2),
                         "p_value": tests["init_kd"]["bleu"]["p_value"], "verdict": tests["init_kd"]["bleu"]["verdict"]}  # fmt: skip
     path = os.path.join(results, "claim_c.json")
     found = {"budgets": {}}
@@ -115,16 +115,16 @@ def claim_c(pipeline, budget, results):
     found["shape"] = dataclasses.asdict(c.student)
     found["command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
     write_json(path, found)
-    lines = ["| updates | split | baseline | word_kd | init_kd | init_kd - word_kd | p | verdict |", "|" + "---|" * 8]
+    lines = ["| updates | split | baseline | word_kd_nll | init_kd | init_kd - word_kd_nll | p | verdict |", "|" + "---|" * 8]
     for updates in sorted(found["budgets"], key=int):
         for split, e in found["budgets"][updates].items():
-            lines.append(f"| {int(updates):,} | {split} | {e['baseline_bleu']:.2f} | {e['word_kd_bleu']:.2f} | "
-                         f"{e['init_kd_bleu']:.2f} | {e['init_kd_minus_word_kd']:+.2f} | {e['p_value']} | {e['verdict']} |")  # fmt: skip
+            lines.append(f"| {int(updates):,} | {split} | {e['baseline_bleu']:.2f} | {e['word_kd_nll_bleu']:.2f} | "
+                         f"{e['init_kd_bleu']:.2f} | {e['init_kd_minus_word_kd_nll']:+.2f} | {e['p_value']} | {e['verdict']} |")  # fmt: skip
     write_text(os.path.join(results, "claim_c.md"),
                "The guide's claim (c) at the big teacher's scale: init_kd (the teacher's sub-network, NLL + word-level "
-               "KD) against word_kd (the same loss from random initialisation) at one shape (6+1 layers, 128 wide), "
+               "KD) against word_kd_nll (the same loss from random initialisation: nothing else differs) at one shape (6+1 layers, 128 wide), "
                "seed 1, each budget the same students continued (the inverse_sqrt schedule does not depend on the "
-               "budget); BLEU by fairseq-kd-evaluate, p: sacreBLEU's paired bootstrap, init_kd against word_kd.\n\n"
+               "budget); BLEU by fairseq-kd-evaluate, p: sacreBLEU's paired bootstrap, init_kd against word_kd_nll.\n\n"
                + "\n".join(lines) + "\n")  # fmt: skip
 
 
@@ -333,7 +333,7 @@ def main():
             shutil.copyfile(
                 os.path.join(args.out, name, f"results.{ext}"), os.path.join(args.results, f"students_{name}.{ext}")
             )
-        if {"init_kd", "word_kd"} <= set(pipelines[name].config.methods):
+        if {"init_kd", "word_kd_nll"} <= set(pipelines[name].config.methods):
             claim_c(pipelines[name], args.max_update, args.results)
 
 

@@ -82,9 +82,9 @@ class TestStudentSummary(unittest.TestCase):
         table = big_students.students_table(list(entries.values()), records["teacher"])
         self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 38.95 | 97.4 |", table)
 
-    def test_claim_c_compares_init_kd_with_word_kd_at_every_budget(self):
-        """One row per budget and split, from the pipeline's translations; init_kd against word_kd by the
-        paired bootstrap: a perfect init_kd beats a word_kd that drops words, and a second budget adds rows."""
+    def test_claim_c_compares_init_kd_with_word_kd_nll_at_every_budget(self):
+        """One row per budget and split, from the pipeline's translations; init_kd against word_kd_nll by the
+        paired bootstrap: a perfect init_kd beats a word_kd_nll that drops words, and a second budget adds rows."""
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
         rng = random.Random(0)
@@ -98,7 +98,7 @@ class TestStudentSummary(unittest.TestCase):
                 f.write("\n".join(references) + "\n")
             directory = pipeline.path("eval", split, "translations")
             os.makedirs(directory)
-            for name, kept in (("init_kd", 8), ("word_kd", 5), ("baseline", 3)):
+            for name, kept in (("init_kd", 8), ("word_kd_nll", 5), ("baseline", 3)):
                 with open(os.path.join(directory, f"{name}.txt"), "w") as f:
                     f.write("\n".join(" ".join(r.split()[:kept]) for r in references) + "\n")
         results = os.path.join(tmp.name, "results")
@@ -110,8 +110,8 @@ class TestStudentSummary(unittest.TestCase):
         self.assertEqual(sorted(found["budgets"]), ["1600", "6400"])
         test = found["budgets"]["1600"]["test"]
         self.assertEqual(test["init_kd_bleu"], 100.0)
-        self.assertGreater(test["word_kd_bleu"], test["baseline_bleu"])
-        self.assertEqual(test["init_kd_minus_word_kd"], round(100.0 - test["word_kd_bleu"], 2))
+        self.assertGreater(test["word_kd_nll_bleu"], test["baseline_bleu"])
+        self.assertEqual(test["init_kd_minus_word_kd_nll"], round(100.0 - test["word_kd_nll_bleu"], 2))
         self.assertLess(test["p_value"], 0.05)
         self.assertEqual(test["verdict"], "gain")
         with open(os.path.join(results, "claim_c.md")) as f:
