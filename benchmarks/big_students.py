@@ -35,12 +35,13 @@ evaluation's settings (beam 4; CTranslate2 on one thread) and ``--timing-rounds`
 paired bootstrap against the teacher; greedy (beam 1) for the teacher and the recommended student (the best
 valid BLEU among the students that reach the speed targets, else the best); each student's int8 drop; the
 targets (>= 97% of the teacher's test BLEU, >= 10x the teacher's fairseq speed, >= 3x the teacher's speed in
-the same runtime); RESULTS/students.{md,png} and the students of RESULTS/summary.json.
+the same runtime); RESULTS/students.md, RESULTS/students.png (BLEU and chrF against speed) and the students of RESULTS/summary.json.
 """
 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,7 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import big_teacher  # noqa: E402
 
-from fairseq_kd.evaluate import evaluate, paired_bootstrap, plot, score  # noqa: E402
+from fairseq_kd.evaluate import evaluate, paired_bootstrap, score  # noqa: E402
 from fairseq_kd.io import read_lines, sha256_file, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
 
@@ -195,6 +196,52 @@ def students_table(entries, teacher):
     return "\n".join(lines) + "\n"
 
 
+def students_plot(entries, teachers, path):
+    """BLEU and chrF (test) against speed: every student in every runtime (colour: runtime; marker: student),
+    the teacher in each of its runtimes (red stars); the targets as lines: 97% of the teacher's BLEU, 10x the
+    teacher's speed in fairseq, 3x its speed in CTranslate2 int8. TEACHERS: {name: Record}."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    colours = dict(zip(RUNTIMES, ("tab:blue", "tab:green", "tab:orange", "tab:purple")))
+    students = list(dict.fromkeys(e["student"] for e in entries))
+    markers = dict(zip(students, "os^vDP<>Xph*"))
+    fairseq, int8 = teachers["teacher"], teachers["teacher.ct2_int8"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, metric, label in zip(axes, ("bleu", "chrf"), ("BLEU", "chrF")):
+        for e in entries:
+            ax.scatter(e["sentences_per_s"], e[f"test_{metric}"], color=colours[e["runtime"]],
+                       marker=markers[e["student"]], zorder=3)  # fmt: skip
+        for i, (name, record) in enumerate(teachers.items()):
+            ax.scatter(record.sentences_per_s, getattr(record, metric), color="tab:red", marker="*", s=120, zorder=4)
+            text = "teacher " + runtime_of(name)[1].replace("ct2_", "")
+            ax.annotate(text, (record.sentences_per_s, getattr(record, metric)), fontsize=7, ha="center",
+                        xytext=(0, 8 if i % 2 == 0 else -14), textcoords="offset points")  # fmt: skip
+        ax.axvline(SPEEDUP_FAIRSEQ * fairseq.sentences_per_s, color="0.4", ls="--", lw=0.8)
+        ax.axvline(SPEEDUP_SAME_RUNTIME * int8.sentences_per_s, color="0.4", ls=":", lw=0.8)
+        if metric == "bleu":
+            ax.axhline(BLEU_KEPT * fairseq.bleu, color="0.4", ls="-.", lw=0.8)
+        ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.1)
+        ax.set_xlabel("sentences per second, test, one thread (log scale)")
+        ax.set_ylabel(f"test {label}")
+        ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=r) for r, c in colours.items()]
+    handles += [Line2D([], [], color="0.2", marker=markers[n], ls="", label=n) for n in students]
+    handles += [Line2D([], [], color="0.4", ls="-.", label=f"{BLEU_KEPT:.0%} of the teacher's BLEU"),
+                Line2D([], [], color="0.4", ls="--", label=f"{SPEEDUP_FAIRSEQ:g}x the teacher in fairseq"),
+                Line2D([], [], color="0.4", ls=":", label=f"{SPEEDUP_SAME_RUNTIME:g}x the teacher in CTranslate2 int8")]  # fmt: skip
+    fig.legend(handles=handles, loc="center right", fontsize=8)
+    fig.suptitle("The big teacher's students: quality against speed (beam 4)")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def convert(name, checkpoint, config, out, weights, vmap=False):
     """NAME's CTranslate2 model at WEIGHTS (with the vocabulary map learned from the training split), converted
     once per content of CHECKPOINT."""
@@ -282,7 +329,8 @@ def measure(args, shapes, run_config):
                f"Test split, beam 4, medians of {args.timing_rounds} timings by turns, one thread, the same machine "
                f"in one run; p: sacreBLEU's paired bootstrap against the teacher.\n\n{table}\n"
                f"Greedy (beam 1):\n\n| system | test BLEU | sentences/s |\n|---|---|---|\n{greedy_lines}")  # fmt: skip
-    plot(list(records["test"].values()), os.path.join(args.results, "students.png"))
+    teachers = {n: r for n, r in records["test"].items() if runtime_of(n)[0] == "teacher"}
+    students_plot(entries, teachers, os.path.join(args.results, "students.png"))
     print(table)
 
 

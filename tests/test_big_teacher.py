@@ -81,6 +81,12 @@ class TestStudentSummary(unittest.TestCase):
         self.assertFalse(big_students.meets_targets(entries["6x1.init_kd.ct2_int8"]))  # 8x the teacher in fairseq
         table = big_students.students_table(list(entries.values()), records["teacher"])
         self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 38.95 | 97.4 |", table)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "students.png")
+            teachers = {n: r for n, r in records.items() if n.startswith("teacher")}
+            big_students.students_plot(list(entries.values()), teachers, path)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     def test_claim_c_compares_init_kd_with_word_kd_nll_at_every_budget(self):
         """One row per budget and split, from the pipeline's translations; init_kd against word_kd_nll by the
