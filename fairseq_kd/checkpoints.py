@@ -207,6 +207,8 @@ def _plain(value):
     """Tensors and plain Python containers only: what ``torch.load(weights_only=True)`` accepts."""
     if isinstance(value, argparse.Namespace):
         value = vars(value)
+    if OmegaConf.is_config(value):  # fairseq's loader turns a plain-dict config (an exported model's) into one
+        value = OmegaConf.to_container(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -142,6 +142,17 @@ class TestDistilBERTStudent(TeacherTestCase):
         self.assertEqual(stock.returncode, 0, stock.stderr[-2000:])
         self.assertTrue(hypotheses(with_plugin))
         self.assertEqual(hypotheses(stock.stdout), hypotheses(with_plugin))
+        # an exported model exports again, to fairseq and CTranslate2 (fairseq's loader hands its plain config
+        # back as an OmegaConf one)
+        again, ct2_dir = os.path.join(self.dir, "again.pt"), os.path.join(self.dir, "again.ct2")
+        result = run_console_script("fairseq-kd-export", [exported, again, "--ctranslate2", ct2_dir, "--data", self.data])
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assertTrue(os.path.isfile(os.path.join(ct2_dir, "model.bin")))
+        exported_state = torch.load(exported, map_location="cpu", weights_only=True)
+        again_state = torch.load(again, map_location="cpu", weights_only=True)
+        self.assertEqual(again_state["cfg"]["model"], exported_state["cfg"]["model"])
+        for key, value in exported_state["model"].items():
+            self.assertTrue(torch.equal(again_state["model"][key], value), key)
 
     def test_unequal_widths_learn_a_projection(self):
         arch = tiny_arch(2, 1, decoder_embed_dim=24)  # a randomly initialised student, its decoder wider than the teacher's
