@@ -43,9 +43,9 @@ class Pipeline(RunDir):
     def check_run_dir(self, inputs: bool = True) -> None:
         """A run directory belongs to one set of settings and, with INPUTS, to what its input files hold (the
         teacher, the data-bin, the references, the tokenizer, the transfer set: :func:`input_digests`): a rerun
-        with others (but for RERUN_MAY_CHANGE and a larger budget, RERUN_MAY_RAISE) is refused, and nothing in it is
-        touched. Without INPUTS (the
-        demo's check before it has made the teacher) the settings are checked, not recorded."""
+        with others (but for RERUN_MAY_CHANGE and a larger budget, RERUN_MAY_RAISE) is refused, and nothing in it
+        is touched. Without INPUTS (the demo's check before it has made the teacher) the settings are checked,
+        not recorded."""
         check_config(self.config)
         self.check_budget()
         record = config_record(self.config)
