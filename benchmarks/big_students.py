@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import big_teacher  # noqa: E402
 
 from fairseq_kd.evaluate import evaluate, paired_bootstrap, score  # noqa: E402
-from fairseq_kd.io import read_lines, sha256_file, write_json, write_text  # noqa: E402
+from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
 
 # name: (shape, methods)
@@ -242,30 +242,13 @@ def students_plot(entries, teachers, path):
     plt.close(fig)
 
 
-def convert(name, checkpoint, config, out, weights, vmap=False):
-    """NAME's CTranslate2 model at WEIGHTS (with the vocabulary map learned from the training split), converted
-    once per content of CHECKPOINT."""
-    if not vmap:
-        return big_teacher.ctranslate2(name, checkpoint, config, out, weights)
-    target = os.path.join(out, "models", f"{name}.ct2_{weights}_vmap")
-    digest = sha256_file(checkpoint)
-    stamp = os.path.join(target, "source_sha256.txt")
-    if not (os.path.isfile(stamp) and open(stamp).read().strip() == digest):
-        shutil.rmtree(target, ignore_errors=True)
-        big_teacher.run([os.path.join(big_teacher.BIN, "fairseq-kd-export"), checkpoint, target + ".pt", "--overwrite",
-                         "--ctranslate2", target, "--data", config.data_bin, "--quantization", weights,
-                         "--vocab-map-split", "train"])  # fmt: skip
-        write_text(stamp, digest + "\n")
-    return target
-
-
 def measure(args, shapes, run_config):
     """The deployment measurement of the shapes' seed-1 students against the teacher (see the module's doc)."""
     c = run_config
     out = os.path.join(args.out, "measure")
     systems = {"teacher": c.teacher}
     for weights in ("float32", "int8"):
-        systems[f"teacher.ct2_{weights}"] = convert("teacher", c.teacher, c, out, weights)
+        systems[f"teacher.ct2_{weights}"] = big_teacher.ctranslate2("teacher", c.teacher, c, out, weights)
     shape_of, params, not_measured = {}, {}, []
     for name in shapes:
         shape, methods = SHAPES[name]
@@ -280,9 +263,9 @@ def measure(args, shapes, run_config):
                 continue
             shape_of[name] = shape
             systems[student] = model
-            systems[f"{student}.ct2_float32"] = convert(student, model, c, out, "float32")
-            systems[f"{student}.ct2_int8"] = convert(student, model, c, out, "int8")
-            systems[f"{student}.ct2_int8_vmap"] = convert(student, model, c, out, "int8", vmap=True)
+            systems[f"{student}.ct2_float32"] = big_teacher.ctranslate2(student, model, c, out, "float32")
+            systems[f"{student}.ct2_int8"] = big_teacher.ctranslate2(student, model, c, out, "int8")
+            systems[f"{student}.ct2_int8_vmap"] = big_teacher.ctranslate2(student, model, c, out, "int8", vmap=True)
     vmap = [n for n in systems if n.endswith(".ct2_int8_vmap")]
     records = {}
     for split in ("valid", "test"):

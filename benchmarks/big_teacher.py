@@ -100,16 +100,18 @@ def train_small_teacher(config, out):
     return os.path.join(save_dir, "checkpoint_best.pt")
 
 
-def ctranslate2(name, checkpoint, config, out, weights):
-    """NAME's CTranslate2 model at WEIGHTS (float32 or int8), converted once per content of CHECKPOINT (a
-    teacher still in training is converted again once its best checkpoint changed)."""
-    target = os.path.join(out, "models", f"{name}.ct2_{weights}")
+def ctranslate2(name, checkpoint, config, out, weights, vmap=False):
+    """NAME's CTranslate2 model at WEIGHTS (float32 or int8; with VMAP, with the vocabulary map learned from the
+    training split), converted once per content of CHECKPOINT (a teacher still in training is converted again
+    once its best checkpoint changed)."""
+    target = os.path.join(out, "models", f"{name}.ct2_{weights}" + ("_vmap" if vmap else ""))
     digest = sha256_file(checkpoint)
     stamp = os.path.join(target, "source_sha256.txt")
     if not (os.path.isfile(stamp) and open(stamp).read().strip() == digest):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         run([os.path.join(BIN, "fairseq-kd-export"), checkpoint, os.path.join(out, "models", name + ".pt"), "--overwrite",
-             "--ctranslate2", target + ".tmp", "--data", config.data_bin, "--quantization", weights])  # fmt: skip
+             "--ctranslate2", target + ".tmp", "--data", config.data_bin, "--quantization", weights]
+            + (["--vocab-map-split", "train"] if vmap else []))  # fmt: skip
         write_text(os.path.join(target + ".tmp", "source_sha256.txt"), digest + "\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(target + ".tmp", target)
