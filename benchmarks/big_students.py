@@ -50,6 +50,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import big_teacher  # noqa: E402
+import divergences  # noqa: E402
 
 from fairseq_kd.evaluate import evaluate, paired_bootstrap, score  # noqa: E402
 from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
@@ -92,28 +93,36 @@ def config_for(run_config, shape, seeds, max_update):
     )  # fmt: skip
 
 
+CLAIM_C = ("baseline", "word_kd_nll", "init_kd")
+
+
 def claim_c(pipeline, budget, results):
     """The guide's claim (c) at BUDGET: init_kd (the teacher's layers) against word_kd_nll (the same loss from random
     initialisation), seed 1, on valid and test by sacreBLEU's paired bootstrap (the pipeline's translations),
-    added to RESULTS/claim_c.json (one entry per budget) and written as RESULTS/claim_c.md."""
-    c = pipeline.config
+    added to RESULTS/claim_c.json (one entry per budget) and written as RESULTS/claim_c.md with the students'
+    valid curves (fairseq's estimate at every validation so far)."""
+    translations, references, _ = divergences.read_translations(pipeline, CLAIM_C)
     entry = {}
-    for split in ("valid", "test"):
-        directory = pipeline.path("eval", split, "translations")
-        hypotheses = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in ("baseline", "word_kd_nll", "init_kd")}
-        references = read_lines(os.path.join(c.references, f"{split}.{c.tgt}"))
-        bleu = {n: score(h, references)["bleu"] for n, h in hypotheses.items()}
-        tests, _ = paired_bootstrap(("word_kd_nll", hypotheses["word_kd_nll"]), {"init_kd": hypotheses["init_kd"]}, references)
+    for split, hypotheses in translations.items():
+        bleu = {n: score(h, references[split])["bleu"] for n, h in hypotheses.items()}
+        tests, _ = paired_bootstrap(("word_kd_nll", hypotheses["word_kd_nll"]), {"init_kd": hypotheses["init_kd"]},
+                                    references[split])  # fmt: skip
         entry[split] = {**{f"{n}_bleu": b for n, b in bleu.items()},
                         "init_kd_minus_word_kd_nll": round(bleu["init_kd"] - bleu["word_kd_nll"], 2),
                         "p_value": tests["init_kd"]["bleu"]["p_value"], "verdict": tests["init_kd"]["bleu"]["verdict"]}  # fmt: skip
+    curves = {}  # update: {student: valid BLEU}
+    for name in CLAIM_C:
+        log = pipeline.path("logs", f"{name}.log")
+        for update, _, bleu in valid_curve(log) if os.path.isfile(log) else []:
+            curves.setdefault(update, {})[name] = bleu
     path = os.path.join(results, "claim_c.json")
     found = {"budgets": {}}
     if os.path.exists(path):
         with open(path) as f:
             found = json.load(f)
     found["budgets"][str(budget)] = entry
-    found["shape"] = dataclasses.asdict(c.student)
+    found["valid_curve"] = {str(u): curves[u] for u in sorted(curves)}
+    found["shape"] = dataclasses.asdict(pipeline.config.student)
     found["command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
     write_json(path, found)
     lines = ["| updates | split | baseline | word_kd_nll | init_kd | init_kd - word_kd_nll | p | verdict |", "|" + "---|" * 8]
@@ -121,12 +130,20 @@ def claim_c(pipeline, budget, results):
         for split, e in found["budgets"][updates].items():
             lines.append(f"| {int(updates):,} | {split} | {e['baseline_bleu']:.2f} | {e['word_kd_nll_bleu']:.2f} | "
                          f"{e['init_kd_bleu']:.2f} | {e['init_kd_minus_word_kd_nll']:+.2f} | {e['p_value']} | {e['verdict']} |")  # fmt: skip
+    curve = ["| update | baseline | word_kd_nll | init_kd | init_kd - word_kd_nll |", "|" + "---|" * 5]
+    for update in sorted(curves):
+        row = curves[update]
+        if update % pipeline.config.training.save_interval_updates or not {"word_kd_nll", "init_kd"} <= set(row):
+            continue  # the save interval's validations (the others fall on epoch ends)
+        cells = " | ".join(f"{row[n]:.2f}" if n in row else "" for n in CLAIM_C)
+        curve.append(f"| {update:,} | {cells} | {row['init_kd'] - row['word_kd_nll']:+.2f} |")
     write_text(os.path.join(results, "claim_c.md"),
                "The guide's claim (c) at the big teacher's scale: init_kd (the teacher's sub-network, NLL + word-level "
                "KD) against word_kd_nll (the same loss from random initialisation: nothing else differs) at one shape (6+1 layers, 128 wide), "
                "seed 1, each budget the same students continued (the inverse_sqrt schedule does not depend on the "
                "budget); BLEU by fairseq-kd-evaluate, p: sacreBLEU's paired bootstrap, init_kd against word_kd_nll.\n\n"
-               + "\n".join(lines) + "\n")  # fmt: skip
+               + "\n".join(lines) + "\n\nValid BLEU while training (fairseq's --eval-bleu estimate, beam 4, at every "
+               "save interval; every validation is in claim_c.json):\n\n" + "\n".join(curve) + "\n")  # fmt: skip
 
 
 def write_curves(out, shapes, results):

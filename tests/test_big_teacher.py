@@ -97,8 +97,15 @@ class TestStudentSummary(unittest.TestCase):
         words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
         references = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
         pipeline = mock.Mock()
-        pipeline.config = mock.Mock(references=tmp.name, tgt="en", student=PRESETS["big"]["student"])
+        pipeline.config = mock.Mock(references=tmp.name, tgt="en", student=PRESETS["big"]["student"],
+                                    training=big_students.STUDENT_TRAINING)  # fmt: skip
         pipeline.path = lambda *parts: os.path.join(tmp.name, "run", *parts)
+        os.makedirs(pipeline.path("logs"))
+        for name, bleu in (("init_kd", 40.0), ("word_kd_nll", 30.0)):  # validations at an epoch's end and at 200, 400
+            with open(pipeline.path("logs", f"{name}.log"), "w") as f:
+                for update in (164, 200, 400):
+                    f.write(f"epoch 001 | valid on 'valid' subset | loss 3.1 | nll_loss 2.5 | ppl 5.6 | bleu "
+                            f"{bleu + update / 100} | wps 1 | wpb 1 | bsz 1 | num_updates {update}\n")  # fmt: skip
         for split in ("valid", "test"):
             with open(os.path.join(tmp.name, f"{split}.en"), "w") as f:
                 f.write("\n".join(references) + "\n")
@@ -124,6 +131,9 @@ class TestStudentSummary(unittest.TestCase):
             table = f.read()
         self.assertEqual(table.count("| 1,600 |"), 2)
         self.assertEqual(table.count("| 6,400 |"), 2)
+        self.assertEqual(found["valid_curve"]["164"], {"init_kd": 41.64, "word_kd_nll": 31.64})
+        self.assertIn("| 400 |  | 34.00 | 44.00 | +10.00 |", table)  # the save interval's validations, no baseline log
+        self.assertNotIn("| 164 |", table)
 
 
 class TestStudentCurve(TeacherTestCase):
