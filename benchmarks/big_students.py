@@ -53,7 +53,7 @@ import big_teacher  # noqa: E402
 import divergences  # noqa: E402
 
 from fairseq_kd.evaluate import evaluate, paired_bootstrap, score  # noqa: E402
-from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
+from fairseq_kd.io import write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
 
 # name: (shape, methods)
