@@ -2,7 +2,7 @@
 method with its baseline at the same shape and budget, trained by the distillation pipeline.
 
     python benchmarks/big_students.py --run runs/demo-big --out runs/big-students \
-        --results benchmarks/results/big_teacher [--shapes 6x1,3x1,6x1-w128,6x1-w64] [--seeds 3] [--max-update N]
+        --results benchmarks/results/big_teacher [--shapes 6x1,3x1,6x1-w192,6x1-w128,6x1-w64] [--seeds 3] [--max-update N]
 
 On a run of ``python -m fairseq_kd.demo --preset big`` whose teacher stage is done, one pipeline run
 (``fairseq_kd.pipeline.Pipeline``) per shape of SHAPES into OUT/SHAPE, in the order given, each resuming
@@ -17,8 +17,9 @@ Shapes (Kasai et al. 2021, "Deep Encoder, Shallow Decoder": the decoder's depth 
 
 * ``6x1``: 6 encoder layers, 1 decoder layer, the teacher's width (256, FFN 1,024, 4 heads);
 * ``3x1``: 3 + 1 at the same width;
-* ``6x1-w128`` and ``6x1-w64``: 6 + 1 at half and a quarter of the width (the pruned initialisation: the
-  teacher's sub-network chosen by activation importance; heads of the teacher's head size, 64).
+* ``6x1-w192``, ``6x1-w128`` and ``6x1-w64``: 6 + 1 at three quarters, half and a quarter of the width (the
+  pruned initialisation: the teacher's sub-network chosen by activation importance; heads of the teacher's head
+  size, 64).
 
 ``--max-update N`` sets every student's budget (default 1,600); a rerun with a larger one continues the
 shapes' students from their last checkpoints (the pipeline's raised budget). The ``6x1-w128`` shape also trains
@@ -60,6 +61,7 @@ from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: 
 SHAPES = {
     "6x1": (Shape(6, 1, 256, 1024, 4), ["baseline", "init_kd"]),
     "3x1": (Shape(3, 1, 256, 1024, 4), ["baseline", "init_kd"]),
+    "6x1-w192": (Shape(6, 1, 192, 768, 3), ["baseline", "init_kd"]),
     # and word_kd_nll: the guide's claim (c), init_kd against the same loss from random initialisation, at several budgets
     "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd_nll"]),
     "6x1-w64": (Shape(6, 1, 64, 256, 1), ["baseline", "init_kd"]),
@@ -168,21 +170,23 @@ def runtime_of(name):
     return name, "fairseq"
 
 
-def student_entries(records, shapes, params):
-    """The summary's students: one entry per student and runtime, from the test records ({name: Record}) and
-    the fairseq checkpoints' parameter counts."""
+def student_entries(records, shapes, params, updates):
+    """The summary's students: one entry per student and runtime, from the test records ({name: Record}), the
+    fairseq checkpoints' parameter counts and each shape's budget ({shape: updates})."""
     teacher = records["teacher"]
     entries = []
     for name, record in records.items():
         student, runtime = runtime_of(name)
         if student == "teacher":
             continue
-        shape = shapes[student.split(".")[0]]
+        shape_name = student.split(".")[0]
+        shape = shapes[shape_name]
         same = records[SAME_RUNTIME[runtime]]
         sig = record.significance.get("bleu", {})
         entries.append({
             "name": name, "student": student, "method": student.split(".", 1)[1], "encoder_layers": shape.encoder_layers,
             "decoder_layers": shape.decoder_layers, "embed_dim": shape.embed_dim, "params": params[student],
+            "updates": updates[shape_name],
             "runtime": runtime, "test_bleu": record.bleu, "test_chrf": record.chrf,
             "pct_teacher_bleu": round(100 * record.bleu / teacher.bleu, 1),
             "sentences_per_s": record.sentences_per_s,
@@ -200,14 +204,14 @@ def meets_targets(entry):
 
 
 def students_table(entries, teacher):
-    head = ["student", "runtime", "params", "test BLEU", "% teacher", "p vs teacher", "chrF", "sentences/s",
+    head = ["student", "runtime", "params", "updates", "test BLEU", "% teacher", "p vs teacher", "chrF", "sentences/s",
             "x teacher (fairseq)", "x teacher (same runtime)", "int8 drop", "targets"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append(f"| teacher | fairseq | {teacher.params:,} | {teacher.bleu:.2f} | 100 | | {teacher.chrf:.2f} | "
+    lines.append(f"| teacher | fairseq | {teacher.params:,} | | {teacher.bleu:.2f} | 100 | | {teacher.chrf:.2f} | "
                  f"{teacher.sentences_per_s:.1f} | 1.0 | 1.0 | | |")  # fmt: skip
     for e in entries:
         drop = "" if e["int8_drop"] is None else f"{e['int8_drop']:+.2f}"
-        lines.append(f"| {e['student']} | {e['runtime']} | {e['params']:,} | {e['test_bleu']:.2f} | {e['pct_teacher_bleu']} | "
+        lines.append(f"| {e['student']} | {e['runtime']} | {e['params']:,} | {e['updates']:,} | {e['test_bleu']:.2f} | {e['pct_teacher_bleu']} | "
                      f"{e['p_vs_teacher']} | {e['test_chrf']:.2f} | {e['sentences_per_s']:.1f} | {e['x_teacher_fairseq']} | "
                      f"{e['x_teacher_same_runtime']} | {drop} | {'met' if meets_targets(e) else ''} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -266,9 +270,10 @@ def measure(args, shapes, run_config):
     systems = {"teacher": c.teacher}
     for weights in ("float32", "int8"):
         systems[f"teacher.ct2_{weights}"] = big_teacher.ctranslate2("teacher", c.teacher, c, out, weights)
-    shape_of, params, not_measured = {}, {}, []
+    shape_of, updates, not_measured = {}, {}, []
     for name in shapes:
         shape, methods = SHAPES[name]
+        updates[name] = load_config(os.path.join(args.out, name)).training.max_update
         for method in methods:
             model = os.path.join(args.out, name, "models", f"{method}.pt")
             student = f"{name}.{method}"
@@ -294,7 +299,7 @@ def measure(args, shapes, run_config):
         )  # fmt: skip
         records[split] = {r.name: r for r in found}
     params = {runtime_of(n)[0]: r.params for n, r in records["test"].items() if runtime_of(n)[1] == "fairseq"}
-    entries = student_entries(records["test"], shape_of, params)
+    entries = student_entries(records["test"], shape_of, params, updates)
     valid = records["valid"]
     fast = [
         e for e in entries if e["x_teacher_fairseq"] >= SPEEDUP_FAIRSEQ and e["x_teacher_same_runtime"] >= SPEEDUP_SAME_RUNTIME

@@ -70,7 +70,7 @@ class TestStudentSummary(unittest.TestCase):
         ]}  # fmt: skip
         self.assertEqual(big_students.runtime_of("6x1-w128.init_kd.ct2_int8_vmap"), ("6x1-w128.init_kd", "ct2_int8_vmap"))
         entries = {e["name"]: e for e in big_students.student_entries(records, {"6x1": PRESETS["big"]["student"]},
-                                                                          {"6x1.init_kd": 7_000_000})}  # fmt: skip
+                                                                          {"6x1.init_kd": 7_000_000}, {"6x1": 1600})}  # fmt: skip
         vmap = entries["6x1.init_kd.ct2_int8_vmap"]
         self.assertEqual((vmap["x_teacher_fairseq"], vmap["x_teacher_same_runtime"]), (11.0, 5.5))  # vs the teacher's int8
         self.assertEqual(vmap["pct_teacher_bleu"], 97.4)
@@ -80,7 +80,7 @@ class TestStudentSummary(unittest.TestCase):
         self.assertTrue(big_students.meets_targets(vmap))
         self.assertFalse(big_students.meets_targets(entries["6x1.init_kd.ct2_int8"]))  # 8x the teacher in fairseq
         table = big_students.students_table(list(entries.values()), records["teacher"])
-        self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 38.95 | 97.4 |", table)
+        self.assertIn("| 6x1.init_kd | ct2_int8_vmap | 7,000,000 | 1,600 | 38.95 | 97.4 |", table)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "students.png")
             teachers = {n: r for n, r in records.items() if n.startswith("teacher")}
