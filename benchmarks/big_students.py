@@ -26,7 +26,7 @@ shapes' students from their last checkpoints (the pipeline's raised budget). The
 word_kd_nll: the guide's claim (c), init_kd against word_kd_nll (the same loss, NLL + word-level KD, from random
 initialisation: the two differ in nothing else), compared at every budget it is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued).
 
-Writes RESULTS/students_curve.tsv (update, valid NLL, valid BLEU per student) and, per shape, the pipeline's
+Writes RESULTS/students_curve.{tsv,png} (update, valid NLL, valid BLEU of every student in OUT) and, per shape, the pipeline's
 results (OUT/SHAPE/results.{json,md}) copied to RESULTS/students_SHAPE.{json,md}.
 
 With ``--measure`` (once the shapes' students exist), the deployment measurement instead: the teacher in
@@ -148,18 +148,45 @@ def claim_c(pipeline, budget, results):
                "save interval; every validation is in claim_c.json):\n\n" + "\n".join(curve) + "\n")  # fmt: skip
 
 
-def write_curves(out, shapes, results):
-    """RESULTS/students_curve.tsv: every student's validations so far."""
-    lines = ["shape\tstudent\tupdate\tvalid_nll\tvalid_bleu"]
-    for name in shapes:
+def write_curves(out, results):
+    """RESULTS/students_curve.tsv and .png: the validations so far of every student of every shape in OUT."""
+    lines, curves = ["shape\tstudent\tupdate\tvalid_nll\tvalid_bleu"], {}
+    for name in SHAPES:
         logs = os.path.join(out, name, "logs")
         for log in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
             student = log[: -len(".log")]
             if student in ("export", "pseudolabels", "topk_cache"):
                 continue
-            for update, nll, bleu in valid_curve(os.path.join(logs, log)):
-                lines.append(f"{name}\t{student}\t{update}\t{nll}\t{bleu}")
+            curve = valid_curve(os.path.join(logs, log))
+            if curve:
+                curves.setdefault(name, {})[student] = curve
+            lines.extend(f"{name}\t{student}\t{update}\t{nll}\t{bleu}" for update, nll, bleu in curve)
     write_text(os.path.join(results, "students_curve.tsv"), "\n".join(lines) + "\n")
+    if curves:
+        curves_plot(curves, os.path.join(results, "students_curve.png"))
+
+
+def curves_plot(curves, path):
+    """Valid BLEU (fairseq's estimate) against updates, one panel per shape. CURVES: {shape: {student: curve}}."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (shape, students) in zip(axes[0], curves.items()):
+        for student, curve in sorted(students.items()):
+            ax.plot([u for u, _, _ in curve], [b for _, _, b in curve], marker=".", label=student)
+        ax.set_title(shape)
+        ax.set_xlabel("updates")
+        ax.set_ylabel("valid BLEU (fairseq --eval-bleu)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("The big teacher's students: valid BLEU while training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def runtime_of(name):
@@ -381,7 +408,7 @@ def main():
     for name in shapes:
         print(f"== {name}", flush=True)
         pipelines[name].run()
-        write_curves(args.out, shapes, args.results)
+        write_curves(args.out, args.results)
         for ext in ("json", "md"):
             shutil.copyfile(
                 os.path.join(args.out, name, f"results.{ext}"), os.path.join(args.results, f"students_{name}.{ext}")

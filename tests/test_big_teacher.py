@@ -135,6 +135,25 @@ class TestStudentSummary(unittest.TestCase):
         self.assertIn("| 400 |  | 34.00 | 44.00 | +10.00 |", table)  # the save interval's validations, no baseline log
         self.assertNotIn("| 164 |", table)
 
+    def test_curves_of_every_shape_in_the_work_directory(self):
+        """A run of one shape rewrites the curves of all: the other shapes' students stay in the file."""
+        with tempfile.TemporaryDirectory() as tmp:
+            out, results = os.path.join(tmp, "out"), os.path.join(tmp, "results")
+            os.makedirs(results)
+            for shape, student in (("6x1", "init_kd"), ("6x1-w128", "baseline"), ("6x1-w128", "export")):
+                os.makedirs(os.path.join(out, shape, "logs"), exist_ok=True)
+                with open(os.path.join(out, shape, "logs", f"{student}.log"), "w") as f:
+                    f.write("epoch 001 | valid on 'valid' subset | loss 3.1 | nll_loss 2.5 | ppl 5.6 | bleu 12.5 | "
+                            "wps 1 | wpb 1 | bsz 1 | num_updates 200\n")  # fmt: skip
+            big_students.write_curves(out, results)
+            with open(os.path.join(results, "students_curve.tsv")) as f:
+                rows = [line.split("\t") for line in f.read().splitlines()]
+            self.assertEqual(
+                rows[1:], [["6x1", "init_kd", "200", "2.5", "12.5"], ["6x1-w128", "baseline", "200", "2.5", "12.5"]]
+            )
+            with open(os.path.join(results, "students_curve.png"), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
 
 class TestStudentCurve(TeacherTestCase):
     def test_valid_bleu_logged_while_training_is_the_evaluations_bleu(self):
