@@ -42,9 +42,7 @@ the same runtime); RESULTS/students.md, RESULTS/students.png (BLEU and chrF agai
 import argparse
 import dataclasses
 import json
-import logging
 import os
-import re
 import shutil
 import sys
 
@@ -53,9 +51,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import big_teacher  # noqa: E402
 import divergences  # noqa: E402
 
-from fairseq_kd.evaluate import evaluate, paired_bootstrap, score  # noqa: E402
+from fairseq_kd.evaluate import evaluate, paired_bootstrap, pyplot, score  # noqa: E402
 from fairseq_kd.io import write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
+from fairseq_kd.runs import validations  # noqa: E402
 
 # name: (shape, methods)
 SHAPES = {
@@ -76,14 +75,12 @@ RUNTIMES = ("fairseq", "ct2_float32", "ct2_int8", "ct2_int8_vmap")
 SAME_RUNTIME = {"fairseq": "teacher", "ct2_float32": "teacher.ct2_float32", "ct2_int8": "teacher.ct2_int8",
                 "ct2_int8_vmap": "teacher.ct2_int8"}  # fmt: skip
 BLEU_KEPT, SPEEDUP_FAIRSEQ, SPEEDUP_SAME_RUNTIME = 0.97, 10.0, 3.0
-VALID_LINE = re.compile(r"valid on 'valid' subset \| .*?\| nll_loss ([\d.]+) .*?\| bleu ([\d.]+) .*?\| num_updates (\d+)")
 
 
 def valid_curve(log_path):
     """[(update, valid NLL in bits, valid BLEU)] of every validation that a fairseq-train log with
     --eval-bleu reports."""
-    with open(log_path, errors="replace") as f:
-        return [(int(m[3]), float(m[1]), float(m[2])) for m in VALID_LINE.finditer(f.read())]
+    return [(int(v["num_updates"]), v["nll_loss"], v["bleu"]) for v in validations(log_path) if "bleu" in v]
 
 
 def config_for(run_config, shape, seeds, max_update):
@@ -168,12 +165,7 @@ def write_curves(out, results):
 
 def curves_plot(curves, path):
     """Valid BLEU (fairseq's estimate) against updates, one panel per shape. CURVES: {shape: {student: curve}}."""
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for ax, (shape, students) in zip(axes[0], curves.items()):
         for student, curve in sorted(students.items()):
@@ -248,11 +240,7 @@ def students_plot(entries, teachers, path):
     """BLEU and chrF (test) against speed: every student in every runtime (colour: runtime; marker: student),
     the teacher in each of its runtimes (red stars); the targets as lines: 97% of the teacher's BLEU, 10x the
     teacher's speed in fairseq, 3x its speed in CTranslate2 int8. TEACHERS: {name: Record}."""
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     colours = dict(zip(RUNTIMES, ("tab:blue", "tab:green", "tab:orange", "tab:purple")))

@@ -27,7 +27,6 @@ the same function), RESULTS/teachers_{valid,test}.{json,md} and the curve. Every
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,13 +34,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fairseq_kd.demo.presets import PRESETS  # noqa: E402
-from fairseq_kd.evaluate import Settings, evaluate  # noqa: E402
+from fairseq_kd.evaluate import Settings, evaluate, pyplot  # noqa: E402
 from fairseq_kd.io import sha256_file, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import load_config  # noqa: E402
-from fairseq_kd.runs import checkpoint_updates  # noqa: E402
+from fairseq_kd.runs import checkpoint_updates, validations  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
-VALID_LINE = re.compile(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss ([\d.]+) .*\| num_updates (\d+)")
 
 
 def run(cmd):
@@ -51,16 +49,11 @@ def run(cmd):
 
 def valid_curve(log_path):
     """[(update, valid NLL in bits)] of every validation in a fairseq-train log, in order."""
-    with open(log_path, errors="replace") as f:
-        return [(int(m[2]), float(m[1])) for m in VALID_LINE.finditer(f.read())]
+    return [(int(v["num_updates"]), v["nll_loss"]) for v in validations(log_path)]
 
 
 def write_curve(curve, results, patience):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     best = min(curve, key=lambda point: point[1])
     lines = ["update\tvalid_nll_bits"] + [f"{u}\t{nll}" for u, nll in curve]
     write_text(os.path.join(results, "teacher_valid.tsv"), "\n".join(lines) + "\n")

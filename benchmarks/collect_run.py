@@ -16,6 +16,11 @@ import json
 import os
 import re
 import shutil
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fairseq_kd.runs import validations  # noqa: E402
 
 FILES = {
     "demo.json": "demo.json",
@@ -74,11 +79,10 @@ def collect(run, dest):
     rows = ["student\tnum_updates\tvalid_nll_loss (base 2, against the references)"]
     for path in sorted(glob.glob(os.path.join(run, "logs", "*.log"))):
         name = os.path.basename(path)[: -len(".log")]
-        with open(path, errors="replace") as f:
-            last = [m.group(1) for m in map(VALID.search, f.read().splitlines()) if m]
-        if last and name != "teacher":
-            fields = dict(re.findall(r"(\w+) ([\d.]+)", last[-1]))
-            rows.append(f"{name}\t{fields.get('num_updates', '')}\t{fields.get('nll_loss', '')}")
+        found = validations(path)
+        if found and name != "teacher":
+            last = found[-1]
+            rows.append(f"{name}\t{last['num_updates']:.0f}\t{last['nll_loss']:g}")
     if len(rows) > 1:
         _write(dest, "students_valid.tsv", rows, written)
     return written

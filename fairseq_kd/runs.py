@@ -198,6 +198,18 @@ def disk_full(output: str) -> Optional[str]:
     return None
 
 
+_VALIDATION = re.compile(r"valid on 'valid' subset \| (.*)$", re.MULTILINE)
+_FIELD = re.compile(r"(\w+) (-?[\d.]+(?:e[-+]?\d+)?|inf|nan)(?: \||$)")
+
+
+def validations(log_path: str) -> List[Dict[str, float]]:
+    """The fields of every validation a fairseq-train log reports, in order: {"loss", "nll_loss", "ppl", "bleu"
+    (with --eval-bleu), "num_updates", ...: value}, the numbers of fairseq's "valid on 'valid' subset | NAME VALUE
+    | ..." lines (the losses in bits)."""
+    with open(log_path, errors="replace") as f:
+        return [{k: float(v) for k, v in _FIELD.findall(m.group(1))} for m in _VALIDATION.finditer(f.read())]
+
+
 def last_update(log_path: str) -> Optional[int]:
     """The last number of updates a fairseq-train log reports."""
     with open(log_path, errors="replace") as f:
@@ -267,11 +279,12 @@ class RunDir:
         return self.path("stages", re.sub(r"[^\w.-]+", "_", stage) + ".done")
 
     def stage(self, name: str, fn: Callable[..., Any], *args: Any, key: Any = None, outputs: Sequence[str] = (),
-              remake: bool = True) -> None:  # fmt: skip
+              remake: bool = True, again: str = "done again") -> None:  # fmt: skip
         """Runs FN(*ARGS) unless a rerun finds stage NAME finished (with the same KEY, when one is given: what the
         stage's result depends on besides the run's settings) and its OUTPUTS (paths) all there. A finished stage
         whose result was deleted is done again, the log naming what was missing; with REMAKE false (a stage
-        whose remade result could differ from what later stages were made of) that is refused in one line."""
+        whose remade result could differ from what later stages were made of) that is refused in one line.
+        AGAIN: what the log says FN does for a stage finished with another KEY."""
         marker = self.done_marker(name)
         missing = [path for path in outputs if not os.path.exists(path)]
         if is_done(marker, key) and not missing:
@@ -285,7 +298,7 @@ class RunDir:
         if is_done(marker, key):
             log(f"{name}: done earlier, but {', '.join(missing)} is missing: done again")
         elif os.path.exists(marker):
-            log(f"{name}: done earlier with other inputs ({short(marker_key(marker))} then, {short(key)} now): done again")
+            log(f"{name}: done earlier with other inputs ({short(marker_key(marker))} then, {short(key)} now): {again}")
         log(f"{name} ...")
         start = time.time()
         fn(*args)

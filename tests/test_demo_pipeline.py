@@ -271,11 +271,14 @@ class TestPieces(unittest.TestCase):
             first = parameters(short)
             longer = pipeline("continued", 12)
             longer.check_run_dir()
-            longer.student_stage("word_kd", 1)
+            with mock.patch("fairseq_kd.runs.log") as logged:
+                longer.student_stage("word_kd", 1)
             straight = pipeline("straight", 12)
             straight.check_run_dir()
             straight.student_stage("word_kd", 1)
         self.assertEqual(checkpoint_updates(longer.path("students", "word_kd", "checkpoint_last.pt")), 12)
+        self.assertIn('student word_kd: done earlier with other inputs ({"budget": 6} then, {"budget": 12} now): '
+                      "continued from its last checkpoint", [c.args[0] for c in logged.call_args_list])  # fmt: skip
         continued, expected = parameters(longer), parameters(straight)
         self.assertFalse(all(torch.equal(first[k], continued[k]) for k in first))
         for key in expected:

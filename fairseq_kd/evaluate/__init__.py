@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from fairseq.data import Dictionary
 
 from ..io import run_lock
-from .report import Record, plot, results_table, seed_summary, write_report
+from .report import Record, plot, pyplot, results_table, seed_summary, write_report
 from .scores import SIGNIFICANCE, paired_bootstrap, score, verdict
 from .systems import (
     EvaluationError,
@@ -62,7 +62,7 @@ from .translation import (
 __all__ = [
     "MAX_BEAM", "MAX_LEN_A", "POST_PROCESSING", "SIGNIFICANCE", "EvaluationError", "Record", "Settings", "Source",
     "System", "check_detokenized", "check_dictionaries", "count_parameters", "detect_post_process", "evaluate",
-    "inspect_system", "load_source", "paired_bootstrap", "parse_systems", "plot", "results_table", "score",
+    "inspect_system", "load_source", "paired_bootstrap", "parse_systems", "plot", "pyplot", "results_table", "score",
     "seed_summary", "translate_system", "use_vmap", "verdict",
 ]  # fmt: skip
 

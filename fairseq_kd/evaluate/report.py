@@ -97,16 +97,23 @@ def write_report(out_dir: str, records: List[Record], source: Source, settings: 
         print("\n" + table + f"({note})", flush=True)
 
 
-def plot(records: List[Record], path: str, highlight: Sequence[str] = ("teacher",)) -> None:
-    """BLEU against speed (log scale), one labelled point per system; labels placed by adjustText so that
-    they overlap neither each other nor the points."""
-    # here, not at the top: matplotlib logs at its import, so its logger is quieted first, and its backend
-    # is chosen before pyplot is imported
+def pyplot():
+    """matplotlib.pyplot, drawing to files (the Agg backend). Imported here, not at the top of a module:
+    matplotlib logs at its import, so its logger is quieted first, and its backend is chosen before pyplot is
+    imported."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(records: List[Record], path: str, highlight: Sequence[str] = ("teacher",)) -> None:
+    """BLEU against speed (log scale), one labelled point per system; labels placed by adjustText so that
+    they overlap neither each other nor the points."""
+    plt = pyplot()
     from adjustText import adjust_text
 
     logging.getLogger("adjustText").setLevel(logging.WARNING)

@@ -12,17 +12,14 @@ The functions here are pure: they map tensor names and validate shapes, and
 """
 
 import logging
-import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
 from ..io import UserError
-from .width_pruning import WidthSelection, sliced_tensors
+from .width_pruning import LAYER_KEY, WidthSelection, sliced_tensors
 
 logger = logging.getLogger(__name__)
-
-_LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
 # Widths a student may narrow (fairseq_kd.models.width_pruning): without a width selection they must be
 # equal. Heads do not change any tensor's shape, so only a check of the configuration catches them.
@@ -166,7 +163,7 @@ def teacher_key_map(student_keys: Iterable[str], layer_maps: Dict[str, List[int]
     ``{stack}.layers.{layer_maps[stack][i]}.*``, every other tensor from the same name."""
     mapping = {}
     for key in student_keys:
-        match = _LAYER_KEY.match(key)
+        match = LAYER_KEY.match(key)
         if match:
             stack, i, rest = match[1], int(match[2]), match[3]
             mapping[key] = f"{stack}.layers.{layer_maps[stack][i]}.{rest}"
@@ -206,7 +203,7 @@ def init_student_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module
                 )
     else:
         values = sliced_tensors(student_state, teacher_state, mapping, selection)
-    unused = [k for k in teacher_state if not _LAYER_KEY.match(k) and k not in mapping.values()]
+    unused = [k for k in teacher_state if not LAYER_KEY.match(k) and k not in mapping.values()]
     if unused:
         raise StudentInitError(f"the teacher's {unused[0]!r} has no counterpart in the student: the architectures differ")
 

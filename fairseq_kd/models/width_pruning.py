@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 SELECTIONS = ("importance", "uniform")
 
-_LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+# a layer's parameter: (stack, layer index, the rest of its name)
+LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
 
 class WidthError(UserError):
@@ -305,7 +306,7 @@ def inner(heads: torch.Tensor, dims: torch.Tensor, head_dim: int) -> torch.Tenso
 def axes(student_key: str, teacher_key: str, selection: "WidthSelection") -> Tuple[List[Optional[torch.Tensor]], float]:
     """The index along each axis of teacher tensor *teacher_key* that student tensor *student_key* keeps
     (None: the whole axis), and the factor its values are multiplied by."""
-    match = _LAYER_KEY.match(teacher_key)
+    match = LAYER_KEY.match(teacher_key)
     stack = student_key.split(".")[0]
     stream = selection.channels[stack]
     if not match:

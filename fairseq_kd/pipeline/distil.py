@@ -230,7 +230,7 @@ class Pipeline(RunDir):
         """Student NAME with SEED trained and exported, unless it was for this budget (a raised one continues it)."""
         run = name if seed == 1 else f"{name}.seed{seed}"
         self.stage(f"student {run}", self.student, name, seed, key={"budget": self.budget},
-                   outputs=[self.path("models", f"{run}.pt")])  # fmt: skip
+                   outputs=[self.path("models", f"{run}.pt")], again="continued from its last checkpoint")  # fmt: skip
 
     def student(self, name: str, seed: int) -> None:
         method = M.get(name)
