@@ -24,7 +24,11 @@ Shapes (Kasai et al. 2021, "Deep Encoder, Shallow Decoder": the decoder's depth 
 ``--max-update N`` sets every student's budget (default 1,600); a rerun with a larger one continues the
 shapes' students from their last checkpoints (the pipeline's raised budget). The ``6x1-w128`` shape also trains
 word_kd_nll: the guide's claim (c), init_kd against word_kd_nll (the same loss, NLL + word-level KD, from random
-initialisation: the two differ in nothing else), compared at every budget it is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued).
+initialisation: the two differ in nothing else), compared at every budget it is run with (RESULTS/claim_c.{json,md}: x1, x2, x4 ... of the first budget, the same students continued);
+and the sequence-level recipes, init_seq_kd and seq_kd (NLL on the teacher's beam translations of the training
+sources, made once by the pipeline's pseudo-label stage, from the teacher's layers and from random
+initialisation). Hybrid (interpolation + word-level KD) is not trained: at 6,400 updates it costs as much as
+init_kd (the teacher in every step), and its word-level part is what word_kd_nll measures.
 
 Writes RESULTS/students_curve.{tsv,png} (update, valid NLL, valid BLEU of every student in OUT) and, per shape, the pipeline's
 results (OUT/SHAPE/results.{json,md}) copied to RESULTS/students_SHAPE.{json,md}.
@@ -61,8 +65,10 @@ SHAPES = {
     "6x1": (Shape(6, 1, 256, 1024, 4), ["baseline", "init_kd"]),
     "3x1": (Shape(3, 1, 256, 1024, 4), ["baseline", "init_kd"]),
     "6x1-w192": (Shape(6, 1, 192, 768, 3), ["baseline", "init_kd"]),
-    # and word_kd_nll: the guide's claim (c), init_kd against the same loss from random initialisation, at several budgets
-    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd_nll"]),
+    # and word_kd_nll: the guide's claim (c), init_kd against the same loss from random initialisation, at several
+    # budgets; and the sequence-level recipes that compete with init_kd (on the teacher's beam translations of the
+    # training sources, from the teacher's layers and from random initialisation)
+    "6x1-w128": (Shape(6, 1, 128, 512, 2), ["baseline", "init_kd", "word_kd_nll", "init_seq_kd", "seq_kd"]),
     "6x1-w64": (Shape(6, 1, 64, 256, 1), ["baseline", "init_kd"]),
 }
 # the methods every shape's measurement needs (the others are measured once trained)
@@ -332,23 +338,33 @@ def measure(args, shapes, run_config):
     summary_path = os.path.join(args.results, "summary.json")
     with open(summary_path) as f:
         summary = json.load(f)
+    # the teacher's speeds that the students' speed-ups are computed against: measured by turns with theirs (the
+    # teacher's own "sentences_per_s" come from benchmarks/big_teacher.py's run)
+    summary["teacher"]["sentences_per_s_with_the_students"] = {
+        "fairseq": teacher.sentences_per_s, "ctranslate2_float32": records["test"]["teacher.ct2_float32"].sentences_per_s,
+        "ctranslate2_int8": records["test"]["teacher.ct2_int8"].sentences_per_s,
+    }  # fmt: skip
     summary["students"] = entries
     summary["recommended"] = {"name": recommended["name"], "chosen_on": "valid BLEU, among the students that reach "
                               "the speed targets", "meets_targets": meets_targets(recommended)}  # fmt: skip
     summary["targets"] = {"bleu_kept": BLEU_KEPT, "x_teacher_fairseq": SPEEDUP_FAIRSEQ,
                           "x_teacher_same_runtime": SPEEDUP_SAME_RUNTIME,
                           "met_by": [e["name"] for e in entries if meets_targets(e)]}  # fmt: skip
-    summary["greedy"] = [{"name": r.name, "test_bleu": r.bleu, "sentences_per_s": r.sentences_per_s} for r in greedy]
+    summary["greedy"] = [{"name": r.name, "test_bleu": r.bleu, "sentences_per_s": r.sentences_per_s,
+                          "p_vs_teacher_greedy": r.significance.get("bleu", {}).get("p_value"),
+                          "verdict_vs_teacher_greedy": r.significance.get("bleu", {}).get("verdict")} for r in greedy]  # fmt: skip
     summary["students_command"] = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
     summary["students_timing_rounds"] = args.timing_rounds
     summary["not_measured"] = not_measured
     write_json(summary_path, summary)
     table = students_table(entries, teacher)
-    greedy_lines = "".join(f"| {r.name} | {r.bleu:.2f} | {r.sentences_per_s:.1f} |\n" for r in greedy)
+    greedy_lines = "".join(f"| {g['name']} | {g['test_bleu']:.2f} | {g['sentences_per_s']:.1f} | "
+                           f"{g['p_vs_teacher_greedy'] or ''} | {g['verdict_vs_teacher_greedy'] or ''} |\n" for g in summary["greedy"])  # fmt: skip
     write_text(os.path.join(args.results, "students.md"),
                f"Test split, beam 4, medians of {args.timing_rounds} timings by turns, one thread, the same machine "
                f"in one run; p: sacreBLEU's paired bootstrap against the teacher.\n\n{table}\n"
-               f"Greedy (beam 1):\n\n| system | test BLEU | sentences/s |\n|---|---|---|\n{greedy_lines}")  # fmt: skip
+               f"Greedy (beam 1; p: paired bootstrap against the teacher's greedy translations in fairseq):\n\n"
+               f"| system | test BLEU | sentences/s | p | verdict |\n|---|---|---|---|---|\n{greedy_lines}")  # fmt: skip
     teachers = {n: r for n, r in records["test"].items() if runtime_of(n)[0] == "teacher"}
     students_plot(entries, teachers, os.path.join(args.results, "students.png"))
     print(table)
