@@ -1,4 +1,5 @@
-"""Hugging Face MarianMT (OPUS-MT) models as fairseq teachers, and fairseq students as MarianMT models.
+"""Hugging Face MarianMT (OPUS-MT) and FSMT models as fairseq teachers, and fairseq students as MarianMT or
+M2M100 models.
 
 ``fairseq-kd-import-hf MODEL_DIR OUT`` reads a local ``save_pretrained`` directory of a ``MarianMTModel`` (its
 ``config.json``, weights, ``vocab.json`` and, when there, ``source.spm`` and ``target.spm``) and writes OUT/
@@ -29,20 +30,22 @@ Refused, each in one line naming the setting: separate source and target vocabul
 (``share_encoder_decoder_embeddings`` false), a non-zero ``final_logits_bias``, an activation other than
 relu, gelu and swish, and a vocabulary without Marian's special symbols.
 
-``fairseq-kd-export STUDENT OUT.pt --huggingface DIR`` (:func:`export_marian`) goes the other way: a post-norm
-fairseq transformer with one joint vocabulary becomes a MarianMT directory that
-transformers loads and ``generate()`` runs, and ``ct2-transformers-converter`` converts. The vocabulary is
-the dictionary in OPUS-MT's layout (``<pad>`` moved last, the others in fairseq's order); decoding starts from
-``</s>``, as in fairseq; the positions are fairseq's table (sinusoidal or learned), written into ``model.safetensors``, which
-transformers then loads instead of computing Marian's own; the tokenizer is MarianTokenizer over the data's
-sentencepiece model. The generation defaults are fairseq's: beam 4 as the evaluation, no ``<pad>``, at least
-one token before ``</s>``. Refused in one line: a pre-norm model (MarianMT is post-norm; its pre-norm relative
-is M2M100, whose generation needs language tokens), a layer norm on the embeddings, separate source and
-target dictionaries, different encoder and decoder widths. Separate source, target and output embeddings
-(a student of an imported OPUS-MT teacher has them) stay separate. CTranslate2's converter for MarianMT
-starts the decoder from a zero vector (OPUS-MT's ``<pad>`` row) where fairseq starts from ``</s>``'s
-embedding: a student converted that way translates a little differently from the fairseq one; convert it
-from fairseq (``fairseq-kd-export --ctranslate2``) to keep its translations.
+``fairseq-kd-export STUDENT OUT.pt --huggingface DIR`` (:func:`export_huggingface`) goes the other way: a
+fairseq transformer with one joint vocabulary becomes a transformers directory that ``generate()`` runs and
+``ct2-transformers-converter`` converts. A post-norm one becomes MarianMT: the vocabulary in OPUS-MT's layout
+(``<pad>`` moved last, the others in fairseq's order), decoding from ``</s>`` as in fairseq, the positions
+fairseq's table (sinusoidal or learned) written into ``model.safetensors``, which transformers then loads
+instead of computing Marian's own; separate source, target and output embeddings (a student of an imported
+OPUS-MT teacher has them) stay separate. A pre-norm one becomes M2M100, fairseq's pre-norm transformer: the
+vocabulary in fairseq's layout, fairseq's sinusoids, one embedding matrix, decoding from ``</s>`` with no
+language token. The tokenizer is MarianTokenizer over the data's sentencepiece model; the generation defaults
+are fairseq's: beam 4 as the evaluation, no ``<pad>``, at least one token before ``</s>``. Refused in one line
+(:func:`hf_architecture`, :func:`check_exportable`): a model pre-norm on one side only, a layer norm on the
+embeddings, separate source and target dictionaries, different encoder and decoder widths; for M2M100 also
+learned positions, no final decoder layer norm and separate embedding matrices. CTranslate2's converter for
+MarianMT starts the decoder from a zero vector (OPUS-MT's ``<pad>`` row) where fairseq starts from ``</s>``'s
+embedding: a post-norm student converted that way translates a little differently from the fairseq one;
+convert it from fairseq (``fairseq-kd-export --ctranslate2``) to keep its translations.
 """
 
 import json
@@ -303,40 +306,87 @@ def _setting(model_cfg: Any, name: str, default: Any = None) -> Any:
     return model_cfg.get(name, default) if hasattr(model_cfg, "get") else getattr(model_cfg, name, default)
 
 
+def hf_architecture(model_cfg: Any) -> str:
+    """The transformers model a fairseq transformer's settings become: "marian" (MarianMT) for a post-norm one,
+    "m2m_100" (M2M100) for a pre-norm one; refuses what neither represents, in one line."""
+
+    def value(name: str, default: Any = None) -> Any:
+        return _setting(model_cfg, name, default)
+
+    encoder, decoder = bool(value("encoder_normalize_before")), bool(value("decoder_normalize_before"))
+    if encoder != decoder:
+        pre, post = ("encoder", "decoder") if encoder else ("decoder", "encoder")
+        raise HFExportError(
+            f"the student was trained with --{pre}-normalize-before but not --{post}-normalize-before: MarianMT is "
+            "post-norm and M2M100 pre-norm throughout (export it to fairseq or CTranslate2)"
+        )
+    if value("layernorm_embedding"):
+        raise HFExportError(
+            "the student was trained with --layernorm-embedding: neither MarianMT nor M2M100 has a layer norm on "
+            "its embeddings (export it to fairseq or CTranslate2)"
+        )
+    if value("encoder_embed_dim") != value("decoder_embed_dim"):
+        raise HFExportError("the student's encoder and decoder widths differ: MarianMT and M2M100 have one d_model")
+    if value("no_token_positional_embeddings") or value("adaptive_softmax_cutoff"):
+        raise HFExportError("the student has no positions or an adaptive softmax: MarianMT and M2M100 have neither")
+    activation = value("activation_fn", "relu")
+    if activation not in ("relu", "gelu", "swish"):
+        raise HFExportError(f"--activation-fn {activation}: the export here takes relu, gelu and swish")
+    if not encoder:
+        return "marian"
+    for stack in ("encoder", "decoder"):
+        if value(f"{stack}_learned_pos"):
+            raise HFExportError(
+                f"the student was trained with --{stack}-learned-pos: M2M100, the pre-norm transformer of "
+                "transformers, computes fairseq's sinusoids and has no learned table (export it to fairseq or CTranslate2)"
+            )
+    if value("no_decoder_final_norm"):
+        raise HFExportError("the student was trained with --no-decoder-final-norm: M2M100's decoder has its final layer norm")
+    return "m2m_100"
+
+
 def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int, shared: bool = True, tied: bool = True) -> Any:
-    """The MarianConfig of a fairseq transformer's settings (SHARED: one matrix for the source and target
-    embeddings; TIED: the output layer is the target embeddings); refuses what MarianMT cannot represent."""
+    """The MarianConfig of a post-norm fairseq transformer's settings (SHARED: one matrix for the source and
+    target embeddings; TIED: the output layer is the target embeddings)."""
     from transformers import MarianConfig  # here, not at the top: an optional dependency (the [hf] extra)
 
     def value(name: str, default: Any = None) -> Any:
         return _setting(model_cfg, name, default)
 
-    for flag, name in (("--encoder-normalize-before", "encoder_normalize_before"),
-                       ("--decoder-normalize-before", "decoder_normalize_before"),
-                       ("--layernorm-embedding", "layernorm_embedding")):  # fmt: skip
-        if value(name):
-            raise HFExportError(
-                f"the student was trained with {flag}: MarianMT is post-norm without a layer norm on its embeddings "
-                "(export it to fairseq or CTranslate2)"
-            )
-    if value("encoder_embed_dim") != value("decoder_embed_dim"):
-        raise HFExportError("the student's encoder and decoder widths differ: MarianMT has one d_model")
-    if value("no_token_positional_embeddings") or value("adaptive_softmax_cutoff"):
-        raise HFExportError("the student has no positions or an adaptive softmax: MarianMT has neither")
-    activation = value("activation_fn", "relu")
-    if activation not in ("relu", "gelu", "swish"):
-        raise HFExportError(f"--activation-fn {activation}: MarianMT's export here takes relu, gelu and swish")
     positions = min(value("max_source_positions", 1024), value("max_target_positions", 1024))
     return MarianConfig(
         vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=value("encoder_embed_dim"),
         encoder_layers=value("encoder_layers"), decoder_layers=value("decoder_layers"),
         encoder_attention_heads=value("encoder_attention_heads"), decoder_attention_heads=value("decoder_attention_heads"),
         encoder_ffn_dim=value("encoder_ffn_embed_dim"), decoder_ffn_dim=value("decoder_ffn_embed_dim"),
-        activation_function=activation, max_position_embeddings=positions,
+        activation_function=value("activation_fn", "relu"), max_position_embeddings=positions,
         pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
         scale_embedding=not value("no_scale_embedding"), dropout=value("dropout", 0.1),
         attention_dropout=value("attention_dropout", 0.0), activation_dropout=value("activation_dropout", 0.0),
         share_encoder_decoder_embeddings=shared, tie_word_embeddings=tied,
+    )  # fmt: skip
+
+
+def m2m100_config(model_cfg: Any, dictionary: Dictionary) -> Any:
+    """The M2M100Config of a pre-norm fairseq transformer's settings: fairseq's own vocabulary layout (M2M100's ids
+    are fairseq's), one embedding matrix for the source, the target and the output, decoding from ``</s>``, no
+    language token forced."""
+    from transformers import M2M100Config  # here, not at the top: an optional dependency (the [hf] extra)
+
+    def value(name: str, default: Any = None) -> Any:
+        return _setting(model_cfg, name, default)
+
+    return M2M100Config(
+        vocab_size=len(dictionary), d_model=value("encoder_embed_dim"), encoder_layers=value("encoder_layers"),
+        decoder_layers=value("decoder_layers"), encoder_attention_heads=value("encoder_attention_heads"),
+        decoder_attention_heads=value("decoder_attention_heads"), encoder_ffn_dim=value("encoder_ffn_embed_dim"),
+        decoder_ffn_dim=value("decoder_ffn_embed_dim"), activation_function=value("activation_fn", "relu"),
+        max_position_embeddings=min(value("max_source_positions", 1024), value("max_target_positions", 1024)),
+        pad_token_id=dictionary.pad(), bos_token_id=dictionary.bos(), eos_token_id=dictionary.eos(),
+        decoder_start_token_id=dictionary.eos(), forced_bos_token_id=None, scale_embedding=not value("no_scale_embedding"),
+        dropout=value("dropout", 0.1), attention_dropout=value("attention_dropout", 0.0),
+        activation_dropout=value("activation_dropout", 0.0), encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+        tie_word_embeddings=True,
     )  # fmt: skip
 
 
@@ -384,49 +434,96 @@ def marian_state(state: Dict[str, torch.Tensor], model_cfg: Any, config: Any, pa
     return out
 
 
-def export_marian(student_path: str, data_bin: str, out_dir: str, src: str, tgt: str, spm_model: Optional[str] = None,
-                  target_spm_model: Optional[str] = None) -> None:  # fmt: skip
-    """Writes OUT_DIR as a MarianMT directory (weights, config, generation config, vocab.json, and with
-    SPM_MODEL, the data's sentencepiece model (TARGET_SPM_MODEL, where the target side has its own),
-    MarianTokenizer's files) from an exported fairseq student."""
-    from safetensors.torch import load_file, save_file  # here, not at the top: optional dependencies
-    from transformers import GenerationConfig, MarianMTModel, MarianTokenizer
+def m2m100_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An M2M100ForConditionalGeneration's state dict from a pre-norm fairseq transformer's (whose names M2M100's
+    are, under ``model.``; the positions are sinusoids that M2M100 computes)."""
+    shared = state["encoder.embed_tokens.weight"].clone()
+    out = {"model.shared.weight": shared, "model.encoder.embed_tokens.weight": shared,
+           "model.decoder.embed_tokens.weight": shared, "lm_head.weight": shared}  # fmt: skip
+    for key, value in state.items():
+        if key.startswith(("encoder.layers.", "decoder.layers.", "encoder.layer_norm.", "decoder.layer_norm.")):
+            out["model." + key] = value.clone()
+    return out
 
-    state = load_checkpoint(student_path, "the student")
-    model_cfg = state["cfg"]["model"]
+
+def check_exportable(state: Dict[str, Any], data_bin: str, src: str, tgt: str) -> Tuple[str, Dictionary]:
+    """(the transformers architecture of :func:`hf_architecture`, the joint dictionary) of a fairseq student
+    checkpoint's STATE and the dictionaries of DATA_BIN; refuses, in one line, what the export cannot write."""
+    architecture = hf_architecture(state["cfg"]["model"])
     dicts = [Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt")) for lang in (src, tgt)]
     if dicts[0].symbols != dicts[1].symbols:
         raise HFExportError(
-            f"{data_bin}'s dict.{src}.txt and dict.{tgt}.txt differ: MarianMT's export here takes one joint vocabulary"
+            f"{data_bin}'s dict.{src}.txt and dict.{tgt}.txt differ: the export here takes one joint vocabulary"
         )
-    dictionary = dicts[1]
-    order = marian_order(len(dictionary), dictionary.pad())
-    pad, eos = order.index(dictionary.pad()), order.index(dictionary.eos())
-    config = marian_config(model_cfg, len(dictionary), pad, eos, *embedding_sharing(state["model"]))
-    weights = marian_state(state["model"], model_cfg, config, dictionary.pad())
-    model = MarianMTModel(config).eval()
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    unexpected = [k for k in unexpected if k != "model.shared.weight"]  # absent when the embeddings are not shared
-    if unexpected or [k for k in missing if not k.endswith("embed_positions.weight")]:
+    if architecture == "m2m_100" and embedding_sharing(state["model"]) != (True, True):
         raise HFExportError(
-            f"the student's weights do not fill MarianMT's: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            "the student's source, target and output embeddings are not one matrix (--share-all-embeddings): "
+            "M2M100 has one (export it to fairseq or CTranslate2)"
         )
+    return architecture, dicts[1]
+
+
+def export_huggingface(student_path: str, data_bin: str, out_dir: str, src: str, tgt: str, spm_model: Optional[str] = None,
+                       target_spm_model: Optional[str] = None) -> str:  # fmt: skip
+    """Writes OUT_DIR as a transformers directory (weights, config, generation config, vocab.json, and with
+    SPM_MODEL, the data's sentencepiece model (TARGET_SPM_MODEL, where the target side has its own), a
+    MarianTokenizer's files) from an exported fairseq student: MarianMT for a post-norm one, M2M100 for a
+    pre-norm one. Returns the architecture's name."""
+    from transformers import GenerationConfig, M2M100ForConditionalGeneration, MarianMTModel
+
+    state = load_checkpoint(student_path, "the student")
+    model_cfg = state["cfg"]["model"]
+    architecture, dictionary = check_exportable(state, data_bin, src, tgt)
+    if architecture == "marian":
+        order = marian_order(len(dictionary), dictionary.pad())
+        config = marian_config(model_cfg, len(dictionary), order.index(dictionary.pad()), order.index(dictionary.eos()),
+                               *embedding_sharing(state["model"]))  # fmt: skip
+        weights = marian_state(state["model"], model_cfg, config, dictionary.pad())
+        model, name = MarianMTModel(config).eval(), "MarianMT"
+        # absent when the embeddings are not shared; the positions are fairseq's, written below
+        expected_absent = ("model.shared.weight", "embed_positions.weight")
+    else:
+        order = list(range(len(dictionary)))  # M2M100's ids are fairseq's
+        config = m2m100_config(model_cfg, dictionary)
+        weights = m2m100_state(state["model"])
+        model, name, expected_absent = M2M100ForConditionalGeneration(config).eval(), "M2M100", ()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    unexpected = [k for k in unexpected if not k.endswith(expected_absent)]
+    missing = [k for k in missing if not k.endswith(expected_absent)]
+    if unexpected or missing:
+        raise HFExportError(f"the student's weights do not fill {name}'s: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    pad, eos = order.index(dictionary.pad()), order.index(dictionary.eos())
+    # fairseq's generation: never <pad>, at least one token before </s>; beam 4, as the evaluation
     model.generation_config = GenerationConfig(
         decoder_start_token_id=eos, eos_token_id=eos, pad_token_id=pad, forced_eos_token_id=eos,
         bad_words_ids=[[pad]], min_new_tokens=1, num_beams=4, max_length=config.max_position_embeddings,
     )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
-    # transformers computes Marian's own sinusoids unless the file holds the tables: it holds fairseq's
-    path = os.path.join(out_dir, "model.safetensors")
-    tensors = load_file(path)
-    for stack in ("encoder", "decoder"):
-        tensors[f"model.{stack}.embed_positions.weight"] = weights[f"model.{stack}.embed_positions.weight"].contiguous()
-    save_file(tensors, path, metadata={"format": "pt"})
+    if architecture == "marian":
+        _write_positions(os.path.join(out_dir, "model.safetensors"), weights)
     vocab = os.path.join(out_dir, "vocab.json")
     with open(vocab, "w", encoding="utf-8") as f:
         json.dump({dictionary.symbols[index]: i for i, index in enumerate(order)}, f, ensure_ascii=False)
     if spm_model:
+        from transformers import MarianTokenizer
+
+        # MarianTokenizer: sentencepiece pieces looked up in vocab.json, </s> appended (M2M100's own tokenizer
+        # adds language tokens, which a fairseq student has not learned); M2M100's vocabulary has fairseq's <s>,
+        # which CTranslate2's converter asks the tokenizer for (the tokenizer adds it to nothing)
+        specials = {"bos_token": "<s>"} if architecture == "m2m_100" else {}
         tokenizer = MarianTokenizer(source_spm=spm_model, target_spm=target_spm_model or spm_model, vocab=vocab, unk_token="<unk>",
-                                    eos_token="</s>", pad_token="<pad>", model_max_length=config.max_position_embeddings)  # fmt: skip
+                                    eos_token="</s>", pad_token="<pad>", model_max_length=config.max_position_embeddings,
+                                    **specials)  # fmt: skip
         tokenizer.save_pretrained(out_dir)
+    return name
+
+
+def _write_positions(path: str, weights: Dict[str, torch.Tensor]) -> None:
+    """transformers computes Marian's own sinusoids unless the file holds the tables: it holds fairseq's."""
+    from safetensors.torch import load_file, save_file  # here, not at the top: an optional dependency
+
+    tensors = load_file(path)
+    for stack in ("encoder", "decoder"):
+        tensors[f"model.{stack}.embed_positions.weight"] = weights[f"model.{stack}.embed_positions.weight"].contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})

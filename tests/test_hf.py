@@ -283,6 +283,15 @@ class TestMarianExport(unittest.TestCase):
     ``fairseq-kd-export --huggingface``: transformers' MarianMT gives the fairseq model's log-probabilities and
     greedy translations, its tokenizer encodes as the data was made, and CTranslate2 converts it."""
 
+    prenorm = False  # the student's layer layout; M2M100 holds a pre-norm one (TestM2M100Export)
+
+    def hf_model(self, out):
+        from transformers import AutoModelForSeq2SeqLM, MarianMTModel
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+        self.assertIsInstance(model, MarianMTModel)
+        return model
+
     @classmethod
     def setUpClass(cls):
         import random
@@ -310,6 +319,8 @@ class TestMarianExport(unittest.TestCase):
                 "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
                 "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
                 "--max-source-positions", "64", "--max-target-positions", "64"]  # fmt: skip
+        if cls.prenorm:
+            arch += ["--encoder-normalize-before", "--decoder-normalize-before"]
         with quiet():
             preprocess_translation_data(raw, ["--joined-dictionary"], destdir=cls.data)
             train_translation_model(cls.data, arch_flags=arch, save_dir=os.path.join(cls.tmp.name, "student"),
@@ -332,17 +343,21 @@ class TestMarianExport(unittest.TestCase):
         from argparse import Namespace
 
         from fairseq import checkpoint_utils
-        from transformers import MarianMTModel, MarianTokenizer
+        from transformers import AutoTokenizer
 
         out, result = self.export("hf", "--spm-model", self.spm_model)
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
-        hf = MarianMTModel.from_pretrained(out).eval()
+        self.assertIn("(M2M100 with its tokenizer)" if self.prenorm else "(MarianMT with its tokenizer)", result.stdout)
+        hf = self.hf_model(out)
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([out + ".pt"])
         fs = models[0].eval()
         d = task.target_dictionary
         with open(os.path.join(out, "vocab.json")) as f:
             vocab = json.load(f)
-        self.assertEqual(vocab["<pad>"], len(d) - 1)  # OPUS-MT's layout: <pad> last
+        if self.prenorm:
+            self.assertEqual(vocab, {symbol: i for i, symbol in enumerate(d.symbols)})  # M2M100's ids are fairseq's
+        else:
+            self.assertEqual(vocab["<pad>"], len(d) - 1)  # OPUS-MT's layout: <pad> last
         to_hf = torch.tensor([vocab[s] for s in d.symbols])  # Marian id of each fairseq index
         to_fs = torch.argsort(to_hf)
         generator = torch.Generator().manual_seed(0)
@@ -356,12 +371,13 @@ class TestMarianExport(unittest.TestCase):
             self.assertLessEqual(diff, 1e-4, f"max |log p difference| {diff}")
         # greedy: fairseq's SequenceGenerator against generate() with the exported generation defaults
         search = task.build_generator([fs], Namespace(beam=1, max_len_a=0, max_len_b=12))
-        tokenizer = MarianTokenizer.from_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(out)
         with open(os.path.join(os.path.dirname(self.data), "raw", "test.in")) as f:
             sources = [line.split() for line in f.read().splitlines()[:8]]
         import sentencepiece as spm
 
         processor = spm.SentencePieceProcessor(model_file=self.spm_model)
+        greedy = []
         for pieces in sources:
             text = processor.decode(pieces)
             ids = tokenizer(text, return_tensors="pt").input_ids
@@ -372,38 +388,82 @@ class TestMarianExport(unittest.TestCase):
             with torch.no_grad():
                 hf_out = hf.generate(input_ids=ids, num_beams=1, do_sample=False, max_new_tokens=13)
             self.assertEqual(to_fs[hf_out[0, 1:]].tolist(), fs_tokens, text)
-            self.assertEqual(
-                tokenizer.decode(hf_out[0], skip_special_tokens=True), processor.decode([d[i] for i in fs_tokens[:-1]])
-            )
-        # CTranslate2's converter for transformers takes it (it starts decoding from a zero vector, where fairseq
-        # starts from </s>'s embedding: its translations are the model's, not exactly the student's)
+            greedy.append([d[i] for i in fs_tokens[:-1]])
+            # the same text (transformers' decoding strips the spaces of trailing "▁" pieces)
+            self.assertEqual(tokenizer.decode(hf_out[0], skip_special_tokens=True).split(),
+                             processor.decode([d[i] for i in fs_tokens[:-1]]).split())  # fmt: skip
+        # CTranslate2's converter for transformers takes it. For MarianMT it starts decoding from a zero vector,
+        # where fairseq starts from </s>'s embedding: its translations are the model's, not exactly the student's;
+        # M2M100's starts from </s>, as fairseq: the student's greedy translations
         import ctranslate2
         from ctranslate2.converters import TransformersConverter
 
         ct2_dir = os.path.join(self.tmp.name, "ct2")
         TransformersConverter(out).convert(ct2_dir, force=True)
         translator = ctranslate2.Translator(ct2_dir, device="cpu")
-        results = translator.translate_batch([pieces + ["</s>"] for pieces in sources], beam_size=1, max_decoding_length=12)
+        results = translator.translate_batch([pieces + ["</s>"] for pieces in sources], beam_size=1, max_decoding_length=12,
+                                             min_decoding_length=1)  # fmt: skip
         self.assertEqual(len(results), len(sources))
         self.assertTrue(all(set(r.hypotheses[0]) <= set(d.symbols) for r in results))
+        if self.prenorm:
+            self.assertEqual([r.hypotheses[0] for r in results], greedy)
 
-    def test_a_pre_norm_student_is_refused_before_anything_is_written(self):
+    def test_a_student_pre_norm_on_one_side_only_is_refused_before_anything_is_written(self):
         state = torch.load(self.student, map_location="cpu", weights_only=False)
         model_cfg = state["cfg"]["model"]
         if isinstance(model_cfg, dict):
-            model_cfg["encoder_normalize_before"] = True
+            model_cfg["decoder_normalize_before"] = not self.prenorm
         else:
-            model_cfg.encoder_normalize_before = True
-        prenorm = os.path.join(self.tmp.name, "prenorm.pt")
-        torch.save(state, prenorm)
+            model_cfg.decoder_normalize_before = not self.prenorm
+        mixed = os.path.join(self.tmp.name, "mixed.pt")
+        torch.save(state, mixed)
         from tests.utils import run_console_script
 
         out = os.path.join(self.tmp.name, "refused")
-        result = run_console_script("fairseq-kd-export", [prenorm, out + ".pt", "--data", self.data, "--huggingface", out])
+        result = run_console_script("fairseq-kd-export", [mixed, out + ".pt", "--data", self.data, "--huggingface", out])
         self.assertEqual(result.returncode, 2, result.stderr[-2000:])
-        self.assertIn("--encoder-normalize-before: MarianMT is post-norm", result.stderr.strip().splitlines()[-1])
+        pre, post = ("encoder", "decoder") if self.prenorm else ("decoder", "encoder")
+        self.assertIn(f"trained with --{pre}-normalize-before but not --{post}-normalize-before: MarianMT is post-norm "
+                      "and M2M100 pre-norm throughout", result.stderr.strip().splitlines()[-1])  # fmt: skip
         self.assertFalse(os.path.exists(out + ".pt"))
         self.assertFalse(os.path.exists(out))
+
+
+class TestM2M100Export(TestMarianExport):
+    """The same for a pre-norm student (the big preset's layout): transformers' M2M100, fairseq's pre-norm
+    transformer with its vocabulary layout and sinusoids, decoding from ``</s>`` with no language token."""
+
+    prenorm = True
+
+    def hf_model(self, out):
+        from transformers import AutoModelForSeq2SeqLM, M2M100ForConditionalGeneration
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+        self.assertIsInstance(model, M2M100ForConditionalGeneration)
+        return model
+
+    def test_what_m2m100_cannot_hold_is_refused(self):
+        from argparse import Namespace
+
+        from fairseq_kd.hf import HFExportError, hf_architecture
+
+        base = dict(encoder_normalize_before=True, decoder_normalize_before=True, encoder_embed_dim=16, decoder_embed_dim=16)
+        self.assertEqual(hf_architecture(Namespace(**base)), "m2m_100")
+        self.assertEqual(hf_architecture(Namespace(**dict(base, encoder_normalize_before=False, decoder_normalize_before=False))),
+                         "marian")  # fmt: skip
+        for change, message in (({"decoder_learned_pos": True}, "--decoder-learned-pos: M2M100"),
+                                ({"no_decoder_final_norm": True}, "--no-decoder-final-norm"),
+                                ({"layernorm_embedding": True}, "--layernorm-embedding"),
+                                ({"decoder_embed_dim": 32}, "widths differ")):  # fmt: skip
+            with self.assertRaisesRegex(HFExportError, message):
+                hf_architecture(Namespace(**dict(base, **change)))
+        from fairseq_kd.hf import check_exportable
+
+        state = torch.load(self.student, map_location="cpu", weights_only=False)
+        self.assertEqual(check_exportable(state, self.data, "in", "out")[0], "m2m_100")
+        state["model"]["decoder.embed_tokens.weight"] = state["model"]["decoder.embed_tokens.weight"] + 1
+        with self.assertRaisesRegex(HFExportError, "embeddings are not one matrix"):
+            check_exportable(state, self.data, "in", "out")
 
 
 @unittest.skipUnless(HAVE_TRANSFORMERS, "transformers is not installed (pip install .[hf])")

@@ -24,7 +24,7 @@ from ..checkpoints import (
     load_checkpoint,
 )
 from ..evaluate import count_parameters
-from ..hf import HFExportError, export_marian, marian_config
+from ..hf import HFExportError, check_exportable, export_huggingface
 from ..io import check_output_path, check_outputs_apart
 from ..models.swish import uses_swish
 from . import run
@@ -56,8 +56,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="the shortlist's candidates per source token, by Dice coefficient (default: 50)",
     )
     parser.add_argument("--huggingface", metavar="DIR",
-                        help="also write the student as a Hugging Face MarianMT directory in DIR (needs --data; a "
-                             "post-norm student with one joint dictionary)")  # fmt: skip
+                        help="also write the student as a Hugging Face directory in DIR: MarianMT for a post-norm "
+                             "student, M2M100 for a pre-norm one (needs --data; one joint dictionary)")  # fmt: skip
     parser.add_argument("--spm-model", help="with --huggingface: the data's sentencepiece model, for its tokenizer")
     parser.add_argument("--target-spm-model", help="with --huggingface: the target side's own sentencepiece model, "
                         "where it has one (an imported OPUS-MT teacher's target.spm)")  # fmt: skip
@@ -111,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_ctranslate2_convertible(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.student)
     if args.huggingface:
         src, tgt = data_utils.infer_language_pair(args.data)
-        marian_config(load_checkpoint(args.student, "STUDENT_CHECKPOINT")["cfg"]["model"], 1, 1, 2)  # its refusals
+        check_exportable(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.data, src, tgt)  # its refusals
     state = export_student(args.student, args.output, overwrite=args.overwrite)
     if args.ctranslate2:
         vmap = None
@@ -129,9 +129,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 os.remove(vmap)  # the model directory holds its copy, vmap.txt
         print(f"wrote {args.ctranslate2} (CTranslate2, {args.quantization}{', with vmap.txt' if vmap else ''})")
     if args.huggingface:
-        export_marian(args.output, args.data, args.huggingface, src, tgt, args.spm_model, args.target_spm_model)
+        name = export_huggingface(args.output, args.data, args.huggingface, src, tgt, args.spm_model, args.target_spm_model)
         print(
-            f"wrote {args.huggingface} (MarianMT{' with its tokenizer' if args.spm_model else ', no tokenizer: give --spm-model'})"
+            f"wrote {args.huggingface} ({name}{' with its tokenizer' if args.spm_model else ', no tokenizer: give --spm-model'})"
         )
     cfg = state["cfg"]
     num_params = count_parameters(state["model"])  # a shared embedding once, as fairseq-kd-evaluate counts
