@@ -3,8 +3,8 @@
     fairseq-kd-evaluate DATA_BIN --split test --references test.en NAME=PATH [NAME=PATH ...]
         [--baseline NAME] [--timing-rounds N] [--out DIR]
 
-Each PATH is a fairseq checkpoint (written by fairseq-train or fairseq-kd-export) or a CTranslate2 model
-directory. See :mod:`fairseq_kd.evaluate` for what is measured and how.
+Each PATH is a fairseq checkpoint (written by fairseq-train or fairseq-kd-export), a CTranslate2 model
+directory, or a Hugging Face directory written by ``fairseq-kd-export --huggingface``. See :mod:`fairseq_kd.evaluate` for what is measured and how.
 """
 
 import argparse
@@ -22,7 +22,12 @@ def get_parser() -> argparse.ArgumentParser:
     d = Settings()
     parser = argparse.ArgumentParser(prog="fairseq-kd-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", metavar="DATA_BIN", help="the data-bin the systems were trained with (its dictionaries)")
-    parser.add_argument("systems", metavar="NAME=PATH", nargs="+", help="a fairseq checkpoint or a CTranslate2 directory")
+    parser.add_argument(
+        "systems",
+        metavar="NAME=PATH",
+        nargs="+",
+        help="a fairseq checkpoint, a CTranslate2 directory or a Hugging Face directory of fairseq-kd-export --huggingface",
+    )
     parser.add_argument("--references", required=True, help="the references of the split, raw text, one per line")
     parser.add_argument("--split", default="test", help="the binarized split of DATA_BIN to translate (default: test)")
     parser.add_argument("--source", help="raw source text to translate instead of a binarized split")

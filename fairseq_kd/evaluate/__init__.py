@@ -9,7 +9,9 @@ with ``--spm-model``/``--bpe-codes``) with the same beam, batch size and length 
 * a fairseq checkpoint (one written by fairseq-train or by ``fairseq-kd-export``) with stock
   ``fairseq-generate``, given ``--user-dir`` only when the checkpoint needs the plugin;
 * a CTranslate2 model directory with CTranslate2, batched and bounded as fairseq-generate batches and
-  bounds (sentences sorted by length, ``max_len_a * longest source + max_len_b``).
+  bounds (sentences sorted by length, ``max_len_a * longest source + max_len_b``);
+* a Hugging Face directory written by ``fairseq-kd-export --huggingface`` (MarianMT or M2M100) with
+  transformers' ``generate()``, batched and bounded the same way, its beam search stopping as fairseq's.
 
 Scores are sacreBLEU's BLEU and chrF on detokenized text, with their signatures. With ``--baseline NAME``
 each other system is compared with it by sacreBLEU's paired bootstrap resampling (its own implementation,

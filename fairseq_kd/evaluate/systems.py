@@ -1,6 +1,6 @@
-"""The systems of an evaluation and what they translate: fairseq checkpoints and CTranslate2 models, each
-inspected (kind, size, parameters, digest) and checked against the data's dictionaries; the source split
-and its references."""
+"""The systems of an evaluation and what they translate: fairseq checkpoints, CTranslate2 models and
+transformers directories written by ``fairseq-kd-export --huggingface``, each inspected (kind, size,
+parameters, digest) and checked against the data's dictionaries; the source split and its references."""
 
 import json
 import os
@@ -30,11 +30,14 @@ class EvaluationError(UserError):
     pass
 
 
+HF_VOCAB = "vocab.json"  # a transformers directory of fairseq-kd-export --huggingface: its tokens' ids
+
+
 @dataclass
 class System:
     name: str
     path: str
-    kind: str  # "fairseq" or "ctranslate2"
+    kind: str  # "fairseq", "ctranslate2" or "huggingface"
     needs_plugin: bool = False
     use_vmap: bool = False  # CTranslate2 restricted to the model's vocabulary map (vmap.txt)
     embedding_shapes: Dict = field(default_factory=dict)  # a checkpoint's token embeddings, for the dictionary check
@@ -80,9 +83,14 @@ def use_vmap(systems: List[System], names: Sequence[str]) -> None:
 
 
 def inspect_system(name: str, path: str) -> System:
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model.bin")) and HF_VOCAB in os.listdir(path):
+        return inspect_huggingface(name, path)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model.bin")):
-            raise EvaluationError(f"{name}: {path} is a directory but not a CTranslate2 model (it has no model.bin)")
+            raise EvaluationError(
+                f"{name}: {path} is a directory but not a CTranslate2 model (it has no model.bin), nor a Hugging Face "
+                f"one of fairseq-kd-export --huggingface (it has no {HF_VOCAB})"
+            )
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         try:  # a truncated or foreign model.bin fails here, before any system translates
             ct2.translator(path, "cpu", 1)  # loaded, then freed
@@ -118,6 +126,30 @@ def inspect_system(name: str, path: str) -> System:
         embedding_shapes={k: tuple(v.shape) for k, v in state["model"].items() if k.endswith("embed_tokens.weight")},
         cfg={"task": cfg.get("task") or {}, "model": model},
     )
+
+
+def inspect_huggingface(name: str, path: str) -> System:
+    """A transformers directory of ``fairseq-kd-export --huggingface`` (MarianMT or M2M100, with its vocab.json),
+    loaded once to check it."""
+    try:
+        from transformers import AutoModelForSeq2SeqLM  # here, not at the top: an optional dependency (the [hf] extra)
+    except ImportError:
+        raise EvaluationError(
+            f"{name}: {path} is a Hugging Face model; evaluating it needs transformers: pip install '.[hf]'"
+        ) from None
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise EvaluationError(
+            f"{name}: transformers cannot load {path} ({str(e).splitlines()[0]}): export it again "
+            "(fairseq-kd-export STUDENT OUT.pt --data DATA_BIN --huggingface DIR)"
+        ) from None
+    files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".json")))
+    weights = [f for f in files if not f.endswith(".json")]
+    digest = "+".join(sha256_file(os.path.join(path, f)) for f in files)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in weights)
+    return System(name, path, "huggingface", params=count_parameters(model.state_dict()), size_mb=round(size / 2**20, 2),
+                  digest=digest)  # fmt: skip
 
 
 def count_parameters(model_state: Dict[str, torch.Tensor]) -> int:
@@ -187,6 +219,17 @@ def load_source(data_bin: str, split: str, references: str, source_lang: Optiona
 def check_dictionaries(system: System, source: Source) -> None:
     """A model must use the data-bin's dictionaries: same size, and the same symbols where they can be read."""
     dicts = {lang: Dictionary.load(os.path.join(source.data_bin, f"dict.{lang}.txt")) for lang in (source.src, source.tgt)}
+    if system.kind == "huggingface":
+        with open(os.path.join(system.path, HF_VOCAB), encoding="utf-8") as f:
+            vocab = json.load(f)
+        for lang in (source.src, source.tgt):
+            symbols = dicts[lang].symbols
+            if len(vocab) != len(symbols) or set(vocab) != set(symbols):
+                raise EvaluationError(
+                    f"{system.name}: the Hugging Face model's vocab.json ({len(vocab)} tokens) does not hold "
+                    f"{source.data_bin}'s dict.{lang}.txt ({len(symbols)}): evaluate it with the data-bin it was exported with"
+                )
+        return
     if system.kind == "ctranslate2":
         vocab = _ct2_vocabularies(system.path)
         for side, lang in (("source", source.src), ("target", source.tgt)):
