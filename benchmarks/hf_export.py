@@ -75,12 +75,12 @@ def main():
         print(tables[-1], flush=True)
     write_json(args.results + ".json", report)
     lines = [
-        "| beam | runtime | test BLEU | p vs fairseq | sentences/s | translations as fairseq's |",
-        "|---|---|---|---|---|---|",
+        "| beam | runtime | test BLEU | vs fairseq | p | sentences/s | translations as fairseq's |",
+        "|---|---|---|---|---|---|---|",
     ]
     for beam, rows in report["beams"].items():
         for name, r in rows.items():
-            lines.append(f"| {beam} | {name} | {r['test_bleu']:.2f} | {r['p_vs_fairseq'] or ''} | {r['sentences_per_s']:.1f} | "
+            lines.append(f"| {beam} | {name} | {r['test_bleu']:.2f} | {r['verdict_vs_fairseq'] or ''} | {r['p_vs_fairseq'] or ''} | {r['sentences_per_s']:.1f} | "
                          f"{100 * r['same_as_fairseq']:.1f}% |")  # fmt: skip
     write_text(args.results + ".md",
                f"`{report['command']}`\n\nThe student {args.student} on the test split, medians of {args.timing_rounds} "
