@@ -411,10 +411,10 @@ class TestMarianExport(unittest.TestCase):
     def test_fairseq_kd_evaluate_translates_the_directory_as_fairseq_does(self):
         """The exported directory as a system of fairseq-kd-evaluate: with the same batches and length bound,
         transformers' translations are the fairseq student's (greedy: every one; beam 4: most)."""
+        import sentencepiece as spm
+
         from fairseq_kd.evaluate import Settings, evaluate
         from fairseq_kd.io import read_lines
-
-        import sentencepiece as spm
 
         out, result = self.export("hf-evaluated")
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
