@@ -28,7 +28,8 @@ from tests.utils import (
 
 def greedy_reference(model, sample, eos, max_len):
     """Greedy translations by the plain definition: the whole decoder run on each prefix, argmax of the last
-    position (no incremental state, no search), independently of fairseq's SequenceGenerator."""
+    position (no incremental state, no search; never <pad> or <unk>, at least one token before </s>, as
+    fairseq's defaults), independently of fairseq's SequenceGenerator."""
     encoder_out = model.encoder(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"])
     out = []
     for i in range(sample["net_input"]["src_tokens"].size(0)):
@@ -42,6 +43,8 @@ def greedy_reference(model, sample, eos, max_len):
             lprobs = logits[0, -1].log_softmax(-1)
             lprobs[model.decoder.dictionary.pad()] = -float("inf")
             lprobs[model.decoder.dictionary.unk()] = -float("inf")
+            if len(tokens) == 1:
+                lprobs[eos] = -float("inf")  # fairseq's min_len 1: at least one token before </s>
             tokens.append(int(lprobs.argmax()))
         out.append(tokens[1:])
     return out
