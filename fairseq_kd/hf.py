@@ -345,25 +345,33 @@ def hf_architecture(model_cfg: Any) -> str:
     return "m2m_100"
 
 
+def _transformer_settings(model_cfg: Any) -> Dict[str, Any]:
+    """The settings that MarianConfig and M2M100Config share, from a fairseq transformer's: sizes, activation,
+    positions (the smaller of the two stacks' bounds), embedding scale, dropouts."""
+
+    def value(name: str, default: Any = None) -> Any:
+        return _setting(model_cfg, name, default)
+
+    return dict(
+        d_model=value("encoder_embed_dim"), encoder_layers=value("encoder_layers"), decoder_layers=value("decoder_layers"),
+        encoder_attention_heads=value("encoder_attention_heads"), decoder_attention_heads=value("decoder_attention_heads"),
+        encoder_ffn_dim=value("encoder_ffn_embed_dim"), decoder_ffn_dim=value("decoder_ffn_embed_dim"),
+        activation_function=value("activation_fn", "relu"),
+        max_position_embeddings=min(value("max_source_positions", 1024), value("max_target_positions", 1024)),
+        scale_embedding=not value("no_scale_embedding"), dropout=value("dropout", 0.1),
+        attention_dropout=value("attention_dropout", 0.0), activation_dropout=value("activation_dropout", 0.0),
+    )  # fmt: skip
+
+
 def marian_config(model_cfg: Any, vocab_size: int, pad: int, eos: int, shared: bool = True, tied: bool = True) -> Any:
     """The MarianConfig of a post-norm fairseq transformer's settings (SHARED: one matrix for the source and
     target embeddings; TIED: the output layer is the target embeddings)."""
     from transformers import MarianConfig  # here, not at the top: an optional dependency (the [hf] extra)
 
-    def value(name: str, default: Any = None) -> Any:
-        return _setting(model_cfg, name, default)
-
-    positions = min(value("max_source_positions", 1024), value("max_target_positions", 1024))
     return MarianConfig(
-        vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=value("encoder_embed_dim"),
-        encoder_layers=value("encoder_layers"), decoder_layers=value("decoder_layers"),
-        encoder_attention_heads=value("encoder_attention_heads"), decoder_attention_heads=value("decoder_attention_heads"),
-        encoder_ffn_dim=value("encoder_ffn_embed_dim"), decoder_ffn_dim=value("decoder_ffn_embed_dim"),
-        activation_function=value("activation_fn", "relu"), max_position_embeddings=positions,
-        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos,
-        scale_embedding=not value("no_scale_embedding"), dropout=value("dropout", 0.1),
-        attention_dropout=value("attention_dropout", 0.0), activation_dropout=value("activation_dropout", 0.0),
-        share_encoder_decoder_embeddings=shared, tie_word_embeddings=tied,
+        vocab_size=vocab_size, decoder_vocab_size=vocab_size, pad_token_id=pad, eos_token_id=eos,
+        decoder_start_token_id=eos, forced_eos_token_id=eos, share_encoder_decoder_embeddings=shared,
+        tie_word_embeddings=tied, **_transformer_settings(model_cfg),
     )  # fmt: skip
 
 
@@ -373,20 +381,10 @@ def m2m100_config(model_cfg: Any, dictionary: Dictionary) -> Any:
     language token forced."""
     from transformers import M2M100Config  # here, not at the top: an optional dependency (the [hf] extra)
 
-    def value(name: str, default: Any = None) -> Any:
-        return _setting(model_cfg, name, default)
-
     return M2M100Config(
-        vocab_size=len(dictionary), d_model=value("encoder_embed_dim"), encoder_layers=value("encoder_layers"),
-        decoder_layers=value("decoder_layers"), encoder_attention_heads=value("encoder_attention_heads"),
-        decoder_attention_heads=value("decoder_attention_heads"), encoder_ffn_dim=value("encoder_ffn_embed_dim"),
-        decoder_ffn_dim=value("decoder_ffn_embed_dim"), activation_function=value("activation_fn", "relu"),
-        max_position_embeddings=min(value("max_source_positions", 1024), value("max_target_positions", 1024)),
-        pad_token_id=dictionary.pad(), bos_token_id=dictionary.bos(), eos_token_id=dictionary.eos(),
-        decoder_start_token_id=dictionary.eos(), forced_bos_token_id=None, scale_embedding=not value("no_scale_embedding"),
-        dropout=value("dropout", 0.1), attention_dropout=value("attention_dropout", 0.0),
-        activation_dropout=value("activation_dropout", 0.0), encoder_layerdrop=0.0, decoder_layerdrop=0.0,
-        tie_word_embeddings=True,
+        vocab_size=len(dictionary), pad_token_id=dictionary.pad(), bos_token_id=dictionary.bos(),
+        eos_token_id=dictionary.eos(), decoder_start_token_id=dictionary.eos(), forced_bos_token_id=None,
+        encoder_layerdrop=0.0, decoder_layerdrop=0.0, tie_word_embeddings=True, **_transformer_settings(model_cfg),
     )  # fmt: skip
 
 

@@ -143,38 +143,40 @@ def translate_huggingface(system: System, source: Source, settings: Settings) ->
     from transformers.utils import logging as hf_logging
 
     model = AutoModelForSeq2SeqLM.from_pretrained(system.path).eval()
-    # the settings given here replace the directory's generation defaults: no warning for each batch
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     search = dict(num_beams=settings.beam, early_stopping=True) if settings.beam > 1 else dict(num_beams=1)
     with open(os.path.join(system.path, HF_VOCAB), encoding="utf-8") as f:
         vocab = json.load(f)
     symbols = {i: s for s, i in vocab.items()}
     eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
     outputs, seconds = [None] * len(source.tokens), 0.0
-    for batch in ct2.batches([len(t) for t in source.tokens], batch_size=settings.batch_size):
-        ids = [[vocab[t] for t in source.tokens[i]] + [eos] for i in batch]
-        longest = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)], mask[row, : len(x)] = torch.tensor(x), 1
-        start = time.perf_counter()
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=False, **search,
-                max_new_tokens=int(settings.max_len_a * longest + settings.max_len_b) + 1, min_new_tokens=1,
-                bad_words_ids=[[pad]], eos_token_id=eos, pad_token_id=pad, forced_eos_token_id=eos,
-            )  # fmt: skip
-        seconds += time.perf_counter() - start
-        for i, row in zip(batch, generated.tolist()):
-            tokens = row[1:]  # after the decoder's start
-            tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
-            outputs[i] = [symbols[t] for t in tokens if t != pad]
-    hf_logging.set_verbosity(verbosity)
+    # the settings given here replace the directory's generation defaults: no warning for each batch
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        for batch in ct2.batches([len(t) for t in source.tokens], batch_size=settings.batch_size):
+            ids = [[vocab[t] for t in source.tokens[i]] + [eos] for i in batch]
+            longest = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(ids), longest), dtype=torch.long)
+            for row, x in enumerate(ids):
+                input_ids[row, : len(x)], mask[row, : len(x)] = torch.tensor(x), 1
+            start = time.perf_counter()
+            with torch.no_grad():
+                generated = model.generate(
+                    input_ids=input_ids, attention_mask=mask, do_sample=False, **search,
+                    max_new_tokens=int(settings.max_len_a * longest + settings.max_len_b) + 1, min_new_tokens=1,
+                    bad_words_ids=[[pad]], eos_token_id=eos, pad_token_id=pad, forced_eos_token_id=eos,
+                )  # fmt: skip
+            seconds += time.perf_counter() - start
+            for i, row in zip(batch, generated.tolist()):
+                hypothesis = row[1:]  # after the decoder's start
+                hypothesis = hypothesis[: hypothesis.index(eos)] if eos in hypothesis else hypothesis
+                outputs[i] = [symbols[t] for t in hypothesis if t != pad]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     del model
-    tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
-    speed = {"sentences_per_s": round(len(outputs) / seconds, 2), "tokens_per_s": round(tokens / seconds, 2),
+    n_tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as fairseq-generate counts
+    speed = {"sentences_per_s": round(len(outputs) / seconds, 2), "tokens_per_s": round(n_tokens / seconds, 2),
              "seconds": round(seconds, 3)}  # fmt: skip
     post = None if settings.post_process == "none" else settings.post_process
     return [data_utils.post_process(" ".join(o), post) if post else " ".join(o) for o in outputs], speed
