@@ -372,6 +372,18 @@ CASES = [
     ),
     Case(
         E,
+        "path: data missing",
+        lambda f: [f.teacher, f.out, "--ctranslate2", f.out + ".ct2", "--data", "none"],
+        "--data 'none' is not a directory",
+    ),
+    Case(
+        E,
+        "file kind: data is not a data-bin",
+        lambda f: [f.teacher, f.out, "--ctranslate2", f.out + ".ct2", "--data", f.a_dir],
+        "is not a fairseq data-bin",
+    ),
+    Case(
+        E,
         "setting: CTranslate2 weight type",
         lambda f: [f.teacher, f.out, "--ctranslate2", f.out + ".ct2", "--data", f.data, "--quantization", "int3"],
         "--quantization 'int3' is not one of",

@@ -10,7 +10,7 @@ import glob
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from fairseq.data import data_utils
 
@@ -82,6 +82,18 @@ def check_huggingface_export(args: argparse.Namespace) -> None:
         raise HFExportError("--target-spm-model needs --spm-model (the source side's)")
 
 
+def check_data_bin(data: str) -> Tuple[str, str]:
+    """The language pair of --data, checked to be a fairseq data-bin with both dictionaries before anything is
+    written."""
+    if not os.path.isdir(data):
+        raise CheckpointError(f"--data {data!r} is not a directory (give the data-bin the student was trained on)")
+    src, tgt = data_utils.infer_language_pair(data)
+    if not src or not all(os.path.isfile(os.path.join(data, f"dict.{lang}.txt")) for lang in (src, tgt)):
+        raise CheckpointError(f"--data {data!r} is not a fairseq data-bin (no binarized split with its dict.SRC.txt and "
+                              "dict.TGT.txt): give the one the student was trained on")  # fmt: skip
+    return src, tgt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
@@ -104,13 +116,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise CheckpointError("--vocab-map-split is for a CTranslate2 model: add --ctranslate2 DIR")
     if args.vocab_map_frequent < 0 or args.vocab_map_per_source < 1:
         raise CheckpointError("--vocab-map-frequent must be >= 0 and --vocab-map-per-source >= 1")
+    if args.data:
+        src, tgt = check_data_bin(args.data)
     if args.vocab_map_split and not glob.glob(os.path.join(glob.escape(args.data), f"{args.vocab_map_split}.*-*.*.idx")):
         raise CheckpointError(f"--vocab-map-split {args.vocab_map_split}: {args.data} has no binarized split of that name")
     check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)
     if args.ctranslate2:  # before OUTPUT_CHECKPOINT is written
         check_ctranslate2_convertible(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.student)
     if args.huggingface:
-        src, tgt = data_utils.infer_language_pair(args.data)
         check_exportable(load_checkpoint(args.student, "STUDENT_CHECKPOINT"), args.data, src, tgt)  # its refusals
     state = export_student(args.student, args.output, overwrite=args.overwrite)
     if args.ctranslate2:
