@@ -14,20 +14,27 @@ against word_kd of its seed by sacreBLEU's paired bootstrap (the translations of
 are reused). A method is recommended over forward KL only when it beats init_kd with p < 0.05 on valid for
 every seed it was trained with (the test split reports, it does not choose).
 
-Writes RESULTS/results.json (every comparison, with the command) and RESULTS/results.md. Every stage resumes.
+Each student's valid and test translations are kept in RESULTS/translations/SPLIT/NAME.txt as soon as it is
+trained: a student whose translations are there is not trained again, so that a run interrupted on one machine
+goes on from the committed files on another (RESULTS/settings.json records what they were made with; other
+settings are refused). RESULTS/results.json (every comparison so far, with the command) and RESULTS/results.md are
+written after every student; "complete" says whether every student is in them. Every stage resumes.
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fairseq_kd.evaluate import SIGNIFICANCE, paired_bootstrap, score  # noqa: E402
-from fairseq_kd.io import read_lines, write_json, write_text  # noqa: E402
+from fairseq_kd.evaluate import SIGNIFICANCE, evaluate, paired_bootstrap, score  # noqa: E402
+from fairseq_kd.io import read_lines, run_lock, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
+from fairseq_kd.pipeline.config import check_inputs  # noqa: E402
+from fairseq_kd.runs import digest, log  # noqa: E402
 
 METHODS = ["baseline", "word_kd", "init_kd", "init_kd_rkl", "init_kd_jsd", "init_kd_tvd", "init_kd_skl",
            "init_kd_on_policy"]  # fmt: skip
@@ -112,15 +119,80 @@ def table(results, methods, seeds, split):
     return "\n".join(lines) + "\n"
 
 
-def read_translations(pipeline, names):
-    """({split: {name: hypotheses}}, {split: references}, NAMES) of a finished pipeline run's evaluation."""
+SPLITS = ("valid", "test")
+
+
+def kept(results_dir, name, split):
+    return os.path.join(results_dir, "translations", split, f"{name}.txt")
+
+
+def check_settings(results_dir, settings):
+    """The translations kept in RESULTS_DIR were made with SETTINGS: others are refused before any work."""
+    path = os.path.join(results_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            then = json.load(f)
+        if then != settings:
+            changed = ", ".join(k for k in settings if then.get(k) != settings[k])
+            sys.exit(f"error: {results_dir} holds students made with other settings ({changed}): give another --results "
+                     f"or the same settings")  # fmt: skip
+    else:
+        write_json(path, settings)
+
+
+def train_and_translate(pipeline, name, results_dir):
+    """Student NAME (METHOD or METHOD.seedN) trained and its valid and test translations kept in RESULTS_DIR,
+    unless they are there."""
+    if all(os.path.exists(kept(results_dir, name, split)) for split in SPLITS):
+        log(f"student {name}: its translations are in {results_dir}")
+        return
+    method, _, seed = name.partition(".seed")
+    pipeline.student_stage(method, int(seed or 1))
     c = pipeline.config
+    for split in SPLITS:
+        evaluate({name: pipeline.path("models", f"{name}.pt")}, c.data_bin, os.path.join(c.references, f"{split}.{c.tgt}"),
+                 split=split, out_dir=pipeline.path("eval", split), settings=c.evaluation, source_lang=c.src,
+                 target_lang=c.tgt, quiet=True)  # fmt: skip
+        os.makedirs(os.path.dirname(kept(results_dir, name, split)), exist_ok=True)
+        shutil.copyfile(pipeline.path("eval", split, "translations", f"{name}.txt"), kept(results_dir, name, split) + ".tmp")
+        os.replace(kept(results_dir, name, split) + ".tmp", kept(results_dir, name, split))
+
+
+def read_translations(config, results_dir, names):
+    """({split: {name: hypotheses}}, {split: references}, the NAMES translated so far) from RESULTS_DIR."""
+    done = [n for n in names if all(os.path.exists(kept(results_dir, n, split)) for split in SPLITS)]
     translations, references = {}, {}
-    for split in ("valid", "test"):
-        directory = pipeline.path("eval", split, "translations")
-        translations[split] = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in names}
-        references[split] = read_lines(os.path.join(c.references, f"{split}.{c.tgt}"))
-    return translations, references, names
+    for split in SPLITS:
+        translations[split] = {n: read_lines(kept(results_dir, n, split)) for n in done}
+        references[split] = read_lines(os.path.join(config.references, f"{split}.{config.tgt}"))
+    return translations, references, done
+
+
+def publish(args, config, names, seeds, seeded, complete):
+    """RESULTS/results.{json,md} from the translations kept so far."""
+    translations, references, done = read_translations(config, args.results, names)
+    if not done:
+        return
+    results = comparisons(translations, references, done, seeds)
+    methods = [m for m in METHODS if m in done]
+    better = recommendation(results, methods) if complete else []
+    command = "python benchmarks/divergences.py " + " ".join(sys.argv[1:])
+    write_json(os.path.join(args.results, "results.json"), {
+        "command": command, "shape": dataclasses.asdict(SHAPE), "max_update": args.max_update, "seeds": seeds,
+        "methods": METHODS, "seeded": seeded, "complete": complete, "missing": [n for n in names if n not in done],
+        "results": results, "better_than_forward_kl": better,
+    })  # fmt: skip
+    if not complete:
+        verdict = f"Incomplete: {', '.join(n for n in names if n not in done)} still to train (rerun the command)."
+    elif better:
+        verdict = f"Better than forward KL (init_kd) on valid for every seed: {', '.join(better)}."
+    else:
+        verdict = "No method beat forward KL (init_kd) on valid for every seed: forward KL stays the default."
+    write_text(os.path.join(args.results, "results.md"),
+               f"`{command}`\n\nBLEU per seed; differences with sacreBLEU's paired bootstrap p (same seed).\n\n"
+               + table(results, methods, seeds, "valid") + "\n" + table(results, methods, seeds, "test")
+               + f"\n{verdict}\n")  # fmt: skip
+    return results, better
 
 
 def main():
@@ -132,32 +204,34 @@ def main():
     parser.add_argument("--max-update", type=int, default=800)
     args = parser.parse_args()
     run_config = load_config(args.run)
+    training = Training(max_update=args.max_update, warmup_updates=200, lr=0.002, max_tokens=4096)
     config = dataclasses.replace(
         run_config, student=SHAPE, methods=list(METHODS), seeds=args.seeds, seeded=list(METHODS), timing_rounds=0,
-        training=Training(max_update=args.max_update, warmup_updates=200, lr=0.002, max_tokens=4096),
-        evaluation=dataclasses.replace(run_config.evaluation),
+        training=training, evaluation=dataclasses.replace(run_config.evaluation),
     )  # fmt: skip
-    # seed 1 of every method; then more seeds for the references and the methods that come close to init_kd
-    first = Pipeline(os.path.join(args.out, "pipeline"), dataclasses.replace(config, seeds=1, seeded=None))
-    first.run()
-    results = comparisons(*read_translations(first, student_names(METHODS, 1)), 1)
-    seeded = needs_seeds(results)
-    pipeline = Pipeline(os.path.join(args.out, "pipeline"), dataclasses.replace(config, seeded=seeded))
-    pipeline.run()
-    results = comparisons(*read_translations(pipeline, student_names(METHODS, args.seeds, seeded)), args.seeds)
-    better = recommendation(results, METHODS)
+    check_inputs(config)
+    pipeline = Pipeline(os.path.join(args.out, "pipeline"), config)
+    pipeline.check_students_fit()
     os.makedirs(args.results, exist_ok=True)
-    command = "python benchmarks/divergences.py " + " ".join(sys.argv[1:])
-    write_json(os.path.join(args.results, "results.json"), {
-        "command": command, "shape": dataclasses.asdict(SHAPE), "max_update": args.max_update, "seeds": args.seeds,
-        "methods": METHODS, "seeded": seeded, "results": results, "better_than_forward_kl": better,
+    check_settings(args.results, {
+        "shape": dataclasses.asdict(SHAPE), "training": dataclasses.asdict(training), "teacher": digest(config.teacher),
+        "evaluation": dataclasses.asdict(config.evaluation),
     })  # fmt: skip
-    verdict = (f"Better than forward KL (init_kd) on valid for every seed: {', '.join(better)}." if better
-               else "No method beat forward KL (init_kd) on valid for every seed: forward KL stays the default.")  # fmt: skip
-    write_text(os.path.join(args.results, "results.md"),
-               f"`{command}`\n\nBLEU per seed; differences with sacreBLEU's paired bootstrap p (same seed).\n\n"
-               + table(results, METHODS, args.seeds, "valid") + "\n" + table(results, METHODS, args.seeds, "test")
-               + f"\n{verdict}\n")  # fmt: skip
+    with run_lock(pipeline.out, "pipeline"):
+        pipeline.check_run_dir()
+        pipeline.data_stages()
+        # seed 1 of every method; then more seeds for the references and the methods that come close to init_kd
+        first = student_names(METHODS, 1)
+        for name in first:
+            train_and_translate(pipeline, name, args.results)
+            publish(args, config, first, 1, None, complete=False)
+        results, _ = publish(args, config, first, 1, None, complete=args.seeds == 1)
+        seeded = needs_seeds(results)
+        names = student_names(METHODS, args.seeds, seeded)
+        for name in names:
+            train_and_translate(pipeline, name, args.results)
+            publish(args, config, names, args.seeds, seeded, complete=False)
+        _, better = publish(args, config, names, args.seeds, seeded, complete=True)
     print(json.dumps({"better_than_forward_kl": better}))
 
 

@@ -1,8 +1,11 @@
 """benchmarks/divergences.py's comparisons and recommendation, on written translations."""
 
+import argparse
+import json
 import os
 import random
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -64,6 +67,46 @@ class TestDivergenceComparisons(unittest.TestCase):
         self.assertIn("init_kd", results["valid"]["init_kd_tvd.seed2"]["vs"])
         self.assertEqual(divergences.recommendation(results, methods), ["init_kd_jsd"])
         self.assertRegex(divergences.table(results, methods, 2, "valid"), r"\| init_kd_rkl \| [\d.]+ \|  \| -")
+
+    def test_kept_translations_are_published_as_they_land_and_other_settings_refused(self):
+        """A student whose translations are kept counts as done: the results are written from what is there, marked
+        incomplete with what is missing, and a rerun with other settings is refused before any work."""
+        rng = random.Random(2)
+        words = [f"w{i}" for i in range(40)]
+        references = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(150)]
+        with tempfile.TemporaryDirectory() as tmp:
+            raw, results_dir = os.path.join(tmp, "raw"), os.path.join(tmp, "results")
+            os.makedirs(raw)
+            for split in divergences.SPLITS:
+                with open(os.path.join(raw, f"{split}.en"), "w") as f:
+                    f.write("".join(line + "\n" for line in references))
+            for name, share in (("baseline", 0.6), ("init_kd", 0.2)):
+                for split in divergences.SPLITS:
+                    path = divergences.kept(results_dir, name, split)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    noisy = [" ".join(w if rng.random() > share else rng.choice(words) for w in line.split())
+                             for line in references]  # fmt: skip
+                    with open(path, "w") as f:
+                        f.write("".join(line + "\n" for line in noisy))
+            config = argparse.Namespace(references=raw, tgt="en")
+            args = argparse.Namespace(results=results_dir, max_update=800)
+            names = divergences.student_names(["baseline", "word_kd", "init_kd"], 1)
+            results, better = divergences.publish(args, config, names, 1, None, complete=False)
+            self.assertEqual(sorted(results["valid"]), ["baseline", "init_kd"])
+            self.assertEqual(better, [])
+            with open(os.path.join(results_dir, "results.json")) as f:
+                written = json.load(f)
+            self.assertFalse(written["complete"])
+            self.assertEqual(written["missing"], ["word_kd"])
+            with open(os.path.join(results_dir, "results.md")) as f:
+                self.assertIn("Incomplete: word_kd", f.read())
+
+            settings = {"training": {"max_update": 800}, "teacher": "abc"}
+            divergences.check_settings(results_dir, settings)
+            divergences.check_settings(results_dir, settings)  # the same: accepted
+            with self.assertRaises(SystemExit) as refused:
+                divergences.check_settings(results_dir, dict(settings, training={"max_update": 1600}))
+            self.assertIn("other settings (training)", str(refused.exception))
 
 
 if __name__ == "__main__":
