@@ -44,11 +44,12 @@ test: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20 tests
 
 # make demo [PRESET=default|full|big] [LOCALE=de|fr|...] [DATA=dir with {train,valid,test}.{SRC,TGT} SRC=de TGT=en]
-#           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N]
+#           [METHODS=baseline,seq_kd,...] [OUT=dir] [TIMING_ROUNDS=N] [TEACHER_FROM=dir of a packed teacher]
 demo: install
 	$(PY) -m fairseq_kd.demo --preset $(PRESET) $(if $(LOCALE),--locale $(LOCALE)) $(if $(DATA),--data $(DATA)) \
 		$(if $(SRC),--source-lang $(SRC)) $(if $(TGT),--target-lang $(TGT)) $(if $(METHODS),--methods $(METHODS)) \
-		$(if $(OUT),--out $(OUT)) $(if $(TIMING_ROUNDS),--timing-rounds $(TIMING_ROUNDS))
+		$(if $(OUT),--out $(OUT)) $(if $(TIMING_ROUNDS),--timing-rounds $(TIMING_ROUNDS)) \
+		$(if $(TEACHER_FROM),--teacher-from $(TEACHER_FROM))
 
 toy-demo: install
 	PYTHON=$(PY) scripts/toy_demo.sh runs/toy

@@ -9,9 +9,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from fairseq import options
 from fairseq.data import Dictionary, encoders
@@ -156,6 +157,29 @@ def write_failure(error: OSError) -> Optional[str]:
         f"could not write{where}: {error.strerror}; free some space and rerun the same command "
         "(what was finished before is kept)"
     )
+
+
+def data_bin_pair(path: str, flag: str, src: Optional[str] = None, tgt: Optional[str] = None,
+                  error: Type[UserError] = UserError, lang_flags: Optional[str] = "--source-lang and --target-lang",
+                  ) -> Tuple[str, str]:  # fmt: skip
+    """The language pair (SRC, TGT) of the fairseq data-bin PATH (given as FLAG), checked before any work: SRC and
+    TGT when both are given, else the one pair of its binarized splits; it must hold dict.SRC.txt and
+    dict.TGT.txt. Raises ERROR, naming LANG_FLAGS (the command's flags that choose a pair; None: it has none)."""
+    if not os.path.isdir(path):
+        raise error(f"{flag} {path!r} is not a directory (give a fairseq data-bin, as fairseq-preprocess writes)")
+    if not (src and tgt):
+        pairs = sorted({m.group(1, 2) for f in os.listdir(path) if (m := re.fullmatch(r"\w+\.(\w+)-(\w+)\.\w+\.idx", f))})
+        if not pairs:
+            raise error(f"{flag} {path!r} is not a fairseq data-bin (no binarized split SPLIT.SRC-TGT.LANG.idx in it)")
+        if len(pairs) > 1:
+            choose = f"give {lang_flags}" if lang_flags else "give a data-bin of one pair"
+            raise error(f"{flag} {path} holds language pairs {', '.join('-'.join(p) for p in pairs)}: {choose}")
+        src, tgt = src or pairs[0][0], tgt or pairs[0][1]
+    for lang in (src, tgt):
+        if not os.path.isfile(os.path.join(path, f"dict.{lang}.txt")):
+            raise error(f"{flag} {path} has no dict.{lang}.txt: give the data-bin of {src}-{tgt}"
+                        + (f" (or check {lang_flags})" if lang_flags else ""))  # fmt: skip
+    return src, tgt
 
 
 def read_lines(path: str, what: str = "file") -> List[str]:

@@ -103,6 +103,13 @@ class Files:
         export_ctranslate2(os.path.join(root, "exported.pt"), self.data, self.ct2_truncated, "int8", "in", "out")
         with open(os.path.join(self.ct2_truncated, "model.bin"), "r+b") as f:
             f.truncate(os.path.getsize(os.path.join(self.ct2_truncated, "model.bin")) // 2)
+        # a packed teacher (as benchmarks/big_teacher.py --pack writes one) of another shape than the default preset's
+        self.packed = os.path.join(root, "packed")
+        os.makedirs(self.packed)
+        shutil.copyfile(self.teacher, os.path.join(self.packed, "teacher.pt"))
+        self.write("packed/spm.model", "not read before the shape is checked\n")
+        for lang in ("de", "en"):
+            shutil.copyfile(os.path.join(self.data, "dict.in.txt"), os.path.join(self.packed, f"dict.{lang}.txt"))
         self.unequal = os.path.join(root, "unequal")
         os.makedirs(self.unequal)
         for split in ("train", "valid", "test"):
@@ -179,6 +186,12 @@ CASES = [
         "has 1 lines but the valid split of .* has \\d+ sentences",
     ),
     Case(V, "output: --out is the data-bin", lambda f: f.evaluate("--out", f.data), "--out .* is the input DATA_BIN"),
+    Case(
+        V,
+        "file kind: DATA_BIN is not a data-bin",
+        lambda f: [f.a_dir, "--references", os.path.join(f.data, "test.out"), "--out", f.out, f"teacher={f.teacher}"],
+        "DATA_BIN .* is not a fairseq data-bin",
+    ),
     # ---- fairseq-kd-pseudolabel ----
     Case(
         P,
@@ -342,6 +355,7 @@ CASES = [
     Case(C, "path: teacher missing", lambda f: f.cache("--teacher", "none.pt"), "teacher checkpoint 'none.pt' does not exist"),
     Case(C, "file kind: teacher is a text file", lambda f: f.cache("--teacher", f.text), NOT_A_CHECKPOINT),
     Case(C, "path: data missing", lambda f: f.cache("--data", "none"), "--data 'none' is not a directory"),
+    Case(C, "file kind: data is not a data-bin", lambda f: f.cache("--data", f.a_dir), "--data .* is not a fairseq data-bin"),
     Case(C, "number: k 0", lambda f: f.cache("--k", "0"), "--k, --shard-size and --max-tokens must be >= 1"),
     Case(
         C,
@@ -517,6 +531,18 @@ CASES = [
         "data: source language equal to the target",
         lambda f: ["--data", f.unequal, "-s", "en", "--out", f.out],
         "source and target language are both 'en'",
+    ),
+    Case(
+        D,
+        "path: --teacher-from without the teacher's files",
+        lambda f: ["--teacher-from", f.a_dir, "--out", f.out],
+        "--teacher-from .*: teacher.pt, spm.model, dict.de.txt, dict.en.txt missing",
+    ),
+    Case(
+        D,
+        "model: --teacher-from a teacher of another preset's shape",
+        lambda f: ["--teacher-from", f.packed, "--out", f.out],
+        r"--teacher-from .*: its teacher is \d+\+\d+ layers x \d+, the default preset's 4\+2 x 128: give the preset",
     ),
 ]
 

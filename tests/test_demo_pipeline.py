@@ -539,6 +539,30 @@ class TestSmokeRun(unittest.TestCase):
             self.assertEqual(result.returncode, 0, result.stdout[-2000:])
             self.assertEqual(result.stdout.split()[-1], "transformer")
 
+    def test_a_teacher_trained_before_is_copied_with_its_tokenizer_not_trained(self):
+        """--teacher-from DIR (a packed teacher with its spm.model and dictionaries): the teacher is copied, not
+        trained; the data is encoded with the teacher's tokenizer into its dictionary (the same data-bin as the
+        run that trained it); with --teacher-only the run holds the record the benchmarks read."""
+        self.results()
+        pack, out = os.path.join(self.tmp, "pack"), os.path.join(self.tmp, "from_pack")
+        os.makedirs(pack)
+        packed = {"teacher.pt": os.path.join("teacher", "checkpoint_best.pt"), "spm.model": "spm.model"}
+        packed.update({f"dict.{lang}.txt": os.path.join("data-bin", f"dict.{lang}.txt") for lang in (SRC, TGT)})
+        for name, made in packed.items():
+            shutil.copyfile(os.path.join(self.out, made), os.path.join(pack, name))
+        result = run(["-m", "fairseq_kd.demo", "--preset", "smoke", "--data", self.data, "-s", SRC, "-t", TGT, "--out", out,
+                      "--teacher-from", pack, "--teacher-only"])  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertIn("copied from", result.stdout)
+        self.assertFalse(os.path.exists(os.path.join(out, "logs", "teacher.log")))  # not trained
+        self.assertTrue(os.path.exists(os.path.join(self.out, "logs", "teacher.log")))
+        made = dict(packed, **{f"train.{SRC}-{TGT}.{SRC}.bin": os.path.join("data-bin", f"train.{SRC}-{TGT}.{SRC}.bin")})
+        for name, path in made.items():
+            with open(os.path.join(out, path), "rb") as a, open(os.path.join(self.out, path), "rb") as b:
+                self.assertEqual(a.read(), b.read(), path)
+        self.assertTrue(os.path.samefile(load_config(out).teacher, os.path.join(out, "teacher", "checkpoint_best.pt")))
+        self.assertFalse(os.path.exists(os.path.join(out, "students")))
+
     def test_rerun_redoes_nothing(self):
         with open(os.path.join(self.out, "results.json")) as f:
             before = f.read()

@@ -18,7 +18,7 @@ import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from ..io import check_output_path, check_outputs_apart, colon_free, run_lock
+from ..io import check_output_path, check_outputs_apart, colon_free, data_bin_pair, run_lock
 from ..topk_cache import TopKCacheError, build_cache
 from . import run
 
@@ -47,8 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if args.k < 1 or args.shard_size < 1 or args.max_tokens < 1:
         raise TopKCacheError("--k, --shard-size and --max-tokens must be >= 1")
-    if not os.path.isdir(args.data):
-        raise TopKCacheError(f"--data {args.data!r} is not a directory (give the data-bin of the split)")
+    data_bin_pair(args.data, "--data", args.source_lang, args.target_lang, TopKCacheError)
     output = args.output or os.path.join(args.data, f"topk-{args.subset}-k{args.k}")
     check_output_path("--output", output)
     check_outputs_apart({"--teacher": args.teacher, "--data": args.data}, {"--output": output})

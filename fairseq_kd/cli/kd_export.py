@@ -10,9 +10,7 @@ import glob
 import logging
 import os
 import sys
-from typing import List, Optional, Tuple
-
-from fairseq.data import data_utils
+from typing import List, Optional
 
 from .. import ct2
 from ..checkpoints import (
@@ -25,7 +23,7 @@ from ..checkpoints import (
 )
 from ..evaluate import count_parameters
 from ..hf import HFExportError, check_exportable, export_huggingface
-from ..io import check_output_path, check_outputs_apart
+from ..io import check_output_path, check_outputs_apart, data_bin_pair
 from ..models.swish import uses_swish
 from . import run
 
@@ -82,18 +80,6 @@ def check_huggingface_export(args: argparse.Namespace) -> None:
         raise HFExportError("--target-spm-model needs --spm-model (the source side's)")
 
 
-def check_data_bin(data: str) -> Tuple[str, str]:
-    """The language pair of --data, checked to be a fairseq data-bin with both dictionaries before anything is
-    written."""
-    if not os.path.isdir(data):
-        raise CheckpointError(f"--data {data!r} is not a directory (give the data-bin the student was trained on)")
-    src, tgt = data_utils.infer_language_pair(data)
-    if not src or not all(os.path.isfile(os.path.join(data, f"dict.{lang}.txt")) for lang in (src, tgt)):
-        raise CheckpointError(f"--data {data!r} is not a fairseq data-bin (no binarized split with its dict.SRC.txt and "
-                              "dict.TGT.txt): give the one the student was trained on")  # fmt: skip
-    return src, tgt
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING)
@@ -117,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.vocab_map_frequent < 0 or args.vocab_map_per_source < 1:
         raise CheckpointError("--vocab-map-frequent must be >= 0 and --vocab-map-per-source >= 1")
     if args.data:
-        src, tgt = check_data_bin(args.data)
+        src, tgt = data_bin_pair(args.data, "--data", error=CheckpointError, lang_flags=None)
     if args.vocab_map_split and not glob.glob(os.path.join(glob.escape(args.data), f"{args.vocab_map_split}.*-*.*.idx")):
         raise CheckpointError(f"--vocab-map-split {args.vocab_map_split}: {args.data} has no binarized split of that name")
     check_output_path("OUTPUT_CHECKPOINT", args.output, file_expected=True)

@@ -22,7 +22,7 @@ from ..checkpoints import (
     check_loadable_by_stock_fairseq,
     load_checkpoint,
 )
-from ..io import UserError, binarize, check_known_tokens, encode_lines, read_lines, sha256_file, write_text
+from ..io import UserError, binarize, check_known_tokens, data_bin_pair, encode_lines, read_lines, sha256_file, write_text
 from ..models.swish import uses_swish
 
 
@@ -180,17 +180,7 @@ def load_source(data_bin: str, split: str, references: str, source_lang: Optiona
                 bpe_codes: Optional[str] = None, work_dir: Optional[str] = None) -> Source:  # fmt: skip
     """The source sentences (a split of DATA_BIN, or raw text SOURCE binarized with its dictionaries into
     WORK_DIR) and the references, each checked against the other."""
-    if not os.path.isdir(data_bin):
-        raise EvaluationError(f"data-bin {data_bin!r} is not a directory")
-    src, tgt = source_lang, target_lang
-    if not (src and tgt):
-        pairs = sorted({m.group(1, 2) for f in os.listdir(data_bin) if (m := re.fullmatch(r"\w+\.(\w+)-(\w+)\.\w+\.idx", f))})
-        if len(pairs) != 1:
-            raise EvaluationError(f"{data_bin} holds language pairs {pairs or 'none'}: give --source-lang and --target-lang")
-        src, tgt = src or pairs[0][0], tgt or pairs[0][1]
-    for lang in (src, tgt):
-        if not os.path.isfile(os.path.join(data_bin, f"dict.{lang}.txt")):
-            raise EvaluationError(f"{data_bin} has no dict.{lang}.txt (is {src}-{tgt} its language pair?)")
+    src, tgt = data_bin_pair(data_bin, "DATA_BIN", source_lang, target_lang, EvaluationError)
     refs = read_lines(references, "--references")
     if source:
         lines = encode_lines(read_lines(source, "--source"), spm_model, bpe_codes)

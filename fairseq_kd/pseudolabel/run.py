@@ -22,6 +22,7 @@ from ..io import (
     check_known_tokens,
     check_output_path,
     check_outputs_apart,
+    data_bin_pair,
     encode_lines,
     read_lines,
     run_lock,
@@ -198,14 +199,7 @@ def read_raw_input(path: str) -> List[str]:
 
 
 def language_pair(args: argparse.Namespace) -> Tuple[str, str]:
-    src, tgt = args.source_lang, args.target_lang
-    if not (src and tgt):
-        src, tgt = data_utils.infer_language_pair(args.data)
-        if not (src and tgt):
-            raise PseudoLabelError(f"cannot infer the language pair of {args.data}: give --source-lang and --target-lang")
-    for lang in (src, tgt):
-        if not os.path.isfile(os.path.join(args.data, f"dict.{lang}.txt")):
-            raise PseudoLabelError(f"{args.data} has no dict.{lang}.txt: --data must be the teacher's data-bin")
+    src, tgt = data_bin_pair(args.data, "--data", args.source_lang, args.target_lang, PseudoLabelError)
     if args.subset and not os.path.isfile(os.path.join(args.data, f"{args.subset}.{src}-{tgt}.{src}.idx")):
         raise PseudoLabelError(f"{args.data} has no binarized {args.subset} split for {src}-{tgt}")
     if args.sampling_topk:
