@@ -36,8 +36,9 @@ from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: 
 from fairseq_kd.pipeline.config import check_inputs  # noqa: E402
 from fairseq_kd.runs import digest, log  # noqa: E402
 
-METHODS = ["baseline", "word_kd", "init_kd", "init_kd_rkl", "init_kd_jsd", "init_kd_tvd", "init_kd_skl",
-           "init_kd_on_policy"]  # fmt: skip
+# in the order they train: the references first, then on-policy (the costliest and least tried), then the divergences
+METHODS = ["baseline", "word_kd", "init_kd", "init_kd_on_policy", "init_kd_rkl", "init_kd_jsd", "init_kd_tvd",
+           "init_kd_skl"]  # fmt: skip
 REFERENCES = ("init_kd", "word_kd")  # forward KL with the teacher's layers, and from random initialisation
 SHAPE = Shape(6, 1, 128, 512, 2)
 # BLEU on valid below init_kd from which one seed settles that a method is not better
