@@ -7,9 +7,12 @@ method with its baseline at the same shape and budget, trained by the distillati
 On a run of ``python -m fairseq_kd.demo --preset big`` whose teacher stage is done, one pipeline run
 (``fairseq_kd.pipeline.Pipeline``) per shape of SHAPES into OUT/SHAPE, in the order given, each resuming
 where it stopped: its students trained from the run's data-bin against the run's teacher (its layer layout:
-pre-norm), exported, evaluated on valid and test against their baseline (sacreBLEU's paired bootstrap), and
-with ``--seeds N`` the baseline and the best by valid BLEU trained again with seeds 2..N (seed 1 of every
-method is evaluated and written first, then again with the seeds). Every student logs its
+pre-norm), exported, evaluated on valid and test against their baseline (sacreBLEU's paired bootstrap) and written;
+then with ``--seeds N`` the baseline and the best by valid BLEU trained again with seeds 2..N, each kept as its
+valid and test translations in RESULTS/seeds_SHAPE/translations as it lands (a rerun, on this machine or another,
+trains only the students whose translations are not there; ``--seeds-only`` skips seed 1, whose results
+RESULTS/students_SHAPE.json then holds) and RESULTS/seeds_SHAPE.{json,md} (BLEU by seed, mean and standard
+deviation, paired bootstrap against the baseline of the same seed) written after each. Every student logs its
 valid BLEU at every validation (fairseq's ``--eval-bleu``, beam 4, the evaluation's length bound): the curve
 that shows whether its budget was long enough (fairseq's training-time estimate, computed batch by batch; the
 reported scores are fairseq-kd-evaluate's).
@@ -49,6 +52,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -57,9 +61,10 @@ import big_teacher  # noqa: E402
 import divergences  # noqa: E402
 
 from fairseq_kd.evaluate import evaluate, paired_bootstrap, pyplot, score  # noqa: E402
-from fairseq_kd.io import write_json, write_text  # noqa: E402
+from fairseq_kd.io import read_lines, run_lock, write_json, write_text  # noqa: E402
 from fairseq_kd.pipeline import Pipeline, Shape, Training, load_config  # noqa: E402
-from fairseq_kd.runs import validations  # noqa: E402
+from fairseq_kd.pipeline.config import check_inputs  # noqa: E402
+from fairseq_kd.runs import digest, validations  # noqa: E402
 
 # name: (shape, methods)
 SHAPES = {
@@ -102,12 +107,23 @@ def config_for(run_config, shape, seeds, max_update):
 CLAIM_C = ("baseline", "word_kd_nll", "init_kd")
 
 
+def pipeline_translations(pipeline, names):
+    """({split: {name: hypotheses}}, {split: references}) of NAMES in a finished pipeline run's evaluation."""
+    c = pipeline.config
+    translations, references = {}, {}
+    for split in divergences.SPLITS:
+        directory = pipeline.path("eval", split, "translations")
+        translations[split] = {n: read_lines(os.path.join(directory, f"{n}.txt")) for n in names}
+        references[split] = read_lines(os.path.join(c.references, f"{split}.{c.tgt}"))
+    return translations, references
+
+
 def claim_c(pipeline, budget, results):
     """The guide's claim (c) at BUDGET: init_kd (the teacher's layers) against word_kd_nll (the same loss from random
     initialisation), seed 1, on valid and test by sacreBLEU's paired bootstrap (the pipeline's translations),
     added to RESULTS/claim_c.json (one entry per budget) and written as RESULTS/claim_c.md with the students'
     valid curves (fairseq's estimate at every validation so far)."""
-    translations, references, _ = divergences.read_translations(pipeline, CLAIM_C)
+    translations, references = pipeline_translations(pipeline, CLAIM_C)
     entry = {}
     for split, hypotheses in translations.items():
         bleu = {n: score(h, references[split])["bleu"] for n, h in hypotheses.items()}
@@ -387,6 +403,8 @@ def main():
     )
     parser.add_argument("--seeds", type=int, default=1,
                         help="seeds of each shape's baseline and best student (a rerun may raise it: more are added)")  # fmt: skip
+    parser.add_argument("--seeds-only", action="store_true",
+                        help="only the seeds 2..N, of the methods that RESULTS/students_SHAPE.json (seed 1) chooses")  # fmt: skip
     args = parser.parse_args()
     with open(os.path.join(args.run, "demo.json")) as f:
         if json.load(f)["preset"] != "big":
@@ -397,6 +415,10 @@ def main():
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise SystemExit(f"--shapes {','.join(unknown)}: choose from {','.join(SHAPES)}")
+    missing = [s for s in shapes if args.seeds_only and seed_one(args.results, s, args.max_update) is None]
+    if missing or (args.seeds_only and args.seeds < 2):
+        raise SystemExit(f"--seeds-only needs --seeds 2 or more and seed 1 at {args.max_update:,} updates in "
+                         f"{args.results}/students_SHAPE.json (missing for {', '.join(missing) or 'none'})")  # fmt: skip
     run_config = load_config(args.run)
     os.makedirs(args.results, exist_ok=True)
     if args.measure:
@@ -413,13 +435,94 @@ def main():
     for name in shapes:
         print(f"== {name}", flush=True)
         pipeline = pipelines[name]
-        if args.seeds > 1:
-            # seed 1 of every method first, evaluated and written: its results land before the seeds' hours
+        if not args.seeds_only:
             first = Pipeline(pipeline.out, dataclasses.replace(pipeline.config, seeds=1))
-            first.run()
+            first.run()  # seed 1 of every method, evaluated and written
             publish(first, name, args)
-        pipeline.run()
-        publish(pipeline, name, args)
+        if args.seeds > 1:
+            more_seeds(pipeline, name, args)
+
+
+def seed_one(results, name, budget):
+    """RESULTS/students_NAME.json when it holds seed 1 of shape NAME's methods at BUDGET, else None."""
+    path = os.path.join(results, f"students_{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        found = json.load(f)
+    return found if found["settings"]["training"]["max_update"] == budget else None
+
+
+def more_seeds(pipeline, name, args):
+    """With --seeds N: the baseline and the best seed-1 student by valid BLEU (RESULTS/students_NAME.json) trained
+    with seeds 2..N, each kept as its valid and test translations in RESULTS/seeds_NAME/translations (a rerun, on
+    this machine or another, trains only the students whose translations are not there), and
+    RESULTS/seeds_NAME.{json,md} written after each."""
+    first = seed_one(args.results, name, args.max_update)
+    students = [r for r in first["systems"] if r["name"] in SHAPES[name][1]]
+    best = max((r for r in students if r["name"] != "baseline"), key=lambda r: r["valid_bleu"])["name"]
+    seeded = ["baseline", best]
+    kept_dir = os.path.join(args.results, f"seeds_{name}")
+    config = dataclasses.replace(pipeline.config, methods=seeded, seeded=seeded)
+    divergences.check_settings(kept_dir, {
+        "shape": dataclasses.asdict(config.student), "training": dataclasses.asdict(config.training),
+        "teacher": digest(config.teacher), "evaluation": dataclasses.asdict(config.evaluation),
+    })  # fmt: skip
+    check_inputs(config)
+    pipeline = Pipeline(pipeline.out, config)
+    names = [f"{m}.seed{s}" for s in range(2, args.seeds + 1) for m in seeded]
+    with run_lock(pipeline.out, "pipeline"):
+        pipeline.check_run_dir()
+        write_seeds(kept_dir, config, first, seeded, names, args)
+        for student in names:
+            divergences.train_and_translate(pipeline, student, kept_dir)
+            write_seeds(kept_dir, config, first, seeded, names, args)
+
+
+def write_seeds(kept_dir, config, first, seeded, names, args):
+    """KEPT_DIR.{json,md}: BLEU of every seed of the SEEDED methods on valid and test (seed 1 from FIRST, the
+    seed-1 results; the others from their kept translations), the best against the baseline of its seed (sacreBLEU's
+    paired bootstrap), and each method's mean and standard deviation over the seeds there are."""
+    baseline, best = seeded
+    records = {r["name"]: r for r in first["systems"]}
+    done = [n for n in names if all(os.path.exists(divergences.kept(kept_dir, n, split)) for split in divergences.SPLITS)]
+    rows = {split: {} for split in divergences.SPLITS}  # {split: {seed: {method: bleu, "p": p of best vs baseline}}}
+    for split, key, significance in (("valid", "valid_bleu", "valid_significance"), ("test", "bleu", "significance")):
+        rows[split][1] = {baseline: records[baseline][key], best: records[best][key],
+                          "p": records[best][significance]["bleu"]["p_value"]}  # fmt: skip
+        references = read_lines(os.path.join(config.references, f"{split}.{config.tgt}"))
+        for seed in range(2, args.seeds + 1):
+            pair = [f"{m}.seed{seed}" for m in seeded]
+            if not set(pair) <= set(done):
+                continue
+            hypotheses = {n: read_lines(divergences.kept(kept_dir, n, split)) for n in pair}
+            tests, _ = paired_bootstrap((pair[0], hypotheses[pair[0]]), {pair[1]: hypotheses[pair[1]]}, references)
+            rows[split][seed] = {m: score(hypotheses[n], references)["bleu"] for m, n in zip(seeded, pair)}
+            rows[split][seed]["p"] = tests[pair[1]]["bleu"]["p_value"]
+    summary = {}
+    for split, by_seed in rows.items():
+        summary[split] = {}
+        for m in seeded:
+            values = [row[m] for row in by_seed.values()]
+            summary[split][m] = {"seeds": len(values), "mean": round(statistics.mean(values), 2),
+                                 "std": round(statistics.stdev(values), 2) if len(values) > 1 else None}  # fmt: skip
+    missing = [n for n in names if n not in done]
+    command = "python benchmarks/big_students.py " + " ".join(sys.argv[1:])
+    write_json(kept_dir + ".json", {"command": command, "methods": seeded, "budget": args.max_update,
+                                    "seeds": args.seeds, "complete": not missing, "missing": missing,
+                                    "bleu_by_seed": rows, "summary": summary})  # fmt: skip
+    lines = [f"`{command}`", "", f"{best} and {baseline}, {args.max_update:,} updates, by seed (seed 1: the seed-1 "
+             f"results, {os.path.basename(kept_dir).replace('seeds_', 'students_')}.json); p: sacreBLEU's paired "
+             f"bootstrap, {best} against {baseline} of the same seed.", ""]  # fmt: skip
+    for split, by_seed in rows.items():
+        lines += [f"### {split}", "", f"| seed | {baseline} | {best} | difference | p |", "|---|---|---|---|---|"]
+        for seed, row in sorted(by_seed.items()):
+            lines.append(f"| {seed} | {row[baseline]:.2f} | {row[best]:.2f} | {row[best] - row[baseline]:+.2f} | {row['p']} |")
+        cells = [f"{summary[split][m]['mean']:.2f}" + (f" ± {summary[split][m]['std']:.2f}" if summary[split][m]["std"] else "")
+                 for m in seeded]  # fmt: skip
+        lines += [f"| mean ± sd ({len(by_seed)} seeds) | {cells[0]} | {cells[1]} | | |", ""]
+    lines.append(f"Still to train: {', '.join(missing)} (rerun the command)." if missing else "Every seed is in.")
+    write_text(kept_dir + ".md", "\n".join(lines) + "\n")
 
 
 def publish(pipeline, name, args):

@@ -135,6 +135,53 @@ class TestStudentSummary(unittest.TestCase):
         self.assertIn("| 400 |  | 34.00 | 44.00 | +10.00 |", table)  # the save interval's validations, no baseline log
         self.assertNotIn("| 164 |", table)
 
+    def test_seeds_table_from_the_seed_one_results_and_the_kept_translations(self):
+        """Seed 1 from the seed-1 results, seeds 2.. from their kept translations (scored here, the best against the
+        baseline of the same seed); a seed with one student still to train is left out and named; mean and sd."""
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        rng = random.Random(3)
+        words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+        references = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
+        for split in ("valid", "test"):
+            with open(os.path.join(tmp.name, f"{split}.en"), "w") as f:
+                f.write("\n".join(references) + "\n")
+        kept_dir = os.path.join(tmp.name, "seeds_6x1")
+        for name, kept in (("baseline.seed2", 5), ("init_kd.seed2", 8), ("baseline.seed3", 4)):
+            for split in ("valid", "test"):
+                path = big_students.divergences.kept(kept_dir, name, split)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write("\n".join(" ".join(r.split()[:kept]) for r in references) + "\n")
+        first = {"systems": [
+            {"name": "baseline", "bleu": 40.0, "valid_bleu": 41.0, "significance": {}, "valid_significance": {}},
+            {"name": "init_kd", "bleu": 44.0, "valid_bleu": 45.0, "significance": {"bleu": {"p_value": 0.001}},
+             "valid_significance": {"bleu": {"p_value": 0.002}}},
+        ]}  # fmt: skip
+        config = mock.Mock(references=tmp.name, tgt="en")
+        args = mock.Mock(seeds=3, max_update=6400)
+        names = ["baseline.seed2", "init_kd.seed2", "baseline.seed3", "init_kd.seed3"]
+        big_students.write_seeds(kept_dir, config, first, ["baseline", "init_kd"], names, args)
+        with open(kept_dir + ".json") as f:
+            found = json.load(f)
+        self.assertFalse(found["complete"])
+        self.assertEqual(found["missing"], ["init_kd.seed3"])
+        test = found["bleu_by_seed"]["test"]
+        self.assertEqual(sorted(test), ["1", "2"])  # seed 3 waits for init_kd.seed3
+        self.assertEqual((test["1"]["baseline"], test["1"]["init_kd"], test["1"]["p"]), (40.0, 44.0, 0.001))
+        self.assertEqual(found["bleu_by_seed"]["valid"]["1"]["p"], 0.002)
+        self.assertEqual(test["2"]["init_kd"], 100.0)
+        self.assertLess(test["2"]["baseline"], 100.0)
+        self.assertLess(test["2"]["p"], 0.05)
+        summary = found["summary"]["test"]["init_kd"]
+        self.assertEqual(summary["seeds"], 2)
+        self.assertEqual(summary["mean"], 72.0)
+        self.assertAlmostEqual(summary["std"], 39.6, places=1)  # sd of 44 and 100
+        with open(kept_dir + ".md") as f:
+            text = f.read()
+        self.assertIn("Still to train: init_kd.seed3", text)
+        self.assertIn("| mean ± sd (2 seeds) |", text)
+
     def test_curves_of_every_shape_in_the_work_directory(self):
         """A run of one shape rewrites the curves of all: the other shapes' students stay in the file."""
         with tempfile.TemporaryDirectory() as tmp:
