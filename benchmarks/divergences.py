@@ -14,10 +14,10 @@ against word_kd of its seed by sacreBLEU's paired bootstrap (the translations of
 are reused). A method is recommended over forward KL only when it beats init_kd with p < 0.05 on valid for
 every seed it was trained with (the test split reports, it does not choose).
 
-Each student's valid and test translations are kept in RESULTS/translations/SPLIT/NAME.txt as soon as it is
-trained: a student whose translations are there is not trained again, so that a run interrupted on one machine
-goes on from the committed files on another (RESULTS/settings.json records what they were made with; other
-settings are refused). RESULTS/results.json (every comparison so far, with the command) and RESULTS/results.md are
+Each student's valid and test translations are kept in RESULTS/translations/SPLIT/NAME.txt (and its
+fairseq-train log in RESULTS/logs/NAME.log) as soon as it is trained: a student whose translations are there is
+not trained again, so that a run interrupted on one machine goes on from the committed files on another
+(RESULTS/settings.json records what they were made with; other settings are refused). RESULTS/results.json (every comparison so far, with the command) and RESULTS/results.md are
 written after every student; "complete" says whether every student is in them. Every stage resumes.
 """
 
@@ -157,6 +157,9 @@ def train_and_translate(pipeline, name, results_dir):
         os.makedirs(os.path.dirname(kept(results_dir, name, split)), exist_ok=True)
         shutil.copyfile(pipeline.path("eval", split, "translations", f"{name}.txt"), kept(results_dir, name, split) + ".tmp")
         os.replace(kept(results_dir, name, split) + ".tmp", kept(results_dir, name, split))
+    # its fairseq-train log: the training's losses and times, with the translations
+    os.makedirs(os.path.join(results_dir, "logs"), exist_ok=True)
+    shutil.copyfile(pipeline.path("logs", f"{name}.log"), os.path.join(results_dir, "logs", f"{name}.log"))
 
 
 def read_translations(config, results_dir, names):
