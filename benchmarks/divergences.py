@@ -232,6 +232,7 @@ def main():
         results, _ = publish(args, config, first, 1, None, complete=args.seeds == 1)
         seeded = needs_seeds(results)
         names = student_names(METHODS, args.seeds, seeded)
+        publish(args, config, names, args.seeds, seeded, complete=False)  # names the seeds still to train
         for name in names:
             train_and_translate(pipeline, name, args.results)
             publish(args, config, names, args.seeds, seeded, complete=False)
