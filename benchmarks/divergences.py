@@ -17,8 +17,9 @@ every seed it was trained with (the test split reports, it does not choose).
 Each student's valid and test translations are kept in RESULTS/translations/SPLIT/NAME.txt (and its
 fairseq-train log in RESULTS/logs/NAME.log) as soon as it is trained: a student whose translations are there is
 not trained again, so that a run interrupted on one machine goes on from the committed files on another
-(RESULTS/settings.json records what they were made with; other settings are refused). RESULTS/results.json (every comparison so far, with the command) and RESULTS/results.md are
-written after every student; "complete" says whether every student is in them. Every stage resumes.
+(RESULTS/settings.json records what they were made with; other settings are refused). RESULTS/results.json
+(every comparison so far, with the command) and RESULTS/results.md are written after every student; "complete"
+says whether every student is in them. Every stage resumes.
 """
 
 import argparse
