@@ -169,8 +169,12 @@ def claim_c(pipeline, budget, results):
 
 
 def write_curves(out, results):
-    """RESULTS/students_curve.tsv and .png: the validations so far of every student of every shape in OUT."""
-    lines, curves = ["shape\tstudent\tupdate\tvalid_nll\tvalid_bleu"], {}
+    """RESULTS/students_curve.tsv and .png: the validations so far of every student of every shape in OUT, and
+    those already in the file of the students whose logs OUT does not have (a shape trained on another machine)."""
+    path, curves = os.path.join(results, "students_curve.tsv"), {}
+    for line in read_lines(path)[1:] if os.path.exists(path) else []:
+        shape, student, update, nll, bleu = line.split("\t")
+        curves.setdefault(shape, {}).setdefault(student, []).append((int(update), float(nll), float(bleu)))
     for name in SHAPES:
         logs = os.path.join(out, name, "logs")
         for log in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
@@ -180,8 +184,13 @@ def write_curves(out, results):
             curve = valid_curve(os.path.join(logs, log))
             if curve:
                 curves.setdefault(name, {})[student] = curve
-            lines.extend(f"{name}\t{student}\t{update}\t{nll}\t{bleu}" for update, nll, bleu in curve)
-    write_text(os.path.join(results, "students_curve.tsv"), "\n".join(lines) + "\n")
+    order = {name: i for i, name in enumerate(SHAPES)}
+    curves = {shape: dict(sorted(curves[shape].items())) for shape in sorted(curves, key=lambda s: order.get(s, len(order)))}
+    lines = ["shape\tstudent\tupdate\tvalid_nll\tvalid_bleu"] + [
+        f"{shape}\t{student}\t{update}\t{nll}\t{bleu}"
+        for shape, students in curves.items() for student, curve in students.items() for update, nll, bleu in curve
+    ]  # fmt: skip
+    write_text(path, "\n".join(lines) + "\n")
     if curves:
         curves_plot(curves, os.path.join(results, "students_curve.png"))
 

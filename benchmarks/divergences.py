@@ -144,10 +144,10 @@ def check_settings(results_dir, settings):
 
 def train_and_translate(pipeline, name, results_dir):
     """Student NAME (METHOD or METHOD.seedN) trained and its valid and test translations kept in RESULTS_DIR,
-    unless they are there."""
+    unless they are there; whether it was trained."""
     if all(os.path.exists(kept(results_dir, name, split)) for split in SPLITS):
         log(f"student {name}: its translations are in {results_dir}")
-        return
+        return False
     method, _, seed = name.partition(".seed")
     pipeline.student_stage(method, int(seed or 1))
     c = pipeline.config
@@ -161,6 +161,7 @@ def train_and_translate(pipeline, name, results_dir):
     # its fairseq-train log: the training's losses and times, with the translations
     os.makedirs(os.path.join(results_dir, "logs"), exist_ok=True)
     shutil.copyfile(pipeline.path("logs", f"{name}.log"), os.path.join(results_dir, "logs", f"{name}.log"))
+    return True
 
 
 def read_translations(config, results_dir, names):
@@ -228,15 +229,15 @@ def main():
         # seed 1 of every method; then more seeds for the references and the methods that come close to init_kd
         first = student_names(METHODS, 1)
         for name in first:
-            train_and_translate(pipeline, name, args.results)
-            publish(args, config, first, 1, None, complete=False)
+            if train_and_translate(pipeline, name, args.results):
+                publish(args, config, first, 1, None, complete=False)
         results, _ = publish(args, config, first, 1, None, complete=args.seeds == 1)
         seeded = needs_seeds(results)
         names = student_names(METHODS, args.seeds, seeded)
         publish(args, config, names, args.seeds, seeded, complete=False)  # names the seeds still to train
         for name in names:
-            train_and_translate(pipeline, name, args.results)
-            publish(args, config, names, args.seeds, seeded, complete=False)
+            if train_and_translate(pipeline, name, args.results):
+                publish(args, config, names, args.seeds, seeded, complete=False)
         _, better = publish(args, config, names, args.seeds, seeded, complete=True)
     print(json.dumps({"better_than_forward_kl": better}))
 

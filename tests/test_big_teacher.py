@@ -201,6 +201,26 @@ class TestStudentSummary(unittest.TestCase):
             with open(os.path.join(results, "students_curve.png"), "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
+    def test_curves_of_shapes_trained_elsewhere_stay_in_the_file(self):
+        """A shape whose logs this work directory lacks (trained on another machine) keeps its rows; a student
+        whose log is here replaces its old rows."""
+        with tempfile.TemporaryDirectory() as tmp:
+            out, results = os.path.join(tmp, "out"), os.path.join(tmp, "results")
+            os.makedirs(os.path.join(out, "6x1-w64", "logs"))
+            os.makedirs(results)
+            with open(os.path.join(results, "students_curve.tsv"), "w") as f:
+                f.write("shape\tstudent\tupdate\tvalid_nll\tvalid_bleu\n6x1-w128\tinit_kd\t400\t3.25\t20.1\n"
+                        "6x1-w128\tinit_kd\t800\t2.75\t30.7\n6x1-w64\tbaseline\t400\t9.0\t1.0\n")  # fmt: skip
+            with open(os.path.join(out, "6x1-w64", "logs", "baseline.log"), "w") as f:
+                f.write("epoch 001 | valid on 'valid' subset | loss 3.1 | nll_loss 2.5 | ppl 5.6 | bleu 12.5 | "
+                        "wps 1 | wpb 1 | bsz 1 | num_updates 200\n")  # fmt: skip
+            big_students.write_curves(out, results)
+            with open(os.path.join(results, "students_curve.tsv")) as f:
+                rows = [line.split("\t") for line in f.read().splitlines()]
+            self.assertEqual(rows[1:], [["6x1-w128", "init_kd", "400", "3.25", "20.1"],
+                                        ["6x1-w128", "init_kd", "800", "2.75", "30.7"],
+                                        ["6x1-w64", "baseline", "200", "2.5", "12.5"]])  # fmt: skip
+
 
 class TestStudentCurve(TeacherTestCase):
     def test_valid_bleu_logged_while_training_is_the_evaluations_bleu(self):
